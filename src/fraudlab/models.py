@@ -1,0 +1,160 @@
+"""The model artifact: one scikit-learn Pipeline (scaling + estimator) built from params.
+
+The same saved object is what evaluation loads and what a scoring service will load; it is
+stored with the feature list and the library versions that produced it.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from importlib.metadata import version
+
+import numpy as np
+import pandas as pd
+from sklearn.base import ClassifierMixin
+from sklearn.ensemble import RandomForestClassifier
+from sklearn.linear_model import LogisticRegression
+from sklearn.pipeline import Pipeline
+from sklearn.preprocessing import StandardScaler
+from threadpoolctl import threadpool_limits
+from xgboost import XGBClassifier
+
+from fraudlab import schema
+from fraudlab.metrics import SCORE
+from fraudlab.params import TrainParams
+from fraudlab.split import FOLD_COLUMN, ROLE_COLUMN
+
+log = logging.getLogger(__name__)
+
+# Columns kept beside each score: enough to compute every metric, no features.
+PREDICTION_COLUMNS = [schema.TRANSACTION_ID, schema.TX_DATETIME, schema.CUSTOMER_ID,
+                      schema.TX_FRAUD]
+_VERSIONED_LIBRARIES = ("fraudlab", "scikit-learn", "xgboost-cpu", "numpy", "pandas", "joblib")
+
+
+def _estimator(params: TrainParams, *, scale_pos_weight: float) -> ClassifierMixin:
+    class_weight = "balanced" if params.imbalance == "class_weight" else None
+    if params.model == "logistic_regression":
+        p = params.logistic_regression
+        return LogisticRegression(
+            C=p.C, l1_ratio=p.l1_ratio, solver=p.solver, max_iter=p.max_iter, tol=p.tol,
+            class_weight=class_weight, random_state=params.seed,
+        )
+    if params.model == "random_forest":
+        p = params.random_forest
+        return RandomForestClassifier(
+            n_estimators=p.n_estimators, max_depth=p.max_depth,
+            min_samples_split=p.min_samples_split, min_samples_leaf=p.min_samples_leaf,
+            max_features=p.max_features, criterion=p.criterion, bootstrap=p.bootstrap,
+            max_samples=p.max_samples if p.bootstrap else None, class_weight=class_weight,
+            n_jobs=params.n_jobs, random_state=params.seed,
+        )
+    p = params.xgboost
+    return XGBClassifier(
+        n_estimators=p.n_estimators, max_depth=p.max_depth, learning_rate=p.learning_rate,
+        subsample=p.subsample, colsample_bytree=p.colsample_bytree,
+        min_child_weight=p.min_child_weight, gamma=p.gamma, reg_lambda=p.reg_lambda,
+        reg_alpha=p.reg_alpha, tree_method=p.tree_method, max_bin=p.max_bin,
+        base_score=p.base_score, scale_pos_weight=scale_pos_weight,
+        n_jobs=params.n_jobs, random_state=params.seed,
+    )
+
+
+def build_pipeline(params: TrainParams, *, scale_pos_weight: float = 1.0) -> Pipeline:
+    """An unfitted Pipeline for the configured model family."""
+    return Pipeline(
+        [
+            ("scale", StandardScaler()),
+            ("model", _estimator(params, scale_pos_weight=scale_pos_weight)),
+        ]
+    )
+
+
+def fit_pipeline(train: pd.DataFrame, features: list[str], params: TrainParams) -> Pipeline:
+    """Fit a new Pipeline on ``train`` (thread count pinned: BLAS sums depend on it)."""
+    y = train[schema.TX_FRAUD].to_numpy()
+    scale_pos_weight = 1.0
+    if params.imbalance == "scale_pos_weight":
+        scale_pos_weight = float((y == 0).sum() / max((y == 1).sum(), 1))
+    pipeline = build_pipeline(params, scale_pos_weight=scale_pos_weight)
+    with threadpool_limits(limits=params.n_jobs):
+        return pipeline.fit(train[features], y)
+
+
+def predict_scores(pipeline: Pipeline, frame: pd.DataFrame, features: list[str]) -> np.ndarray:
+    """Fraud probabilities as float64 (xgboost returns float32, which JSON writers reject)."""
+    n_jobs = getattr(pipeline.named_steps["model"], "n_jobs", None) or 1
+    with threadpool_limits(limits=n_jobs):
+        return pipeline.predict_proba(frame[features])[:, 1].astype(np.float64)
+
+
+def score_frame(pipeline: Pipeline, frame: pd.DataFrame, features: list[str]) -> pd.DataFrame:
+    """The prediction columns of ``frame`` with the model's score."""
+    return frame[PREDICTION_COLUMNS].assign(**{SCORE: predict_scores(pipeline, frame, features)})
+
+
+def prequential_scores(
+    folds: pd.DataFrame, features: list[str], params: TrainParams
+) -> pd.DataFrame:
+    """Score each fold's validation rows with a model fitted on that fold's training rows."""
+    scored = []
+    n_folds = folds[FOLD_COLUMN].nunique()
+    for fold, rows in folds.groupby(FOLD_COLUMN, sort=True):
+        started = time.perf_counter()
+        train = rows[rows[ROLE_COLUMN] == "train"]
+        valid = rows[rows[ROLE_COLUMN] == "valid"]
+        pipeline = fit_pipeline(train, features, params)
+        scored.append(score_frame(pipeline, valid, features).assign(**{FOLD_COLUMN: fold}))
+        log.info("fold %d/%d: fitted on %d rows, scored %d in %.1f s",
+                 fold + 1, n_folds, len(train), len(valid), time.perf_counter() - started)
+    return pd.concat(scored, ignore_index=True)
+
+
+def feature_importance(pipeline: Pipeline, features: list[str]) -> pd.Series:
+    """Tree importances, or absolute coefficients on standardized inputs, normalized to sum 1."""
+    model = pipeline.named_steps["model"]
+    if hasattr(model, "feature_importances_"):
+        values = np.asarray(model.feature_importances_, dtype=np.float64)
+    else:
+        values = np.abs(np.ravel(model.coef_)).astype(np.float64)
+    total = values.sum()
+    return pd.Series(values / total if total else values, index=features).sort_values(
+        ascending=False, kind="stable"
+    )
+
+
+def library_versions() -> dict[str, str]:
+    # The Python version is left out on purpose: it would make the artifact's hash differ
+    # between Python 3.11 and 3.12 installs of the same pinned libraries.
+    return {name: version(name) for name in _VERSIONED_LIBRARIES}
+
+
+def model_bundle(pipeline: Pipeline, features: list[str], params: TrainParams) -> dict:
+    """What the model file holds: the Pipeline plus what a loader needs to use it safely."""
+    return {
+        "pipeline": pipeline,
+        "features": list(features),
+        "model": params.model,
+        "params": params.model_dump(mode="json"),
+        "versions": library_versions(),
+    }
+
+
+class ModelVersionError(RuntimeError):
+    """The model file was written by other library versions than those installed."""
+
+
+def check_bundle(bundle: dict) -> dict:
+    """Refuse a model pickled by other library versions: unpickling across versions can give
+    silently different predictions."""
+    installed = library_versions()
+    mismatched = {
+        name: (saved, installed.get(name))
+        for name, saved in bundle["versions"].items()
+        if saved != installed.get(name)
+    }
+    if mismatched:
+        raise ModelVersionError(f"model saved with other library versions (saved, installed): "
+                                f"{mismatched}; rerun the train stage")
+    return bundle

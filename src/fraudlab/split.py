@@ -1,0 +1,113 @@
+"""Time-aware train/test split with the label delay, and prequential validation folds (SPEC §5).
+
+Periods are whole days counted from ``train_start``: train days [0, train_days), a gap of
+``delay_days`` (labels of the last training days are not yet known), then test days
+[train_days + delay_days, + test_days). A test row is dropped when its card is already known to be
+compromised: a fraud of that card on a day from 0 up to (test day - delay - 1).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+
+import numpy as np
+import pandas as pd
+
+from fraudlab import schema
+from fraudlab.params import SplitParams
+
+FOLD_COLUMN = "fold"
+ROLE_COLUMN = "role"
+
+
+class SplitError(ValueError):
+    """A period of the protocol has no data."""
+
+
+def day_index(times: pd.Series, origin: dt.date) -> np.ndarray:
+    """Whole days since midnight of ``origin`` (negative before it)."""
+    delta = times.to_numpy(dtype="datetime64[ns]") - np.datetime64(origin.isoformat(), "ns")
+    return delta // np.timedelta64(1, "D")
+
+
+def _known_compromised(frame: pd.DataFrame, day: np.ndarray, delay_days: int) -> np.ndarray:
+    """Mask of rows whose card had a fraud on a day in [0, day - delay - 1]."""
+    is_counted_fraud = (frame[schema.TX_FRAUD].to_numpy() == 1) & (day >= 0)
+    first_fraud = (
+        pd.Series(day[is_counted_fraud])
+        .groupby(frame[schema.CUSTOMER_ID].to_numpy()[is_counted_fraud])
+        .min()
+    )
+    card_first_fraud = frame[schema.CUSTOMER_ID].map(first_fraud).to_numpy(dtype=np.float64)
+    return card_first_fraud <= day - delay_days - 1  # NaN (no fraud) compares False
+
+
+def train_test_split(
+    frame: pd.DataFrame,
+    *,
+    train_start: dt.date,
+    train_days: int,
+    delay_days: int,
+    test_days: int,
+) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Split by time; known compromised cards are removed from the test part."""
+    day = day_index(frame[schema.TX_DATETIME], train_start)
+    in_train = (day >= 0) & (day < train_days)
+    test_begin = train_days + delay_days
+    in_test = (day >= test_begin) & (day < test_begin + test_days)
+    if not in_train.any():
+        raise SplitError(f"no transactions in the training period: {train_days} days from "
+                         f"{train_start}")
+    if not in_test.any():
+        raise SplitError(f"no transactions in the test period: {test_days} days from "
+                         f"{train_start + dt.timedelta(days=test_begin)}")
+    keep_test = in_test & ~_known_compromised(frame, day, delay_days)
+    return (
+        frame.loc[in_train].reset_index(drop=True),
+        frame.loc[keep_test].reset_index(drop=True),
+    )
+
+
+def fold_train_start(params: SplitParams, *, delay_days: int, fold: int) -> dt.date:
+    """Training start of validation fold ``fold`` (0 = most recent).
+
+    Fold 0's validation period ends where the test split's training period ends, so no
+    validation label is newer than what is known when the model is trained; each further fold is
+    shifted one test period back in time.
+    """
+    shift = delay_days + params.test_days + fold * params.test_days
+    return params.train_start - dt.timedelta(days=shift)
+
+
+def prequential_folds(frame: pd.DataFrame, params: SplitParams, *, delay_days: int) -> pd.DataFrame:
+    """All folds' train and validation rows, tagged with ``fold`` and ``role``."""
+    parts = []
+    for fold in range(params.n_folds):
+        start = fold_train_start(params, delay_days=delay_days, fold=fold)
+        if start < frame[schema.TX_DATETIME].min().date():
+            raise SplitError(f"validation fold {fold} would start training on {start}, before "
+                             f"the first transaction; lower split.n_folds or move train_start")
+        train, valid = train_test_split(
+            frame,
+            train_start=start,
+            train_days=params.train_days,
+            delay_days=delay_days,
+            test_days=params.test_days,
+        )
+        parts += [
+            train.assign(**{FOLD_COLUMN: fold, ROLE_COLUMN: "train"}),
+            valid.assign(**{FOLD_COLUMN: fold, ROLE_COLUMN: "valid"}),
+        ]
+    return pd.concat(parts, ignore_index=True)
+
+
+def split_summary(frame: pd.DataFrame) -> dict[str, float | int | str]:
+    """Size, frauds, cards and period of one part, for the split metrics."""
+    return {
+        "transactions": len(frame),
+        "frauds": int(frame[schema.TX_FRAUD].sum()),
+        "fraud_rate": float(frame[schema.TX_FRAUD].mean()),
+        "cards": int(frame[schema.CUSTOMER_ID].nunique()),
+        "first_day": str(frame[schema.TX_DATETIME].min().date()),
+        "last_day": str(frame[schema.TX_DATETIME].max().date()),
+    }

@@ -1,0 +1,88 @@
+"""Stage ``evaluate``: score the test period, write metrics and plots through dvclive."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import pandas as pd
+from dvclive import Live
+
+from fraudlab import plots, schema
+from fraudlab.cli import run, stage_parser
+from fraudlab.io import atomic_path, read_joblib, read_parquet, write_parquet
+from fraudlab.metrics import SCORE, evaluation_metrics
+from fraudlab.models import check_bundle, feature_importance, score_frame
+from fraudlab.params import EvaluateParams, load_params
+from fraudlab.split import FOLD_COLUMN
+
+log = logging.getLogger(__name__)
+SECTIONS = ("evaluate",)
+
+
+def _flatten(metrics: dict, prefix: str = "") -> dict[str, float | int]:
+    flat = {}
+    for key, value in metrics.items():
+        name = f"{prefix}{key}"
+        flat.update(_flatten(value, f"{name}/") if isinstance(value, dict) else {name: value})
+    return flat
+
+
+def _log_to_live(
+    live: Live, metrics: dict, test: pd.DataFrame, importance: pd.Series, params: EvaluateParams
+) -> None:
+    for name, value in _flatten(metrics).items():
+        live.log_metric(name, value, plot=False)
+    y_true, y_score = test[schema.TX_FRAUD].to_numpy(), test[SCORE].to_numpy()
+    live.log_sklearn_plot("roc", y_true, y_score, name="roc.json", drop_intermediate=True)
+    live.log_sklearn_plot("precision_recall", y_true, y_score, name="precision_recall.json",
+                          drop_intermediate=True)
+    live.log_plot("feature_importance", importance.rename_axis("feature").reset_index(
+        name="importance"), x="importance", y="feature", template="bar_horizontal_sorted",
+        title="Feature importance")
+    histogram = plots.score_histogram(y_true, y_score, params.score_bins)
+    live.log_plot("score_distribution", histogram, x="score", y=["legit", "fraud"],
+                  template="linear", title="Score distribution (share of class)")
+
+    images = Path(live.plots_dir) / "images"
+    images.mkdir(parents=True, exist_ok=True)
+    test_metrics = metrics["test"]
+    figures = {
+        "roc.png": plots.roc_figure(y_true, y_score, test_metrics["auc_roc"]),
+        "precision_recall.png": plots.precision_recall_figure(
+            y_true, y_score, test_metrics["average_precision"]),
+        "confusion_matrix.png": plots.confusion_matrix_figure(
+            test_metrics["at_threshold"], test_metrics["at_threshold"]["threshold"]),
+        "feature_importance.png": plots.feature_importance_figure(importance),
+        "score_distribution.png": plots.score_distribution_figure(histogram),
+    }
+    for name, figure in figures.items():
+        plots.save_png(figure, images / name)
+
+
+def evaluate(argv: list[str] | None = None) -> None:
+    parser = stage_parser(__doc__)
+    parser.add_argument("model", help="fitted model bundle (joblib)")
+    parser.add_argument("--test", required=True, help="test rows with features (Parquet)")
+    parser.add_argument("--validation-scores", required=True, help="fold scores (Parquet)")
+    parser.add_argument("--test-scores", required=True, help="test scores (Parquet)")
+    parser.add_argument("--live-dir", required=True, help="dvclive directory: metrics and plots")
+    args = parser.parse_args(argv)
+    params: EvaluateParams = load_params(args.params, *SECTIONS)["evaluate"]
+    bundle = check_bundle(read_joblib(args.model))
+    test = score_frame(bundle["pipeline"], read_parquet(args.test), bundle["features"])
+    metrics = evaluation_metrics(
+        test, read_parquet(args.validation_scores), fold_column=FOLD_COLUMN, k=params.top_k,
+        cards_per_day=params.alert_budget_cards_per_day,
+    )
+    importance = feature_importance(bundle["pipeline"], bundle["features"])
+    with atomic_path(args.live_dir, directory=True) as tmp, Live(
+        str(tmp), dvcyaml=False, save_dvc_exp=False
+    ) as live:
+        _log_to_live(live, metrics, test, importance, params)
+    write_parquet(test, args.test_scores)
+    log.info("test: %s", {k: round(v, 4) for k, v in _flatten(metrics["test"]).items()})
+
+
+if __name__ == "__main__":
+    run(evaluate)

@@ -1,0 +1,40 @@
+"""Stage ``train``: fit the configured model on each validation fold (scoring the fold's
+validation period), then on the training period; save the final Pipeline."""
+
+from __future__ import annotations
+
+import logging
+import time
+
+from fraudlab.cli import run, stage_parser
+from fraudlab.features import feature_names
+from fraudlab.io import read_parquet, write_joblib, write_parquet
+from fraudlab.models import fit_pipeline, model_bundle, prequential_scores
+from fraudlab.params import FeaturesParams, TrainParams, load_params
+
+log = logging.getLogger(__name__)
+SECTIONS = ("train", "features")
+def train(argv: list[str] | None = None) -> None:
+    parser = stage_parser(__doc__)
+    parser.add_argument("train_rows", help="training rows with features (Parquet)")
+    parser.add_argument("--folds", required=True, help="validation folds' rows (Parquet)")
+    parser.add_argument("--model", required=True, help="fitted model bundle (joblib)")
+    parser.add_argument("--validation-scores", required=True, help="fold scores (Parquet)")
+    args = parser.parse_args(argv)
+    loaded = load_params(args.params, *SECTIONS)
+    params: TrainParams = loaded["train"]
+    features_params: FeaturesParams = loaded["features"]
+    features = feature_names(features_params)
+
+    scored = prequential_scores(read_parquet(args.folds), features, params)
+    started = time.perf_counter()
+    train_rows = read_parquet(args.train_rows)
+    pipeline = fit_pipeline(train_rows, features, params)
+    log.info("final %s model: fitted on %d rows in %.1f s", params.model, len(train_rows),
+             time.perf_counter() - started)
+    write_parquet(scored, args.validation_scores)
+    write_joblib(model_bundle(pipeline, features, params), args.model)
+
+
+if __name__ == "__main__":
+    run(train)
