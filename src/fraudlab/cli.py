@@ -25,14 +25,17 @@ def _raise_system_exit(signum: int, _frame: object) -> None:
 
 def stage_parser(description: str) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=description)
-    parser.add_argument("--params", default="params.yaml", help="params file (default: %(default)s)")
+    parser.add_argument(
+        "--params", default="params.yaml", help="params file (default: %(default)s)"
+    )
     return parser
 
 
 def run(stage: Callable[[], None]) -> None:
     """Run a stage's main function as a process: configure logging once, map errors to exits."""
     logging.basicConfig(
-        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        level=logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
     signal.signal(signal.SIGTERM, _raise_system_exit)

@@ -175,7 +175,7 @@ def build_features(frame: pd.DataFrame, params: FeaturesParams) -> pd.DataFrame:
     frame = frame.sort_values(schema.SORT_KEYS, kind="stable").reset_index(drop=True)
     when = frame[schema.TX_DATETIME]
     calendar = {
-        "tx_during_weekend": (when.dt.weekday >= _SATURDAY).astype(np.int8).to_numpy(),
+        "tx_during_weekend": (when.dt.day_of_week >= _SATURDAY).astype(np.int8).to_numpy(),
         "tx_during_night": (when.dt.hour <= params.night_end_hour).astype(np.int8).to_numpy(),
     }
 

@@ -28,8 +28,12 @@ from fraudlab.split import FOLD_COLUMN, ROLE_COLUMN
 log = logging.getLogger(__name__)
 
 # Columns kept beside each score: enough to compute every metric, no features.
-PREDICTION_COLUMNS = [schema.TRANSACTION_ID, schema.TX_DATETIME, schema.CUSTOMER_ID,
-                      schema.TX_FRAUD]
+PREDICTION_COLUMNS = [
+    schema.TRANSACTION_ID,
+    schema.TX_DATETIME,
+    schema.CUSTOMER_ID,
+    schema.TX_FRAUD,
+]
 _VERSIONED_LIBRARIES = ("fraudlab", "scikit-learn", "xgboost-cpu", "numpy", "pandas", "joblib")
 
 
@@ -38,26 +42,46 @@ def _estimator(params: TrainParams, *, scale_pos_weight: float) -> ClassifierMix
     if params.model == "logistic_regression":
         p = params.logistic_regression
         return LogisticRegression(
-            C=p.C, l1_ratio=p.l1_ratio, solver=p.solver, max_iter=p.max_iter, tol=p.tol,
-            class_weight=class_weight, random_state=params.seed,
+            C=p.C,
+            l1_ratio=p.l1_ratio,
+            solver=p.solver,
+            max_iter=p.max_iter,
+            tol=p.tol,
+            class_weight=class_weight,
+            random_state=params.seed,
         )
     if params.model == "random_forest":
         p = params.random_forest
         return RandomForestClassifier(
-            n_estimators=p.n_estimators, max_depth=p.max_depth,
-            min_samples_split=p.min_samples_split, min_samples_leaf=p.min_samples_leaf,
-            max_features=p.max_features, criterion=p.criterion, bootstrap=p.bootstrap,
-            max_samples=p.max_samples if p.bootstrap else None, class_weight=class_weight,
-            n_jobs=params.n_jobs, random_state=params.seed,
+            n_estimators=p.n_estimators,
+            max_depth=p.max_depth,
+            min_samples_split=p.min_samples_split,
+            min_samples_leaf=p.min_samples_leaf,
+            max_features=p.max_features,
+            criterion=p.criterion,
+            bootstrap=p.bootstrap,
+            max_samples=p.max_samples if p.bootstrap else None,
+            class_weight=class_weight,
+            n_jobs=params.n_jobs,
+            random_state=params.seed,
         )
     p = params.xgboost
     return XGBClassifier(
-        n_estimators=p.n_estimators, max_depth=p.max_depth, learning_rate=p.learning_rate,
-        subsample=p.subsample, colsample_bytree=p.colsample_bytree,
-        min_child_weight=p.min_child_weight, gamma=p.gamma, reg_lambda=p.reg_lambda,
-        reg_alpha=p.reg_alpha, tree_method=p.tree_method, max_bin=p.max_bin,
-        base_score=p.base_score, scale_pos_weight=scale_pos_weight,
-        n_jobs=params.n_jobs, random_state=params.seed,
+        n_estimators=p.n_estimators,
+        max_depth=p.max_depth,
+        learning_rate=p.learning_rate,
+        subsample=p.subsample,
+        colsample_bytree=p.colsample_bytree,
+        min_child_weight=p.min_child_weight,
+        gamma=p.gamma,
+        reg_lambda=p.reg_lambda,
+        reg_alpha=p.reg_alpha,
+        tree_method=p.tree_method,
+        max_bin=p.max_bin,
+        base_score=p.base_score,
+        scale_pos_weight=scale_pos_weight,
+        n_jobs=params.n_jobs,
+        random_state=params.seed,
     )
 
 
@@ -106,8 +130,14 @@ def prequential_scores(
         valid = rows[rows[ROLE_COLUMN] == "valid"]
         pipeline = fit_pipeline(train, features, params)
         scored.append(score_frame(pipeline, valid, features).assign(**{FOLD_COLUMN: fold}))
-        log.info("fold %d/%d: fitted on %d rows, scored %d in %.1f s",
-                 fold + 1, n_folds, len(train), len(valid), time.perf_counter() - started)
+        log.info(
+            "fold %d/%d: fitted on %d rows, scored %d in %.1f s",
+            fold + 1,
+            n_folds,
+            len(train),
+            len(valid),
+            time.perf_counter() - started,
+        )
     return pd.concat(scored, ignore_index=True)
 
 
@@ -155,6 +185,8 @@ def check_bundle(bundle: dict) -> dict:
         if saved != installed.get(name)
     }
     if mismatched:
-        raise ModelVersionError(f"model saved with other library versions (saved, installed): "
-                                f"{mismatched}; rerun the train stage")
+        raise ModelVersionError(
+            f"model saved with other library versions (saved, installed): "
+            f"{mismatched}; rerun the train stage"
+        )
     return bundle

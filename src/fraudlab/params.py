@@ -119,8 +119,10 @@ class TrainParams(_Section):
         if self.imbalance == "scale_pos_weight" and self.model != "xgboost":
             raise ValueError("imbalance 'scale_pos_weight' applies to model 'xgboost' only")
         if self.imbalance == "class_weight" and self.model == "xgboost":
-            raise ValueError("imbalance 'class_weight' applies to logistic_regression and "
-                             "random_forest; use 'scale_pos_weight' for xgboost")
+            raise ValueError(
+                "imbalance 'class_weight' applies to logistic_regression and "
+                "random_forest; use 'scale_pos_weight' for xgboost"
+            )
         return self
 
 

@@ -46,8 +46,12 @@ def confusion_matrix_figure(counts: dict[str, int], threshold: float) -> Figure:
     for (row, col), value in np.ndenumerate(matrix):
         ax.text(col, row, f"{value:,}", ha="center", va="center", fontsize=12)
     ax.set(
-        xticks=[0, 1], yticks=[0, 1], xticklabels=["legit", "fraud"],
-        yticklabels=["legit", "fraud"], xlabel="predicted", ylabel="actual",
+        xticks=[0, 1],
+        yticks=[0, 1],
+        xticklabels=["legit", "fraud"],
+        yticklabels=["legit", "fraud"],
+        xlabel="predicted",
+        ylabel="actual",
         title=f"Confusion matrix at threshold {threshold:.3f}",
     )
     return fig
@@ -80,8 +84,12 @@ def score_distribution_figure(histogram: pd.DataFrame) -> Figure:
     width = histogram["score"].iloc[1] - histogram["score"].iloc[0]
     for name in ("legit", "fraud"):
         ax.bar(histogram["score"], histogram[name], width=width, alpha=0.6, label=name)
-    ax.set(xlabel="fraud score", ylabel="share of class", yscale="log",
-           title="Score distribution by class")
+    ax.set(
+        xlabel="fraud score",
+        ylabel="share of class",
+        yscale="log",
+        title="Score distribution by class",
+    )
     ax.legend()
     return fig
 

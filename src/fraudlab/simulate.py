@@ -142,8 +142,12 @@ def simulate_transactions(params: SimulateParams) -> pd.DataFrame:
     rng = np.random.default_rng(params.seed)
     customers = _customers(rng, params)
     tx = _transactions(rng, customers, params.n_days)
-    log.info("drew %d transactions for %d customers over %d days",
-             len(tx.seconds), params.n_customers, params.n_days)
+    log.info(
+        "drew %d transactions for %d customers over %d days",
+        len(tx.seconds),
+        params.n_customers,
+        params.n_days,
+    )
 
     scenario = np.zeros(len(tx.seconds), dtype=np.int8)
     scenario[tx.amount > params.high_amount_threshold] = SCENARIO_HIGH_AMOUNT

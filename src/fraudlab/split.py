@@ -56,11 +56,14 @@ def train_test_split(
     test_begin = train_days + delay_days
     in_test = (day >= test_begin) & (day < test_begin + test_days)
     if not in_train.any():
-        raise SplitError(f"no transactions in the training period: {train_days} days from "
-                         f"{train_start}")
+        raise SplitError(
+            f"no transactions in the training period: {train_days} days from {train_start}"
+        )
     if not in_test.any():
-        raise SplitError(f"no transactions in the test period: {test_days} days from "
-                         f"{train_start + dt.timedelta(days=test_begin)}")
+        raise SplitError(
+            f"no transactions in the test period: {test_days} days from "
+            f"{train_start + dt.timedelta(days=test_begin)}"
+        )
     keep_test = in_test & ~_known_compromised(frame, day, delay_days)
     return (
         frame.loc[in_train].reset_index(drop=True),
@@ -85,8 +88,10 @@ def prequential_folds(frame: pd.DataFrame, params: SplitParams, *, delay_days: i
     for fold in range(params.n_folds):
         start = fold_train_start(params, delay_days=delay_days, fold=fold)
         if start < frame[schema.TX_DATETIME].min().date():
-            raise SplitError(f"validation fold {fold} would start training on {start}, before "
-                             f"the first transaction; lower split.n_folds or move train_start")
+            raise SplitError(
+                f"validation fold {fold} would start training on {start}, before "
+                f"the first transaction; lower split.n_folds or move train_start"
+            )
         train, valid = train_test_split(
             frame,
             train_start=start,

@@ -35,14 +35,26 @@ def _log_to_live(
         live.log_metric(name, value, plot=False)
     y_true, y_score = test[schema.TX_FRAUD].to_numpy(), test[SCORE].to_numpy()
     live.log_sklearn_plot("roc", y_true, y_score, name="roc.json", drop_intermediate=True)
-    live.log_sklearn_plot("precision_recall", y_true, y_score, name="precision_recall.json",
-                          drop_intermediate=True)
-    live.log_plot("feature_importance", importance.rename_axis("feature").reset_index(
-        name="importance"), x="importance", y="feature", template="bar_horizontal_sorted",
-        title="Feature importance")
+    live.log_sklearn_plot(
+        "precision_recall", y_true, y_score, name="precision_recall.json", drop_intermediate=True
+    )
+    live.log_plot(
+        "feature_importance",
+        importance.rename_axis("feature").reset_index(name="importance"),
+        x="importance",
+        y="feature",
+        template="bar_horizontal_sorted",
+        title="Feature importance",
+    )
     histogram = plots.score_histogram(y_true, y_score, params.score_bins)
-    live.log_plot("score_distribution", histogram, x="score", y=["legit", "fraud"],
-                  template="linear", title="Score distribution (share of class)")
+    live.log_plot(
+        "score_distribution",
+        histogram,
+        x="score",
+        y=["legit", "fraud"],
+        template="linear",
+        title="Score distribution (share of class)",
+    )
 
     images = Path(live.plots_dir) / "images"
     images.mkdir(parents=True, exist_ok=True)
@@ -50,9 +62,11 @@ def _log_to_live(
     figures = {
         "roc.png": plots.roc_figure(y_true, y_score, test_metrics["auc_roc"]),
         "precision_recall.png": plots.precision_recall_figure(
-            y_true, y_score, test_metrics["average_precision"]),
+            y_true, y_score, test_metrics["average_precision"]
+        ),
         "confusion_matrix.png": plots.confusion_matrix_figure(
-            test_metrics["at_threshold"], test_metrics["at_threshold"]["threshold"]),
+            test_metrics["at_threshold"], test_metrics["at_threshold"]["threshold"]
+        ),
         "feature_importance.png": plots.feature_importance_figure(importance),
         "score_distribution.png": plots.score_distribution_figure(histogram),
     }
@@ -72,13 +86,17 @@ def evaluate(argv: list[str] | None = None) -> None:
     bundle = check_bundle(read_joblib(args.model))
     test = score_frame(bundle["pipeline"], read_parquet(args.test), bundle["features"])
     metrics = evaluation_metrics(
-        test, read_parquet(args.validation_scores), fold_column=FOLD_COLUMN, k=params.top_k,
+        test,
+        read_parquet(args.validation_scores),
+        fold_column=FOLD_COLUMN,
+        k=params.top_k,
         cards_per_day=params.alert_budget_cards_per_day,
     )
     importance = feature_importance(bundle["pipeline"], bundle["features"])
-    with atomic_path(args.live_dir, directory=True) as tmp, Live(
-        str(tmp), dvcyaml=False, save_dvc_exp=False
-    ) as live:
+    with (
+        atomic_path(args.live_dir, directory=True) as tmp,
+        Live(str(tmp), dvcyaml=False, save_dvc_exp=False) as live,
+    ):
         _log_to_live(live, metrics, test, importance, params)
     write_parquet(test, args.test_scores)
     log.info("test: %s", {k: round(v, 4) for k, v in _flatten(metrics["test"]).items()})

@@ -24,8 +24,12 @@ def featurize(argv: list[str] | None = None) -> None:
     started = time.perf_counter()
     features = build_features(frame, params)
     elapsed = time.perf_counter() - started
-    log.info("computed features of %d transactions in %.1f s (%.0f rows/s)",
-             len(features), elapsed, len(features) / elapsed)
+    log.info(
+        "computed features of %d transactions in %.1f s (%.0f rows/s)",
+        len(features),
+        elapsed,
+        len(features) / elapsed,
+    )
     write_parquet(features, args.out)
 
 

@@ -23,8 +23,14 @@ def simulate(argv: list[str] | None = None) -> None:
     frame = simulate_transactions(params)
     write_parquet(frame, args.out)
     elapsed = time.perf_counter() - started
-    log.info("wrote %d transactions (%d frauds) to %s in %.1f s (%.0f rows/s)",
-             len(frame), frame["tx_fraud"].sum(), args.out, elapsed, len(frame) / elapsed)
+    log.info(
+        "wrote %d transactions (%d frauds) to %s in %.1f s (%.0f rows/s)",
+        len(frame),
+        frame["tx_fraud"].sum(),
+        args.out,
+        elapsed,
+        len(frame) / elapsed,
+    )
 
 
 if __name__ == "__main__":

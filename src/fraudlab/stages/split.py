@@ -7,7 +7,13 @@ import logging
 from fraudlab.cli import run, stage_parser
 from fraudlab.io import read_parquet, write_json, write_parquet
 from fraudlab.params import load_params
-from fraudlab.split import FOLD_COLUMN, ROLE_COLUMN, prequential_folds, split_summary, train_test_split
+from fraudlab.split import (
+    FOLD_COLUMN,
+    ROLE_COLUMN,
+    prequential_folds,
+    split_summary,
+    train_test_split,
+)
 
 log = logging.getLogger(__name__)
 SECTIONS = ("split", "features")
@@ -25,8 +31,11 @@ def split(argv: list[str] | None = None) -> None:
     params, delay = loaded["split"], loaded["features"].label_delay_days
     frame = read_parquet(args.features)
     train, test = train_test_split(
-        frame, train_start=params.train_start, train_days=params.train_days,
-        delay_days=delay, test_days=params.test_days,
+        frame,
+        train_start=params.train_start,
+        train_days=params.train_days,
+        delay_days=delay,
+        test_days=params.test_days,
     )
     folds = prequential_folds(frame, params, delay_days=delay)
     summary = {"train": split_summary(train), "test": split_summary(test)}
@@ -36,9 +45,14 @@ def split(argv: list[str] | None = None) -> None:
     write_parquet(test, args.test)
     write_parquet(folds, args.folds)
     write_json(summary, args.summary)
-    log.info("train %d rows (%d frauds), test %d rows (%d frauds), %d validation folds",
-             len(train), summary["train"]["frauds"], len(test), summary["test"]["frauds"],
-             params.n_folds)
+    log.info(
+        "train %d rows (%d frauds), test %d rows (%d frauds), %d validation folds",
+        len(train),
+        summary["train"]["frauds"],
+        len(test),
+        summary["test"]["frauds"],
+        params.n_folds,
+    )
 
 
 if __name__ == "__main__":

@@ -14,6 +14,8 @@ from fraudlab.params import FeaturesParams, TrainParams, load_params
 
 log = logging.getLogger(__name__)
 SECTIONS = ("train", "features")
+
+
 def train(argv: list[str] | None = None) -> None:
     parser = stage_parser(__doc__)
     parser.add_argument("train_rows", help="training rows with features (Parquet)")
@@ -30,8 +32,12 @@ def train(argv: list[str] | None = None) -> None:
     started = time.perf_counter()
     train_rows = read_parquet(args.train_rows)
     pipeline = fit_pipeline(train_rows, features, params)
-    log.info("final %s model: fitted on %d rows in %.1f s", params.model, len(train_rows),
-             time.perf_counter() - started)
+    log.info(
+        "final %s model: fitted on %d rows in %.1f s",
+        params.model,
+        len(train_rows),
+        time.perf_counter() - started,
+    )
     write_parquet(scored, args.validation_scores)
     write_joblib(model_bundle(pipeline, features, params), args.model)
 

@@ -28,10 +28,14 @@ def validate(argv: list[str] | None = None) -> None:
     write_parquet(result.clean, args.clean)
     write_parquet(result.rejected, args.rejected)
     write_json(result.report, args.report)
-    log.info("kept %d of %d rows; quarantined %d (%s); dropped %d exact duplicates",
-             result.report["rows_kept"], result.report["rows_read"],
-             result.report["rows_rejected"], result.report["rejected_by_reason"] or "none",
-             result.report["exact_duplicates_dropped"])
+    log.info(
+        "kept %d of %d rows; quarantined %d (%s); dropped %d exact duplicates",
+        result.report["rows_kept"],
+        result.report["rows_read"],
+        result.report["rows_rejected"],
+        result.report["rejected_by_reason"] or "none",
+        result.report["exact_duplicates_dropped"],
+    )
 
 
 if __name__ == "__main__":

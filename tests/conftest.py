@@ -1,0 +1,65 @@
+"""Shared fixtures: small params and small simulated data, built in memory."""
+
+from __future__ import annotations
+
+import datetime as dt
+
+import pandas as pd
+import pytest
+
+from fraudlab.params import FeaturesParams, SimulateParams, ValidateParams
+from fraudlab.simulate import simulate_transactions
+
+
+def small_simulate_params(**overrides) -> SimulateParams:
+    values = {
+        "seed": 7,
+        "n_customers": 150,
+        "n_terminals": 300,
+        "n_days": 50,
+        "start_date": dt.date(2018, 4, 1),
+        "radius": 10.0,
+        "high_amount_threshold": 220.0,
+        "compromised_terminals_per_day": 1,
+        "compromised_terminal_days": 28,
+        "compromised_customers_per_day": 1,
+        "compromised_customer_days": 14,
+    }
+    return SimulateParams(**(values | overrides))
+
+
+@pytest.fixture(scope="session")
+def small_transactions() -> pd.DataFrame:
+    return simulate_transactions(small_simulate_params())
+
+
+@pytest.fixture
+def features_params() -> FeaturesParams:
+    return FeaturesParams(
+        customer_windows_days=[1, 7, 30],
+        terminal_windows_days=[1, 7, 30],
+        label_delay_days=7,
+        night_end_hour=6,
+    )
+
+
+@pytest.fixture
+def validate_params() -> ValidateParams:
+    return ValidateParams(max_rejected_share=0.2, example_values=3)
+
+
+def transactions(rows: list[tuple]) -> pd.DataFrame:
+    """Hand-made canonical frame from rows of
+    (id, 'YYYY-MM-DD HH:MM', customer, terminal, amount, fraud)."""
+    frame = pd.DataFrame(
+        rows,
+        columns=[
+            "transaction_id",
+            "tx_datetime",
+            "customer_id",
+            "terminal_id",
+            "tx_amount",
+            "tx_fraud",
+        ],
+    )
+    return frame.assign(tx_datetime=pd.to_datetime(frame["tx_datetime"]).astype("datetime64[ns]"))

@@ -1,0 +1,187 @@
+"""Window features against hand-computed answers, the tie rule, leakage and online/batch parity."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from conftest import transactions
+from fraudlab.features import build_features, feature_names, online_features
+from fraudlab.params import FeaturesParams
+
+
+def _by_id(frame: pd.DataFrame) -> pd.DataFrame:
+    return frame.set_index("transaction_id").sort_index()
+
+
+def test_customer_windows_cover_t_minus_n_to_t_including_current():
+    frame = transactions(
+        [
+            (1, "2018-04-02 10:00", "A", 1, 10.0, 0),
+            (2, "2018-04-02 12:00", "A", 2, 20.0, 0),
+            (3, "2018-04-03 11:00", "A", 3, 30.0, 0),
+            (4, "2018-04-10 11:00", "A", 4, 40.0, 0),  # exactly 7 days after id 3: 3 drops out
+            (5, "2018-04-02 11:00", "B", 1, 99.0, 0),  # another customer never counts for A
+        ]
+    )
+    params = FeaturesParams(
+        customer_windows_days=[1, 7, 30],
+        terminal_windows_days=[1],
+        label_delay_days=7,
+        night_end_hour=6,
+    )
+    got = _by_id(build_features(frame, params))
+
+    assert got.loc[[1, 2, 3, 4], "customer_id_nb_tx_1day_window"].tolist() == [1, 2, 2, 1]
+    assert got.loc[[1, 2, 3, 4], "customer_id_avg_amount_1day_window"].tolist() == [
+        10.0,
+        15.0,
+        25.0,
+        40.0,
+    ]
+    assert got.loc[[1, 2, 3, 4], "customer_id_nb_tx_7day_window"].tolist() == [1, 2, 3, 1]
+    assert got.loc[[1, 2, 3, 4], "customer_id_avg_amount_7day_window"].tolist() == [
+        10.0,
+        15.0,
+        20.0,
+        40.0,
+    ]
+    assert got.loc[[1, 2, 3, 4], "customer_id_nb_tx_30day_window"].tolist() == [1, 2, 3, 4]
+    assert got.loc[4, "customer_id_avg_amount_30day_window"] == 25.0
+    assert got.loc[5, "customer_id_nb_tx_30day_window"] == 1
+
+
+def test_terminal_windows_are_shifted_by_the_label_delay():
+    frame = transactions(
+        [
+            (1, "2018-04-01 10:00", 1, "T", 5.0, 1),
+            (2, "2018-04-01 11:00", 2, "T", 5.0, 0),
+            (3, "2018-04-08 10:00", 3, "T", 5.0, 1),  # known_until = 04-01 10:00: sees id 1 only
+            (4, "2018-04-08 10:30", 4, "T", 5.0, 0),  # sees id 1 only; ids 3 and 4 are too recent
+            (5, "2018-04-08 11:00", 5, "T", 5.0, 0),  # sees ids 1 and 2
+            (6, "2018-04-09 09:00", 6, "T", 5.0, 0),  # (03-31 09:00, 04-02 09:00]: ids 1 and 2
+            (7, "2018-04-09 10:00", 7, "T", 5.0, 0),  # (04-01 10:00, 04-02 10:00]: id 2 only
+            (8, "2018-04-16 10:00", 8, "T", 5.0, 0),  # window (04-08 10:00, 04-09 10:00]: 4..7
+            (9, "2018-04-08 10:00", 9, "U", 5.0, 0),  # a terminal with no known history
+        ]
+    )
+    params = FeaturesParams(
+        customer_windows_days=[1],
+        terminal_windows_days=[1, 7],
+        label_delay_days=7,
+        night_end_hour=6,
+    )
+    got = _by_id(build_features(frame, params))
+
+    assert got["terminal_id_nb_tx_1day_window"].tolist() == [0, 0, 1, 1, 2, 2, 1, 4, 0]
+    assert got["terminal_id_risk_1day_window"].tolist() == [0, 0, 1, 1, 0.5, 0.5, 0, 0, 0]
+    # 7-day window of id 8: (04-02 10:00, 04-09 10:00] holds ids 3..7, one fraud (id 3)
+    assert got.loc[8, "terminal_id_nb_tx_7day_window"] == 5
+    assert got.loc[8, "terminal_id_risk_7day_window"] == pytest.approx(0.2)
+
+
+def test_same_timestamp_rule_orders_ties_by_transaction_id():
+    frame = transactions(
+        [
+            (5, "2018-04-02 10:00", "A", 1, 20.0, 0),
+            (3, "2018-04-02 10:00", "A", 1, 10.0, 0),
+            (9, "2018-04-02 10:00", "A", 1, 60.0, 0),
+        ]
+    )
+    params = FeaturesParams(
+        customer_windows_days=[1], terminal_windows_days=[1], label_delay_days=1, night_end_hour=6
+    )
+    got = _by_id(build_features(frame, params))
+    assert got["customer_id_nb_tx_1day_window"].tolist() == [1, 2, 3]
+    assert got["customer_id_avg_amount_1day_window"].tolist() == [10.0, 15.0, 30.0]
+
+
+def test_calendar_flags():
+    frame = transactions(
+        [
+            (1, "2018-04-07 06:59", "A", 1, 1.0, 0),  # Saturday, hour 6: night
+            (2, "2018-04-09 07:00", "A", 1, 1.0, 0),  # Monday, hour 7: day
+            (3, "2018-04-08 00:00", "A", 1, 1.0, 0),  # Sunday midnight
+        ]
+    )
+    params = FeaturesParams(
+        customer_windows_days=[1], terminal_windows_days=[1], label_delay_days=1, night_end_hour=6
+    )
+    got = _by_id(build_features(frame, params))
+    assert got["tx_during_weekend"].tolist() == [1, 0, 1]
+    assert got["tx_during_night"].tolist() == [1, 0, 1]
+
+
+def test_row_order_of_the_input_does_not_matter(small_transactions, features_params):
+    expected = build_features(small_transactions, features_params)
+    shuffled = small_transactions.sample(frac=1.0, random_state=3)
+    got = build_features(shuffled, features_params)
+    pd.testing.assert_frame_equal(got, expected)
+
+
+def test_string_ids_give_the_same_features_as_integer_ids(small_transactions, features_params):
+    as_strings = small_transactions.assign(
+        customer_id="c" + small_transactions["customer_id"].astype(str),
+        terminal_id="t" + small_transactions["terminal_id"].astype(str),
+    )
+    names = feature_names(features_params)
+    got = build_features(as_strings, features_params)[names]
+    pd.testing.assert_frame_equal(got, build_features(small_transactions, features_params)[names])
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_no_label_inside_the_delay_or_after_t_and_no_future_row_changes_a_feature(
+    small_transactions, features_params, seed
+):
+    rng = np.random.default_rng(seed)
+    names = feature_names(features_params)
+    row = small_transactions.iloc[
+        int(rng.integers(len(small_transactions) // 2, len(small_transactions)))
+    ]
+    t = row["tx_datetime"]
+    delay = pd.Timedelta(days=features_params.label_delay_days)
+    recent = small_transactions["tx_datetime"] > t - delay
+    later = (small_transactions["tx_datetime"] > t) | (
+        (small_transactions["tx_datetime"] == t)
+        & (small_transactions["transaction_id"] > row["transaction_id"])
+    )
+    tampered = small_transactions.assign(
+        tx_fraud=np.where(
+            recent, 1 - small_transactions["tx_fraud"], small_transactions["tx_fraud"]
+        ),
+        tx_amount=np.where(
+            later, small_transactions["tx_amount"] * 7, small_transactions["tx_amount"]
+        ),
+    )
+    assert recent.sum() > 100
+    assert later.any()
+
+    def features_of_row(frame: pd.DataFrame) -> pd.Series:
+        built = build_features(frame, features_params)
+        return built.loc[built["transaction_id"] == row["transaction_id"], names].iloc[0]
+
+    pd.testing.assert_series_equal(features_of_row(tampered), features_of_row(small_transactions))
+
+
+def test_online_features_from_history_equal_batch_features(small_transactions, features_params):
+    names = feature_names(features_params)
+    batch = _by_id(build_features(small_transactions, features_params))
+    ordered = small_transactions.sort_values(["tx_datetime", "transaction_id"])
+    rng = np.random.default_rng(11)
+    for position in rng.choice(np.arange(len(ordered) // 3, len(ordered)), size=40, replace=False):
+        history = ordered.iloc[:position]
+        new = ordered.iloc[[position]].drop(columns=["tx_fraud"])
+        online = online_features(history, new, features_params).iloc[0]
+        expected = batch.loc[new["transaction_id"].iloc[0], names]
+        np.testing.assert_allclose(
+            online[names].to_numpy(float), expected.to_numpy(float), rtol=1e-12, atol=0
+        )
+
+
+def test_online_features_handle_simultaneous_arrivals(features_params):
+    history = transactions([(1, "2018-04-02 10:00", "A", "T", 10.0, 0)])
+    new = transactions([(2, "2018-04-02 10:00", "A", "T", 30.0, 0)]).drop(columns=["tx_fraud"])
+    got = online_features(history, new, features_params).iloc[0]
+    assert got["customer_id_nb_tx_1day_window"] == 2
+    assert got["customer_id_avg_amount_1day_window"] == 20.0

@@ -1,0 +1,115 @@
+"""The model artifact: factory, determinism, behaviour of trained models, version check."""
+
+from __future__ import annotations
+
+import io
+
+import joblib
+import numpy as np
+import pytest
+import yaml
+
+from fraudlab.features import build_features, feature_names
+from fraudlab.models import (
+    ModelVersionError,
+    check_bundle,
+    feature_importance,
+    fit_pipeline,
+    model_bundle,
+    predict_scores,
+)
+from fraudlab.params import FeaturesParams, TrainParams
+from test_params import ROOT
+
+FAMILIES = ["logistic_regression", "random_forest", "xgboost"]
+
+
+def _train_params(model: str, **overrides) -> TrainParams:
+    raw = yaml.safe_load((ROOT / "params.yaml").read_text())["train"]
+    raw["random_forest"]["n_estimators"] = 20
+    raw["xgboost"]["n_estimators"] = 20
+    return TrainParams.model_validate(raw | {"model": model} | overrides)
+
+
+@pytest.fixture(scope="module")
+def featured(small_transactions):
+    params = FeaturesParams(
+        customer_windows_days=[1, 7, 30],
+        terminal_windows_days=[1, 7, 30],
+        label_delay_days=7,
+        night_end_hour=6,
+    )
+    return build_features(small_transactions, params), feature_names(params)
+
+
+def _bytes(obj) -> bytes:
+    buffer = io.BytesIO()
+    joblib.dump(obj, buffer)
+    return buffer.getvalue()
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_fitting_twice_gives_byte_identical_artifacts(featured, family):
+    frame, names = featured
+    params = _train_params(family)
+    first = model_bundle(fit_pipeline(frame, names, params), names, params)
+    second = model_bundle(fit_pipeline(frame, names, params), names, params)
+    assert _bytes(first) == _bytes(second)
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_scores_ignore_ids_and_follow_obvious_signals(featured, family):
+    frame, names = featured
+    pipeline = fit_pipeline(frame, names, _train_params(family))
+    scores = predict_scores(pipeline, frame, names)
+    assert scores.dtype == np.float64
+    assert ((scores >= 0) & (scores <= 1)).all()
+
+    relabelled = frame.assign(
+        customer_id=frame["customer_id"] + 10_000,
+        terminal_id=frame["terminal_id"][::-1].to_numpy(),
+        transaction_id=frame["transaction_id"] * 3,
+    )
+    np.testing.assert_array_equal(predict_scores(pipeline, relabelled, names), scores)
+
+    legit = frame[frame["tx_fraud"] == 0]
+    risky = legit.assign(**{c: 1.0 for c in names if c.startswith("terminal_id_risk")})
+    assert (
+        predict_scores(pipeline, risky, names).mean()
+        > predict_scores(pipeline, legit, names).mean()
+    )
+    big = legit.assign(tx_amount=legit["tx_amount"] + 300)
+    assert (
+        predict_scores(pipeline, big, names).mean() > predict_scores(pipeline, legit, names).mean()
+    )
+
+
+def test_scale_pos_weight_is_the_negative_to_positive_ratio(featured):
+    frame, names = featured
+    pipeline = fit_pipeline(frame, names, _train_params("xgboost", imbalance="scale_pos_weight"))
+    labels = frame["tx_fraud"]
+    expected = (labels == 0).sum() / (labels == 1).sum()
+    assert pipeline.named_steps["model"].get_params()["scale_pos_weight"] == pytest.approx(expected)
+
+
+def test_class_weight_reaches_the_estimator(featured):
+    frame, names = featured
+    pipeline = fit_pipeline(frame, names, _train_params("random_forest", imbalance="class_weight"))
+    assert pipeline.named_steps["model"].class_weight == "balanced"
+
+
+def test_feature_importance_names_every_feature_and_sums_to_one(featured):
+    frame, names = featured
+    importance = feature_importance(fit_pipeline(frame, names, _train_params("xgboost")), names)
+    assert sorted(importance.index) == sorted(names)
+    assert importance.sum() == pytest.approx(1.0)
+
+
+def test_a_model_from_other_library_versions_is_refused(featured):
+    frame, names = featured
+    params = _train_params("logistic_regression")
+    bundle = model_bundle(fit_pipeline(frame, names, params), names, params)
+    assert check_bundle(bundle) is bundle
+    bundle["versions"] = bundle["versions"] | {"scikit-learn": "0.0.1"}
+    with pytest.raises(ModelVersionError, match="scikit-learn"):
+        check_bundle(bundle)

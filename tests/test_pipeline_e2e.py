@@ -1,0 +1,224 @@
+"""The real ``dvc repro`` on a temporary copy of the repository, with tiny params.
+
+One module-scoped repository; the tests run in file order and each leaves it reproduced.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from test_params import ROOT
+
+pytestmark = pytest.mark.e2e
+
+TINY = {
+    "simulate": {
+        "n_customers": 200,
+        "n_terminals": 400,
+        "n_days": 60,
+        "radius": 10.0,
+        "compromised_terminals_per_day": 1,
+        "compromised_customers_per_day": 1,
+    },
+    "split": {"train_start": "2018-05-10", "n_folds": 2},
+    "train": {"xgboost": {"n_estimators": 10}, "random_forest": {"n_estimators": 10}},
+}
+
+
+def _merge(base: dict, overrides: dict) -> dict:
+    return {
+        k: _merge(v, overrides[k])
+        if isinstance(v, dict) and k in overrides
+        else overrides.get(k, v)
+        for k, v in base.items()
+    }
+
+
+def _env(repo: Path) -> dict[str, str]:
+    env = os.environ.copy()
+    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env['PATH']}"
+    env["PYTHONPATH"] = str(repo / "src")  # the copy's code, not the installed checkout's
+    for key in ("GIT_AUTHOR_NAME", "GIT_COMMITTER_NAME"):
+        env[key] = "fraudlab-test"
+    for key in ("GIT_AUTHOR_EMAIL", "GIT_COMMITTER_EMAIL"):
+        env[key] = "test@example.invalid"
+    env.pop("DVC_EXP_NAME", None)
+    return env
+
+
+def _run(repo: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess:
+    done = subprocess.run(
+        args, cwd=repo, env=_env(repo), capture_output=True, text=True, check=False
+    )
+    if check and done.returncode != 0:
+        pytest.fail(f"{' '.join(args)} exited {done.returncode}:\n{done.stdout}\n{done.stderr}")
+    return done
+
+
+def _stages_run(output: str) -> set[str]:
+    return {
+        line.split("'")[1] for line in output.splitlines() if line.startswith("Running stage '")
+    }
+
+
+def _set_params(repo: Path, overrides: dict) -> None:
+    path = repo / "params.yaml"
+    path.write_text(
+        yaml.safe_dump(_merge(yaml.safe_load(path.read_text()), overrides), sort_keys=False)
+    )
+
+
+def _dvc(*args: str) -> list[str]:
+    return [str(Path(sys.executable).parent / "dvc"), *args]
+
+
+def _tracked_files() -> list[str]:
+    listed = subprocess.run(
+        ["git", "ls-files", "-co", "--exclude-standard"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.split()
+    return [f for f in listed if f != "dvc.lock" and (ROOT / f).is_file()]
+
+
+@pytest.fixture(scope="module")
+def repo(tmp_path_factory) -> Path:
+    repo = tmp_path_factory.mktemp("fraudlab")
+    for name in _tracked_files():
+        (repo / name).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(ROOT / name, repo / name)
+    _set_params(repo, TINY)
+    _run(repo, "git", "init", "-q")
+    _run(repo, "git", "add", "-A")
+    _run(repo, "git", "commit", "-qm", "tiny fraudlab")
+    first = _run(repo, *_dvc("repro"))
+    assert _stages_run(first.stdout) == {
+        "simulate",
+        "validate",
+        "featurize",
+        "split",
+        "train",
+        "evaluate",
+    }
+    _run(repo, "git", "add", "-A")
+    _run(repo, "git", "commit", "-qm", "reproduced")
+    return repo
+
+
+def _lock(repo: Path) -> str:
+    return (repo / "dvc.lock").read_text()
+
+
+def _assert_clean(repo: Path) -> None:
+    status = _run(repo, *_dvc("status", "-q"), check=False)
+    assert status.returncode == 0, _run(repo, *_dvc("status"), check=False).stdout
+    assert _run(repo, "git", "status", "--porcelain").stdout == ""
+
+
+def test_first_repro_writes_metrics_and_is_clean(repo):
+    metrics = yaml.safe_load((repo / "metrics/evaluate/metrics.json").read_text())
+    assert 0.5 < metrics["test"]["auc_roc"] <= 1
+    assert set(metrics["validation"]["average_precision"]) == {"mean", "std"}
+    assert (repo / "metrics/evaluate/plots/images/roc.png").stat().st_size > 1000
+    _assert_clean(repo)
+
+
+def test_second_repro_runs_nothing(repo):
+    assert _stages_run(_run(repo, *_dvc("repro")).stdout) == set()
+
+
+def test_train_param_change_reruns_only_train_and_evaluate(repo):
+    _set_params(repo, {"train": {"xgboost": {"max_depth": 3}}})
+    assert _stages_run(_run(repo, *_dvc("repro")).stdout) == {"train", "evaluate"}
+
+
+def test_feature_param_change_never_reruns_the_simulator(repo):
+    _set_params(repo, {"features": {"customer_windows_days": [1, 7, 14]}})
+    assert _stages_run(_run(repo, *_dvc("repro")).stdout) == {
+        "featurize",
+        "split",
+        "train",
+        "evaluate",
+    }
+    _run(repo, "git", "checkout", "params.yaml")
+    restored = _run(repo, *_dvc("repro"))  # outputs come back from the run cache
+    assert "evaluate" in restored.stdout
+    _assert_clean(repo)
+
+
+def test_forced_repro_twice_leaves_the_lock_unchanged(repo):
+    committed = _lock(repo)
+    for _ in range(2):
+        forced = _run(repo, *_dvc("repro", "--force"))
+        assert _stages_run(forced.stdout) == {
+            "simulate",
+            "validate",
+            "featurize",
+            "split",
+            "train",
+            "evaluate",
+        }
+        assert _lock(repo) == committed
+    _assert_clean(repo)
+
+
+def test_experiment_run_and_comparison_commands(repo):
+    _run(repo, *_dvc("exp", "run", "-S", "train.xgboost.learning_rate=0.1"))
+    names = _run(repo, *_dvc("exp", "list", "--name-only")).stdout.split()
+    assert len(names) == 1
+    assert names[0] in _run(repo, *_dvc("exp", "show", "--json")).stdout
+    params = json.loads(_run(repo, *_dvc("params", "diff", "HEAD", "--json")).stdout)
+    assert params["params.yaml"] == {"train.xgboost.learning_rate": {"old": 0.3, "new": 0.1}}
+    metrics = json.loads(_run(repo, *_dvc("metrics", "diff", "HEAD", "--json")).stdout)
+    assert "test.average_precision" in metrics["metrics/evaluate/metrics.json"]
+    _run(repo, "git", "checkout", "--", ".")
+    _run(repo, *_dvc("checkout", "-q"))
+    _run(repo, *_dvc("exp", "remove", "--all-commits", "-q"))
+    _assert_clean(repo)
+
+
+def _interrupt_during(repo: Path, stage: str, sig: signal.Signals) -> None:
+    process = subprocess.Popen(
+        _dvc("repro", "--force"),
+        cwd=repo,
+        env=_env(repo),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+    )
+    deadline = time.monotonic() + 120
+    for line in process.stdout:
+        if line.startswith(f"Running stage '{stage}'") or time.monotonic() > deadline:
+            break
+    time.sleep(1.5)  # inside the stage's command
+    os.killpg(process.pid, sig)
+    process.wait(timeout=60)
+    assert process.returncode != 0
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGKILL], ids=["sigint", "sigkill"])
+def test_interrupted_stage_leaves_nothing_complete_and_next_repro_matches(repo, sig):
+    committed = _lock(repo)
+    model_hash = yaml.safe_load(committed)["stages"]["train"]["outs"][0]["md5"]
+    _interrupt_during(repo, "train", sig)
+    model = repo / "models" / "model.joblib"
+    if model.exists():  # only ever the complete artifact
+        assert hashlib.md5(model.read_bytes()).hexdigest() == model_hash
+    _run(repo, *_dvc("repro"))
+    assert _lock(repo) == committed
+    assert not list(repo.rglob(".*.tmp-*"))
+    _assert_clean(repo)

@@ -1,0 +1,38 @@
+"""The repository's promises to a fresh clone: the Quickstart, CI's entry point, pinned installs."""
+
+from __future__ import annotations
+
+import re
+
+from test_params import ROOT
+
+
+def _quickstart_lines() -> list[str]:
+    readme = (ROOT / "README.md").read_text()
+    section = readme.split("## Quickstart", 1)[1]
+    block = re.search(r"```[a-z]*\n(.*?)```", section, flags=re.DOTALL)
+    assert block, "README's Quickstart has no fenced code block"
+    return [line for line in block.group(1).splitlines() if line.strip()]
+
+
+def test_quickstart_is_two_commands_install_and_repro_then_tests():
+    install, tests = _quickstart_lines()
+    assert install.endswith("dvc repro")
+    assert "requirements.lock" in install
+    assert tests.endswith("python -m pytest")
+    assert "requirements-dev.lock" in tests
+
+
+def test_ci_runs_exactly_the_readme_test_command():
+    ci = (ROOT / ".ci" / "run").read_text().splitlines()
+    assert _quickstart_lines()[1] in ci
+
+
+def test_every_dependency_is_pinned_exactly():
+    for name in ("requirements.lock", "requirements-dev.lock"):
+        for line in (ROOT / name).read_text().splitlines():
+            if line and not line.startswith(("#", "-r ")):
+                assert re.fullmatch(r"[A-Za-z0-9_.\-\[\]]+==[^=\s]+", line), f"{name}: {line}"
+    runtime = (ROOT / "requirements.lock").read_text()
+    for package in ("dvc==", "dvclive==", "scikit-learn==", "xgboost-cpu==", "pandas=="):
+        assert package in runtime

@@ -1,0 +1,89 @@
+"""The simulator: determinism, the scenarios' rules, and reference-like volumes and fraud rate."""
+
+from __future__ import annotations
+
+import pandas as pd
+import pytest
+
+from conftest import small_simulate_params
+from fraudlab.simulate import simulate_transactions
+
+
+@pytest.fixture(scope="module")
+def reference_density():
+    """The reference customer and terminal density (SPEC §3) over 60 days instead of 183."""
+    params = small_simulate_params(
+        n_customers=5000,
+        n_terminals=10000,
+        n_days=60,
+        radius=5.0,
+        compromised_terminals_per_day=2,
+        compromised_customers_per_day=3,
+        seed=1,
+    )
+    return simulate_transactions(params)
+
+
+def test_volumes_and_fraud_rate_land_close_to_the_reference(reference_density):
+    per_day = reference_density.groupby(reference_density["tx_datetime"].dt.floor("D")).agg(
+        transactions=("tx_fraud", "size"), frauds=("tx_fraud", "sum")
+    )
+    assert len(per_day) == 60
+    # reference: ~9,600 transactions a day; ~80 frauds a day once scenario 2 (28 days) is
+    # in steady state; 0.837 % frauds over 183 days
+    assert 9_000 < per_day["transactions"].mean() < 10_200
+    steady = per_day.iloc[30:]
+    assert 60 < steady["frauds"].mean() < 100
+    assert 0.006 < steady["frauds"].sum() / steady["transactions"].sum() < 0.011
+
+
+def test_same_seed_same_data_other_seed_other_data():
+    params = small_simulate_params()
+    pd.testing.assert_frame_equal(simulate_transactions(params), simulate_transactions(params))
+    other = simulate_transactions(small_simulate_params(seed=8))
+    assert (
+        not other["tx_amount"]
+        .head(100)
+        .equals(simulate_transactions(params)["tx_amount"].head(100))
+    )
+
+
+def test_schema_order_and_ranges(small_transactions):
+    frame = small_transactions
+    assert list(frame.columns[:6]) == [
+        "transaction_id",
+        "tx_datetime",
+        "customer_id",
+        "terminal_id",
+        "tx_amount",
+        "tx_fraud",
+    ]
+    assert frame["transaction_id"].tolist() == list(range(len(frame)))
+    assert frame["tx_datetime"].is_monotonic_increasing
+    assert (frame["tx_amount"] >= 0).all()
+    assert (frame["tx_amount"].round(2) == frame["tx_amount"]).all()
+    assert frame["tx_datetime"].min() >= pd.Timestamp("2018-04-01")
+    assert frame["tx_datetime"].max() < pd.Timestamp("2018-04-01") + pd.Timedelta(days=50)
+
+
+def test_scenario_rules(small_transactions):
+    frame = small_transactions
+    assert ((frame["tx_fraud_scenario"] > 0) == (frame["tx_fraud"] == 1)).all()
+    high = frame[frame["tx_fraud_scenario"] == 1]
+    assert (high["tx_amount"] > 220).all()
+    # nothing above the threshold escapes being fraud (scenarios 2 and 3 may override the tag)
+    assert (frame.loc[frame["tx_amount"] > 220, "tx_fraud"] == 1).all()
+    # a compromised terminal's fraud lasts: after its first scenario-2 fraud, every transaction
+    # there within the next 27 days is fraud
+    terminal_frauds = frame[frame["tx_fraud_scenario"] == 2]
+    assert not terminal_frauds.empty
+    terminal = terminal_frauds["terminal_id"].iloc[0]
+    first_day = terminal_frauds["tx_datetime"].iloc[0].floor("D")
+    there = frame[
+        (frame["terminal_id"] == terminal)
+        & (frame["tx_datetime"] >= first_day)
+        & (frame["tx_datetime"] < first_day + pd.Timedelta(days=28))
+    ]
+    assert (there["tx_fraud"] == 1).all()
+    assert frame["tx_fraud_scenario"].isin([0, 1, 2, 3]).all()
+    assert (frame["tx_fraud_scenario"] == 3).any()

@@ -1,0 +1,134 @@
+"""The data contract: file-level errors stop the run, row-level problems are quarantined."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from conftest import transactions
+from fraudlab.params import ValidateParams
+from fraudlab.validate import DataContractError, validate_transactions
+
+
+def _good(n: int = 20) -> pd.DataFrame:
+    return transactions(
+        [
+            (i, f"2018-04-{1 + i % 20:02d} 10:00", i % 4, i % 3, float(i), int(i % 5 == 0))
+            for i in range(n)
+        ]
+    )
+
+
+@pytest.mark.parametrize(
+    ("mutate", "message"),
+    [
+        (lambda f: f.iloc[0:0], "no rows"),
+        (
+            lambda f: f.drop(columns=["terminal_id"]),
+            r"missing required column\(s\) \['terminal_id'\]",
+        ),
+        (lambda f: f.assign(tx_datetime=f["tx_datetime"].astype(str)), "wrong dtype.*tx_datetime"),
+        (lambda f: f.assign(tx_amount=f["tx_amount"].astype(str)), "wrong dtype.*tx_amount"),
+        (lambda f: f.assign(tx_fraud=0), "tx_fraud holds one class only"),
+    ],
+    ids=["empty", "missing-column", "date-as-text", "amount-as-text", "one-class"],
+)
+def test_file_level_problems_stop_with_a_message_naming_them(validate_params, mutate, message):
+    with pytest.raises(DataContractError, match=message):
+        validate_transactions(mutate(_good()), validate_params)
+
+
+def test_row_problems_are_quarantined_with_every_reason(validate_params):
+    frame = _good()
+    frame.loc[1, "tx_amount"] = -5.0
+    frame.loc[2, "tx_fraud"] = 2
+    frame.loc[3, "tx_amount"] = np.nan
+    frame.loc[4, ["tx_amount", "tx_fraud"]] = [-1.0, 7]
+    result = validate_transactions(frame, validate_params)
+    reasons = result.rejected.set_index("transaction_id")["rejection_reason"].to_dict()
+    assert reasons == {
+        1: "negative tx_amount",
+        2: "tx_fraud not 0/1",
+        3: "null tx_amount",
+        4: "negative tx_amount; tx_fraud not 0/1",
+    }
+    assert result.report["rows_rejected"] == 4
+    assert result.report["rejected_by_reason"] == {
+        "null tx_amount": 1,
+        "negative tx_amount": 2,
+        "tx_fraud not 0/1": 2,
+    }
+    assert len(result.clean) == 16
+    assert not result.clean["transaction_id"].isin([1, 2, 3, 4]).any()
+
+
+def test_exact_duplicates_are_dropped_and_conflicting_ids_quarantined(validate_params):
+    frame = _good()
+    conflicting = frame.iloc[[5]].assign(tx_amount=123.0)
+    result = validate_transactions(
+        pd.concat([frame, frame.iloc[[7, 7]], conflicting]), validate_params
+    )
+    assert result.report["exact_duplicates_dropped"] == 2
+    assert sorted(result.rejected["tx_amount"]) == [5.0, 123.0]  # both versions of id 5
+    assert set(result.rejected["rejection_reason"]) == {
+        "transaction_id repeated with different content"
+    }
+    assert result.clean["transaction_id"].is_unique
+    assert result.report["rows_read"] == 23
+    assert result.report["rows_kept"] == 19
+
+
+def test_too_many_rejected_rows_stop_the_run_naming_each_rule():
+    frame = _good()
+    frame.loc[[1, 2, 3], "tx_amount"] = -1.0
+    with pytest.raises(
+        DataContractError,
+        match=r"3 of 20 rows.*'negative tx_amount': 3 rows, "
+        r"e.g. transaction_id \[1, 2\]",
+    ):
+        validate_transactions(frame, ValidateParams(max_rejected_share=0.1, example_values=2))
+
+
+def test_clean_rows_are_sorted_and_typed_and_input_untouched(validate_params):
+    frame = _good().sample(frac=1.0, random_state=0)
+    before = frame.copy()
+    result = validate_transactions(frame, validate_params)
+    pd.testing.assert_frame_equal(frame, before)
+    assert result.clean["tx_datetime"].is_monotonic_increasing
+    assert result.clean["tx_fraud"].dtype == np.int8
+
+
+def test_stage_exits_nonzero_names_the_file_and_writes_nothing(tmp_path, validate_params):
+    raw = tmp_path / "raw.parquet"
+    _good().drop(columns=["tx_amount"]).to_parquet(raw)
+    params = tmp_path / "params.yaml"
+    params.write_text("validate:\n  max_rejected_share: 0.01\n  example_values: 5\n")
+    outputs = [tmp_path / "clean.parquet", tmp_path / "rejected.parquet", tmp_path / "dq.json"]
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "fraudlab.stages.validate",
+            str(raw),
+            "--params",
+            str(params),
+            "--clean",
+            str(outputs[0]),
+            "--rejected",
+            str(outputs[1]),
+            "--report",
+            str(outputs[2]),
+        ],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert done.returncode == 1
+    assert f"{raw}: missing required column(s) ['tx_amount']" in done.stderr
+    assert "Traceback" not in done.stderr
+    assert not any(p.exists() for p in outputs)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["params.yaml", "raw.parquet"]
