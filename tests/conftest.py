@@ -7,6 +7,7 @@ import datetime as dt
 import pandas as pd
 import pytest
 
+from fraudlab import schema
 from fraudlab.params import FeaturesParams, SimulateParams, ValidateParams
 from fraudlab.simulate import simulate_transactions
 
@@ -51,15 +52,5 @@ def validate_params() -> ValidateParams:
 def transactions(rows: list[tuple]) -> pd.DataFrame:
     """Hand-made canonical frame from rows of
     (id, 'YYYY-MM-DD HH:MM', customer, terminal, amount, fraud)."""
-    frame = pd.DataFrame(
-        rows,
-        columns=[
-            "transaction_id",
-            "tx_datetime",
-            "customer_id",
-            "terminal_id",
-            "tx_amount",
-            "tx_fraud",
-        ],
-    )
+    frame = pd.DataFrame(rows, columns=list(schema.REQUIRED_COLUMNS))
     return frame.assign(tx_datetime=pd.to_datetime(frame["tx_datetime"]).astype("datetime64[ns]"))

@@ -98,11 +98,28 @@ def test_class_weight_reaches_the_estimator(featured):
     assert pipeline.named_steps["model"].class_weight == "balanced"
 
 
-def test_feature_importance_names_every_feature_and_sums_to_one(featured):
+@pytest.mark.parametrize(
+    ("family", "spline_knots"),
+    [("xgboost", 0), ("random_forest", 0), ("logistic_regression", 0), ("logistic_regression", 5)],
+)
+def test_feature_importance_names_every_feature_and_sums_to_one(featured, family, spline_knots):
     frame, names = featured
-    importance = feature_importance(fit_pipeline(frame, names, _train_params("xgboost")), names)
+    params = _train_params(family)
+    params = params.model_copy(
+        update={
+            "logistic_regression": params.logistic_regression.model_copy(
+                update={"spline_knots": spline_knots}
+            )
+        }
+    )
+    pipeline = fit_pipeline(frame, names, params)
+    assert ("spline" in pipeline.named_steps) == (
+        family == "logistic_regression" and spline_knots > 0
+    )
+    importance = feature_importance(pipeline, names)
     assert sorted(importance.index) == sorted(names)
     assert importance.sum() == pytest.approx(1.0)
+    assert importance.index[0].startswith(("terminal_id_risk", "tx_amount"))
 
 
 def test_a_model_from_other_library_versions_is_refused(featured):

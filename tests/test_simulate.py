@@ -6,6 +6,7 @@ import pandas as pd
 import pytest
 
 from conftest import small_simulate_params
+from fraudlab import schema
 from fraudlab.simulate import simulate_transactions
 
 
@@ -50,14 +51,7 @@ def test_same_seed_same_data_other_seed_other_data():
 
 def test_schema_order_and_ranges(small_transactions):
     frame = small_transactions
-    assert list(frame.columns[:6]) == [
-        "transaction_id",
-        "tx_datetime",
-        "customer_id",
-        "terminal_id",
-        "tx_amount",
-        "tx_fraud",
-    ]
+    assert tuple(frame.columns[:6]) == schema.REQUIRED_COLUMNS
     assert frame["transaction_id"].tolist() == list(range(len(frame)))
     assert frame["tx_datetime"].is_monotonic_increasing
     assert (frame["tx_amount"] >= 0).all()

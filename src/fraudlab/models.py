@@ -16,7 +16,7 @@ from sklearn.base import ClassifierMixin
 from sklearn.ensemble import RandomForestClassifier
 from sklearn.linear_model import LogisticRegression
 from sklearn.pipeline import Pipeline
-from sklearn.preprocessing import StandardScaler
+from sklearn.preprocessing import SplineTransformer, StandardScaler
 from threadpoolctl import threadpool_limits
 from xgboost import XGBClassifier
 
@@ -87,12 +87,14 @@ def _estimator(params: TrainParams, *, scale_pos_weight: float) -> ClassifierMix
 
 def build_pipeline(params: TrainParams, *, scale_pos_weight: float = 1.0) -> Pipeline:
     """An unfitted Pipeline for the configured model family."""
-    return Pipeline(
-        [
-            ("scale", StandardScaler()),
-            ("model", _estimator(params, scale_pos_weight=scale_pos_weight)),
-        ]
-    )
+    steps = []
+    if params.model == "logistic_regression" and params.logistic_regression.spline_knots:
+        steps.append(("spline", SplineTransformer(n_knots=params.logistic_regression.spline_knots)))
+    steps += [
+        ("scale", StandardScaler()),
+        ("model", _estimator(params, scale_pos_weight=scale_pos_weight)),
+    ]
+    return Pipeline(steps)
 
 
 def fit_pipeline(train: pd.DataFrame, features: list[str], params: TrainParams) -> Pipeline:
@@ -142,12 +144,15 @@ def prequential_scores(
 
 
 def feature_importance(pipeline: Pipeline, features: list[str]) -> pd.Series:
-    """Tree importances, or absolute coefficients on standardized inputs, normalized to sum 1."""
+    """Tree importances, or absolute coefficients on standardized inputs (summed over each
+    feature's spline basis), normalized to sum 1."""
     model = pipeline.named_steps["model"]
     if hasattr(model, "feature_importances_"):
         values = np.asarray(model.feature_importances_, dtype=np.float64)
     else:
-        values = np.abs(np.ravel(model.coef_)).astype(np.float64)
+        # SplineTransformer emits each feature's basis columns together, feature by feature.
+        per_feature = np.abs(np.ravel(model.coef_)).astype(np.float64).reshape(len(features), -1)
+        values = per_feature.sum(axis=1)
     total = values.sum()
     return pd.Series(values / total if total else values, index=features).sort_values(
         ascending=False, kind="stable"

@@ -70,6 +70,10 @@ class LogisticRegressionParams(_Section):
     # between is elastic net; a very large C means no penalty.
     C: Annotated[float, Field(gt=0)]
     l1_ratio: Share
+    # Cubic B-splines with this many knots per feature before the scaler make the linear model
+    # additive but non-linear in each feature (fraud rises steeply with amount and terminal
+    # risk); 0 feeds the raw features, as the handbook's baseline did.
+    spline_knots: Annotated[int, Field(ge=0)]
     solver: Literal["lbfgs", "liblinear", "saga", "newton-cg", "newton-cholesky"]
     max_iter: PositiveInt
     tol: Annotated[float, Field(gt=0)]

@@ -42,9 +42,19 @@ def confusion_matrix_figure(counts: dict[str, int], threshold: float) -> Figure:
     matrix = np.array([[counts["tn"], counts["fp"]], [counts["fn"], counts["tp"]]])
     fig = Figure(figsize=_SIZE)
     ax = fig.subplots()
-    ax.imshow(np.log10(matrix + 1), cmap="Blues")
+    shade = np.log10(matrix + 1)
+    ax.imshow(shade, cmap="Blues")
     for (row, col), value in np.ndenumerate(matrix):
-        ax.text(col, row, f"{value:,}", ha="center", va="center", fontsize=12)
+        dark = shade[row, col] > shade.max() / 2
+        ax.text(
+            col,
+            row,
+            f"{value:,}",
+            ha="center",
+            va="center",
+            fontsize=12,
+            color="white" if dark else "black",
+        )
     ax.set(
         xticks=[0, 1],
         yticks=[0, 1],
