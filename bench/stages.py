@@ -1,7 +1,8 @@
 """Time every stage of dvc.yaml at the params given (default: the reference params.yaml).
 
 Runs each stage's command, in pipeline order, in a scratch directory (the repository's data is
-untouched), and prints wall time, rows processed, rows/s and the stage process's peak memory.
+untouched), and prints wall time, rows read (all Parquet inputs; for a source, rows written),
+rows/s and the stage process's peak memory.
 
     python bench/stages.py                  # reference size, ~1 minute on 2 cores
     python bench/stages.py --params my.yaml --keep /tmp/bench-data
@@ -26,11 +27,12 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def _rows(workdir: Path, stage: dict) -> int:
-    """Rows the stage reads: its first Parquet dependency, or (for a source) its first output."""
-    data_deps = [d for d in stage.get("deps", []) if str(d).endswith(".parquet")]
-    outs = [o if isinstance(o, str) else next(iter(o)) for o in stage.get("outs", [])]
-    path = data_deps[0] if data_deps else next(o for o in outs if o.endswith(".parquet"))
-    return pq.read_metadata(workdir / path).num_rows
+    """Rows the stage reads from all its Parquet inputs, or (for a source) writes."""
+    paths = [d for d in stage.get("deps", []) if str(d).endswith(".parquet")]
+    if not paths:
+        outs = [o if isinstance(o, str) else next(iter(o)) for o in stage.get("outs", [])]
+        paths = [o for o in outs if o.endswith(".parquet")][:1]
+    return sum(pq.read_metadata(workdir / path).num_rows for path in paths)
 
 
 def _run_stage(cmd: str, workdir: Path, env: dict[str, str]) -> tuple[float, float]:
