@@ -106,10 +106,9 @@ def customer_windows(
     at_or_before = _window_bounds(groups, times)
     # Cumulative sums restart at each group, so a group's result depends on its rows alone.
     cumulative = pd.Series(amounts).groupby(groups, sort=False).cumsum().to_numpy()
+    names = customer_feature_names(windows_days)
     out = {}
-    for n, (count_name, mean_name) in zip(
-        windows_days, np.reshape(customer_feature_names(windows_days), (-1, 2)), strict=True
-    ):
+    for n, count_name, mean_name in zip(windows_days, names[::2], names[1::2], strict=True):
         first = at_or_before(n * _NS_PER_DAY)
         before_window = np.where(first > starts, cumulative[np.maximum(first - 1, 0)], 0.0)
         count = position - first + 1
@@ -131,10 +130,9 @@ def terminal_windows(
     delay = delay_days * _NS_PER_DAY
     end = at_or_before(delay)
     frauds_before = np.concatenate([[0], np.cumsum(labels, dtype=np.int64)])
+    names = terminal_feature_names(windows_days)
     out = {}
-    for n, (count_name, risk_name) in zip(
-        windows_days, np.reshape(terminal_feature_names(windows_days), (-1, 2)), strict=True
-    ):
+    for n, count_name, risk_name in zip(windows_days, names[::2], names[1::2], strict=True):
         begin = at_or_before(delay + n * _NS_PER_DAY)
         count = end - begin
         frauds = frauds_before[end] - frauds_before[begin]

@@ -105,7 +105,13 @@ def fit_pipeline(train: pd.DataFrame, features: list[str], params: TrainParams) 
         scale_pos_weight = float((y == 0).sum() / max((y == 1).sum(), 1))
     pipeline = build_pipeline(params, scale_pos_weight=scale_pos_weight)
     with threadpool_limits(limits=params.n_jobs):
-        return pipeline.fit(train[features], y)
+        pipeline.fit(train[features], y)
+    model = pipeline.named_steps["model"]
+    if isinstance(model, RandomForestClassifier):
+        # A forest predicting on several threads adds its trees' probabilities in whatever order
+        # the threads finish: scores then differ in the last bit from run to run. Predict on one.
+        model.set_params(n_jobs=1)
+    return pipeline
 
 
 def predict_scores(pipeline: Pipeline, frame: pd.DataFrame, features: list[str]) -> np.ndarray:
