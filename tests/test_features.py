@@ -172,7 +172,7 @@ def test_online_features_from_history_equal_batch_features(small_transactions, f
     for position in rng.choice(np.arange(len(ordered) // 3, len(ordered)), size=40, replace=False):
         history = ordered.iloc[:position]
         new = ordered.iloc[[position]].drop(columns=["tx_fraud"])
-        online = online_features(history, new, features_params).iloc[0]
+        online = online_features(history, new, params=features_params).iloc[0]
         expected = batch.loc[new["transaction_id"].iloc[0], names]
         np.testing.assert_allclose(
             online[names].to_numpy(float), expected.to_numpy(float), rtol=1e-12, atol=0
@@ -182,6 +182,6 @@ def test_online_features_from_history_equal_batch_features(small_transactions, f
 def test_online_features_handle_simultaneous_arrivals(features_params):
     history = transactions([(1, "2018-04-02 10:00", "A", "T", 10.0, 0)])
     new = transactions([(2, "2018-04-02 10:00", "A", "T", 30.0, 0)]).drop(columns=["tx_fraud"])
-    got = online_features(history, new, features_params).iloc[0]
+    got = online_features(history, new, params=features_params).iloc[0]
     assert got["customer_id_nb_tx_1day_window"] == 2
     assert got["customer_id_avg_amount_1day_window"] == 20.0

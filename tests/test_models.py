@@ -52,16 +52,16 @@ def _bytes(obj) -> bytes:
 def test_fitting_twice_gives_byte_identical_artifacts(featured, family):
     frame, names = featured
     params = _train_params(family)
-    first = model_bundle(fit_pipeline(frame, names, params), names, params)
-    second = model_bundle(fit_pipeline(frame, names, params), names, params)
+    first = model_bundle(fit_pipeline(frame, names, params=params), names, params=params)
+    second = model_bundle(fit_pipeline(frame, names, params=params), names, params=params)
     assert _bytes(first) == _bytes(second)
 
 
 @pytest.mark.parametrize("family", FAMILIES)
 def test_scores_ignore_ids_and_follow_obvious_signals(featured, family):
     frame, names = featured
-    pipeline = fit_pipeline(frame, names, _train_params(family))
-    scores = predict_scores(pipeline, frame, names)
+    pipeline = fit_pipeline(frame, names, params=_train_params(family))
+    scores = predict_scores(pipeline, frame, features=names)
     assert scores.dtype == np.float64
     assert ((scores >= 0) & (scores <= 1)).all()
 
@@ -70,23 +70,26 @@ def test_scores_ignore_ids_and_follow_obvious_signals(featured, family):
         terminal_id=frame["terminal_id"][::-1].to_numpy(),
         transaction_id=frame["transaction_id"] * 3,
     )
-    np.testing.assert_array_equal(predict_scores(pipeline, relabelled, names), scores)
+    np.testing.assert_array_equal(predict_scores(pipeline, relabelled, features=names), scores)
 
     legit = frame[frame["tx_fraud"] == 0]
     risky = legit.assign(**{c: 1.0 for c in names if c.startswith("terminal_id_risk")})
     assert (
-        predict_scores(pipeline, risky, names).mean()
-        > predict_scores(pipeline, legit, names).mean()
+        predict_scores(pipeline, risky, features=names).mean()
+        > predict_scores(pipeline, legit, features=names).mean()
     )
     big = legit.assign(tx_amount=legit["tx_amount"] + 300)
     assert (
-        predict_scores(pipeline, big, names).mean() > predict_scores(pipeline, legit, names).mean()
+        predict_scores(pipeline, big, features=names).mean()
+        > predict_scores(pipeline, legit, features=names).mean()
     )
 
 
 def test_scale_pos_weight_is_the_negative_to_positive_ratio(featured):
     frame, names = featured
-    pipeline = fit_pipeline(frame, names, _train_params("xgboost", imbalance="scale_pos_weight"))
+    pipeline = fit_pipeline(
+        frame, names, params=_train_params("xgboost", imbalance="scale_pos_weight")
+    )
     labels = frame["tx_fraud"]
     expected = (labels == 0).sum() / (labels == 1).sum()
     assert pipeline.named_steps["model"].get_params()["scale_pos_weight"] == pytest.approx(expected)
@@ -94,7 +97,9 @@ def test_scale_pos_weight_is_the_negative_to_positive_ratio(featured):
 
 def test_class_weight_reaches_the_estimator(featured):
     frame, names = featured
-    pipeline = fit_pipeline(frame, names, _train_params("random_forest", imbalance="class_weight"))
+    pipeline = fit_pipeline(
+        frame, names, params=_train_params("random_forest", imbalance="class_weight")
+    )
     assert pipeline.named_steps["model"].class_weight == "balanced"
 
 
@@ -112,7 +117,7 @@ def test_feature_importance_names_every_feature_and_sums_to_one(featured, family
             )
         }
     )
-    pipeline = fit_pipeline(frame, names, params)
+    pipeline = fit_pipeline(frame, names, params=params)
     assert ("spline" in pipeline.named_steps) == (
         family == "logistic_regression" and spline_knots > 0
     )
@@ -125,7 +130,7 @@ def test_feature_importance_names_every_feature_and_sums_to_one(featured, family
 def test_a_model_from_other_library_versions_is_refused(featured):
     frame, names = featured
     params = _train_params("logistic_regression")
-    bundle = model_bundle(fit_pipeline(frame, names, params), names, params)
+    bundle = model_bundle(fit_pipeline(frame, names, params=params), names, params=params)
     assert check_bundle(bundle) is bundle
     bundle["versions"] = bundle["versions"] | {"scikit-learn": "0.0.1"}
     with pytest.raises(ModelVersionError, match="scikit-learn"):

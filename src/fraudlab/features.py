@@ -97,7 +97,7 @@ def _group_starts(groups: np.ndarray) -> np.ndarray:
 
 
 def customer_windows(
-    groups: np.ndarray, times: np.ndarray, amounts: np.ndarray, windows_days: list[int]
+    groups: np.ndarray, times: np.ndarray, *, amounts: np.ndarray, windows_days: list[int]
 ) -> dict[str, np.ndarray]:
     """Count and mean amount over (t - n, t], current row included. Inputs sorted by
     (group, time, transaction_id); outputs aligned with the inputs."""
@@ -120,6 +120,7 @@ def customer_windows(
 def terminal_windows(
     groups: np.ndarray,
     times: np.ndarray,
+    *,
     labels: np.ndarray,
     windows_days: list[int],
     delay_days: int,
@@ -180,7 +181,8 @@ def build_features(frame: pd.DataFrame, params: FeaturesParams) -> pd.DataFrame:
     groups, times, order = _by_group(frame, schema.CUSTOMER_ID)
     amounts = frame[schema.TX_AMOUNT].to_numpy(dtype=np.float64)[order]
     customer = _scatter(
-        customer_windows(groups, times, amounts, params.customer_windows_days), order
+        customer_windows(groups, times, amounts=amounts, windows_days=params.customer_windows_days),
+        order,
     )
 
     groups, times, order = _by_group(frame, schema.TERMINAL_ID)
@@ -190,7 +192,11 @@ def build_features(frame: pd.DataFrame, params: FeaturesParams) -> pd.DataFrame:
         labels = np.zeros(len(frame), dtype=np.int64)
     terminal = _scatter(
         terminal_windows(
-            groups, times, labels[order], params.terminal_windows_days, params.label_delay_days
+            groups,
+            times,
+            labels=labels[order],
+            windows_days=params.terminal_windows_days,
+            delay_days=params.label_delay_days,
         ),
         order,
     )
@@ -207,7 +213,7 @@ def history_needed(params: FeaturesParams) -> tuple[pd.Timedelta, pd.Timedelta]:
 
 
 def online_features(
-    history: pd.DataFrame, transaction: pd.DataFrame, params: FeaturesParams
+    history: pd.DataFrame, transaction: pd.DataFrame, *, params: FeaturesParams
 ) -> pd.DataFrame:
     """Features of new transaction(s) from stored history, with the batch code.
 

@@ -97,7 +97,7 @@ def build_pipeline(params: TrainParams, *, scale_pos_weight: float = 1.0) -> Pip
     return Pipeline(steps)
 
 
-def fit_pipeline(train: pd.DataFrame, features: list[str], params: TrainParams) -> Pipeline:
+def fit_pipeline(train: pd.DataFrame, features: list[str], *, params: TrainParams) -> Pipeline:
     """Fit a new Pipeline on ``train`` (thread count pinned: BLAS sums depend on it)."""
     y = train[schema.TX_FRAUD].to_numpy()
     scale_pos_weight = 1.0
@@ -114,20 +114,22 @@ def fit_pipeline(train: pd.DataFrame, features: list[str], params: TrainParams) 
     return pipeline
 
 
-def predict_scores(pipeline: Pipeline, frame: pd.DataFrame, features: list[str]) -> np.ndarray:
+def predict_scores(pipeline: Pipeline, frame: pd.DataFrame, *, features: list[str]) -> np.ndarray:
     """Fraud probabilities as float64 (xgboost returns float32, which JSON writers reject)."""
     n_jobs = getattr(pipeline.named_steps["model"], "n_jobs", None) or 1
     with threadpool_limits(limits=n_jobs):
         return pipeline.predict_proba(frame[features])[:, 1].astype(np.float64)
 
 
-def score_frame(pipeline: Pipeline, frame: pd.DataFrame, features: list[str]) -> pd.DataFrame:
+def score_frame(pipeline: Pipeline, frame: pd.DataFrame, *, features: list[str]) -> pd.DataFrame:
     """The prediction columns of ``frame`` with the model's score."""
-    return frame[PREDICTION_COLUMNS].assign(**{SCORE: predict_scores(pipeline, frame, features)})
+    return frame[PREDICTION_COLUMNS].assign(
+        **{SCORE: predict_scores(pipeline, frame, features=features)}
+    )
 
 
 def prequential_scores(
-    folds: pd.DataFrame, features: list[str], params: TrainParams
+    folds: pd.DataFrame, features: list[str], *, params: TrainParams
 ) -> pd.DataFrame:
     """Score each fold's validation rows with a model fitted on that fold's training rows."""
     scored = []
@@ -136,8 +138,8 @@ def prequential_scores(
         started = time.perf_counter()
         train = rows[rows[ROLE_COLUMN] == "train"]
         valid = rows[rows[ROLE_COLUMN] == "valid"]
-        pipeline = fit_pipeline(train, features, params)
-        scored.append(score_frame(pipeline, valid, features).assign(**{FOLD_COLUMN: fold}))
+        pipeline = fit_pipeline(train, features, params=params)
+        scored.append(score_frame(pipeline, valid, features=features).assign(**{FOLD_COLUMN: fold}))
         log.info(
             "fold %d/%d: fitted on %d rows, scored %d in %.1f s",
             fold + 1,
@@ -171,7 +173,7 @@ def library_versions() -> dict[str, str]:
     return {name: version(name) for name in _VERSIONED_LIBRARIES}
 
 
-def model_bundle(pipeline: Pipeline, features: list[str], params: TrainParams) -> dict:
+def model_bundle(pipeline: Pipeline, features: list[str], *, params: TrainParams) -> dict:
     """What the model file holds: the Pipeline plus what a loader needs to use it safely."""
     return {
         "pipeline": pipeline,

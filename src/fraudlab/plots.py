@@ -16,7 +16,7 @@ from sklearn.metrics import precision_recall_curve, roc_curve
 _SIZE = (5.5, 4.5)
 
 
-def roc_figure(y_true: np.ndarray, y_score: np.ndarray, auc: float) -> Figure:
+def roc_figure(y_true: np.ndarray, y_score: np.ndarray, *, auc: float) -> Figure:
     fpr, tpr, _ = roc_curve(y_true, y_score)
     fig = Figure(figsize=_SIZE)
     ax = fig.subplots()
@@ -27,7 +27,7 @@ def roc_figure(y_true: np.ndarray, y_score: np.ndarray, auc: float) -> Figure:
     return fig
 
 
-def precision_recall_figure(y_true: np.ndarray, y_score: np.ndarray, ap: float) -> Figure:
+def precision_recall_figure(y_true: np.ndarray, y_score: np.ndarray, *, ap: float) -> Figure:
     precision, recall, _ = precision_recall_curve(y_true, y_score)
     fig = Figure(figsize=_SIZE)
     ax = fig.subplots()
@@ -78,7 +78,7 @@ def feature_importance_figure(importance: pd.Series) -> Figure:
     return fig
 
 
-def score_histogram(y_true: np.ndarray, y_score: np.ndarray, bins: int) -> pd.DataFrame:
+def score_histogram(y_true: np.ndarray, y_score: np.ndarray, *, bins: int) -> pd.DataFrame:
     """Share of each class's transactions per score bin (bins of equal width on [0, 1])."""
     edges = np.linspace(0, 1, bins + 1)
     rows = {"score": np.round((edges[:-1] + edges[1:]) / 2, 6)}

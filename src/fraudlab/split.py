@@ -30,7 +30,7 @@ def day_index(times: pd.Series, origin: dt.date) -> np.ndarray:
     return delta // np.timedelta64(1, "D")
 
 
-def _known_compromised(frame: pd.DataFrame, day: np.ndarray, delay_days: int) -> np.ndarray:
+def _known_compromised(frame: pd.DataFrame, *, day: np.ndarray, delay_days: int) -> np.ndarray:
     """Mask of rows whose card had a fraud on a day in [0, day - delay - 1]."""
     is_counted_fraud = (frame[schema.TX_FRAUD].to_numpy() == 1) & (day >= 0)
     first_fraud = (
@@ -64,7 +64,7 @@ def train_test_split(
             f"no transactions in the test period: {test_days} days from "
             f"{train_start + dt.timedelta(days=test_begin)}"
         )
-    keep_test = in_test & ~_known_compromised(frame, day, delay_days)
+    keep_test = in_test & ~_known_compromised(frame, day=day, delay_days=delay_days)
     return (
         frame.loc[in_train].reset_index(drop=True),
         frame.loc[keep_test].reset_index(drop=True),

@@ -29,7 +29,12 @@ def _flatten(metrics: dict, prefix: str = "") -> dict[str, float | int]:
 
 
 def _log_to_live(
-    live: Live, metrics: dict, test: pd.DataFrame, importance: pd.Series, params: EvaluateParams
+    live: Live,
+    *,
+    metrics: dict,
+    test: pd.DataFrame,
+    importance: pd.Series,
+    params: EvaluateParams,
 ) -> None:
     for name, value in _flatten(metrics).items():
         live.log_metric(name, value, plot=False)
@@ -46,7 +51,7 @@ def _log_to_live(
         template="bar_horizontal_sorted",
         title="Feature importance",
     )
-    histogram = plots.score_histogram(y_true, y_score, params.score_bins)
+    histogram = plots.score_histogram(y_true, y_score, bins=params.score_bins)
     live.log_plot(
         "score_distribution",
         histogram,
@@ -60,9 +65,9 @@ def _log_to_live(
     images.mkdir(parents=True, exist_ok=True)
     test_metrics = metrics["test"]
     figures = {
-        "roc.png": plots.roc_figure(y_true, y_score, test_metrics["auc_roc"]),
+        "roc.png": plots.roc_figure(y_true, y_score, auc=test_metrics["auc_roc"]),
         "precision_recall.png": plots.precision_recall_figure(
-            y_true, y_score, test_metrics["average_precision"]
+            y_true, y_score, ap=test_metrics["average_precision"]
         ),
         "confusion_matrix.png": plots.confusion_matrix_figure(
             test_metrics["at_threshold"], test_metrics["at_threshold"]["threshold"]
@@ -84,7 +89,7 @@ def evaluate(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     params: EvaluateParams = load_params(args.params, *SECTIONS)["evaluate"]
     bundle = check_bundle(read_joblib(args.model))
-    test = score_frame(bundle["pipeline"], read_parquet(args.test), bundle["features"])
+    test = score_frame(bundle["pipeline"], read_parquet(args.test), features=bundle["features"])
     metrics = evaluation_metrics(
         test,
         read_parquet(args.validation_scores),
@@ -97,7 +102,7 @@ def evaluate(argv: list[str] | None = None) -> None:
         atomic_path(args.live_dir, directory=True) as tmp,
         Live(str(tmp), dvcyaml=False, save_dvc_exp=False) as live,
     ):
-        _log_to_live(live, metrics, test, importance, params)
+        _log_to_live(live, metrics=metrics, test=test, importance=importance, params=params)
     write_parquet(test, args.test_scores)
     log.info("test: %s", {k: round(v, 4) for k, v in _flatten(metrics["test"]).items()})
 

@@ -28,10 +28,10 @@ def train(argv: list[str] | None = None) -> None:
     features_params: FeaturesParams = loaded["features"]
     features = feature_names(features_params)
 
-    scored = prequential_scores(read_parquet(args.folds), features, params)
+    scored = prequential_scores(read_parquet(args.folds), features, params=params)
     started = time.perf_counter()
     train_rows = read_parquet(args.train_rows)
-    pipeline = fit_pipeline(train_rows, features, params)
+    pipeline = fit_pipeline(train_rows, features, params=params)
     log.info(
         "final %s model: fitted on %d rows in %.1f s",
         params.model,
@@ -39,7 +39,7 @@ def train(argv: list[str] | None = None) -> None:
         time.perf_counter() - started,
     )
     write_parquet(scored, args.validation_scores)
-    write_joblib(model_bundle(pipeline, features, params), args.model)
+    write_joblib(model_bundle(pipeline, features, params=params), args.model)
 
 
 if __name__ == "__main__":
