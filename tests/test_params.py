@@ -62,7 +62,7 @@ def _stage_module(stage: dict) -> str:
 @pytest.mark.parametrize("name", sorted(STAGES))
 def test_stage_declares_exactly_the_params_sections_it_reads(name):
     module = importlib.import_module(_stage_module(STAGES[name]))
-    assert sorted(STAGES[name]["params"]) == sorted(module.SECTIONS)
+    assert sorted(STAGES[name].get("params", [])) == sorted(module.SECTIONS)
 
 
 def _fraudlab_imports(path: Path) -> set[str]:

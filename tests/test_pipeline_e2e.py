@@ -187,6 +187,71 @@ def test_experiment_run_and_comparison_commands(repo):
     assert "test.average_precision" in metrics["metrics/evaluate/metrics.json"]
 
 
+def _browser() -> str | None:
+    return next(filter(None, map(shutil.which, ("chromium", "chromium-browser"))), None)
+
+
+@pytest.fixture
+def browser() -> str:
+    path = _browser()
+    if path is None:
+        if os.environ.get("FRAUDLAB_REQUIRE_BROWSER"):
+            pytest.fail("FRAUDLAB_REQUIRE_BROWSER is set but no chromium is on PATH")
+        pytest.skip("no chromium on PATH (.ci/run installs it)")
+    return path
+
+
+def _rendered_vega_plots(browser: str, page: Path, profile: Path) -> int:
+    """Open ``page`` in headless Chromium with every network request refused; count the Vega
+    plots that actually drew (vega-embed gives each drawn canvas or svg the class 'marks')."""
+    dom = subprocess.run(
+        [
+            browser,
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--no-first-run",
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--disable-sync",
+            f"--user-data-dir={profile}",
+            "--proxy-server=127.0.0.1:9",
+            "--host-resolver-rules=MAP * ~NOTFOUND",
+            "--virtual-time-budget=15000",
+            "--dump-dom",
+            page.as_uri(),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=180,
+        check=True,
+    ).stdout
+    return dom.count('class="marks"')
+
+
+def test_plots_render_in_a_browser_without_network(repo, browser, tmp_path):
+    n_vega_plots = sum(
+        1
+        for plot in yaml.safe_load((repo / "dvc.yaml").read_text())["plots"]
+        if not (isinstance(plot, str) and plot.endswith("images"))
+    )
+    _run(repo, *_dvc("plots", "show", "-o", str(tmp_path / "offline")))
+    page = tmp_path / "offline" / "index.html"
+    assert _rendered_vega_plots(browser, page, tmp_path / "p1") == n_vega_plots
+    assert len(list((tmp_path / "offline" / "static").glob("*.png"))) == 5
+
+    # Control: DVC's default page, which loads Vega from a CDN, draws nothing here.
+    from dvc_render.html import PAGE_HTML
+
+    cdn_template = tmp_path / "cdn.html"
+    cdn_template.write_text(PAGE_HTML)
+    _run(
+        repo,
+        *_dvc("plots", "show", "-o", str(tmp_path / "cdn"), "--html-template", str(cdn_template)),
+    )
+    assert _rendered_vega_plots(browser, tmp_path / "cdn" / "index.html", tmp_path / "p2") == 0
+
+
 def _interrupt_during(repo: Path, stage: str, sig: signal.Signals) -> None:
     process = subprocess.Popen(
         _dvc("repro", "--force"),

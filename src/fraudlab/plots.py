@@ -1,6 +1,6 @@
-"""Evaluation plots as PNG images that open anywhere, offline (no Vega, no network).
+"""Evaluation plots that open offline: PNG images, and a page template for DVC's Vega plots.
 
-Built with matplotlib's object API (no pyplot global state) and saved without the
+Images are built with matplotlib's object API (no pyplot global state) and saved without the
 software/date metadata, so the bytes depend only on the data and library versions.
 """
 
@@ -45,7 +45,7 @@ def confusion_matrix_figure(counts: dict[str, int], threshold: float) -> Figure:
     shade = np.log10(matrix + 1)
     ax.imshow(shade, cmap="Blues")
     for (row, col), value in np.ndenumerate(matrix):
-        dark = shade[row, col] > shade.max() / 2
+        dark = shade[row, col] > (shade.min() + shade.max()) / 2  # imshow spans min..max
         ax.text(
             col,
             row,
@@ -107,3 +107,32 @@ def score_distribution_figure(histogram: pd.DataFrame) -> Figure:
 def save_png(fig: Figure, path: str | Path) -> None:
     """Write ``fig`` (callers write inside an atomic directory, so no temp file here)."""
     fig.savefig(path, format="png", dpi=100, metadata={"Software": None})
+
+
+# The placeholders dvc-render fills in; "{scripts}" is left out on purpose, since it would bring
+# back the script tags that load Vega from a CDN.
+_OFFLINE_PAGE = """<!DOCTYPE html>
+<html>
+<head>
+    {refresh_tag}
+    <meta charset="utf-8">
+    <title>fraudlab plots</title>
+    <script type="text/javascript">
+JAVASCRIPT
+    </script>
+    <style>
+        body { font-family: sans-serif; }
+        table { border-spacing: 15px; }
+    </style>
+</head>
+<body>
+    {plot_divs}
+</body>
+</html>
+"""
+
+
+def offline_html_template(javascript: str) -> str:
+    """An HTML template for ``dvc plots show/diff --html-template`` that carries the Vega,
+    Vega-Lite and Vega-Embed libraries inline (``javascript`` defines ``vegaEmbed``)."""
+    return _OFFLINE_PAGE.replace("JAVASCRIPT", javascript)
