@@ -8,14 +8,12 @@ import signal
 import sys
 from collections.abc import Callable
 
-from fraudlab.params import ParamsError
-from fraudlab.split import SplitError
-from fraudlab.validate import DataContractError
+from fraudlab.errors import UserError
 
 log = logging.getLogger("fraudlab")
 
 # Errors caused by the user's data or params: reported in one line, no traceback.
-_USER_ERRORS = (DataContractError, ParamsError, SplitError, FileNotFoundError)
+_USER_ERRORS = (UserError, FileNotFoundError)
 
 
 def _raise_system_exit(signum: int, _frame: object) -> None:

@@ -21,6 +21,7 @@ from threadpoolctl import threadpool_limits
 from xgboost import XGBClassifier
 
 from fraudlab import schema
+from fraudlab.errors import UserError
 from fraudlab.metrics import SCORE
 from fraudlab.params import TrainParams
 from fraudlab.split import FOLD_COLUMN, ROLE_COLUMN
@@ -34,7 +35,8 @@ PREDICTION_COLUMNS = [
     schema.CUSTOMER_ID,
     schema.TX_FRAUD,
 ]
-_VERSIONED_LIBRARIES = ("fraudlab", "scikit-learn", "xgboost-cpu", "numpy", "pandas", "joblib")
+# Libraries whose objects are inside the pickle (fraudlab's own code is versioned by dvc.lock).
+_VERSIONED_LIBRARIES = ("scikit-learn", "xgboost-cpu", "numpy", "pandas", "joblib")
 
 
 def _estimator(params: TrainParams, *, scale_pos_weight: float) -> ClassifierMixin:
@@ -184,7 +186,7 @@ def model_bundle(pipeline: Pipeline, features: list[str], *, params: TrainParams
     }
 
 
-class ModelVersionError(RuntimeError):
+class ModelVersionError(UserError):
     """The model file was written by other library versions than those installed."""
 
 

@@ -13,6 +13,8 @@ from typing import Annotated, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from fraudlab.errors import UserError
+
 PositiveInt = Annotated[int, Field(gt=0)]
 NonNegativeInt = Annotated[int, Field(ge=0)]
 Share = Annotated[float, Field(ge=0, le=1)]
@@ -146,7 +148,7 @@ SECTIONS: dict[str, type[_Section]] = {
 }
 
 
-class ParamsError(ValueError):
+class ParamsError(UserError):
     """``params.yaml`` is missing a section or a section does not match its schema."""
 
 

@@ -14,13 +14,14 @@ import numpy as np
 import pandas as pd
 
 from fraudlab import schema
+from fraudlab.errors import UserError
 from fraudlab.params import SplitParams
 
 FOLD_COLUMN = "fold"
 ROLE_COLUMN = "role"
 
 
-class SplitError(ValueError):
+class SplitError(UserError):
     """A period of the protocol has no data."""
 
 

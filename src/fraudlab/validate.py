@@ -9,12 +9,13 @@ import numpy as np
 import pandas as pd
 
 from fraudlab import schema
+from fraudlab.errors import UserError
 from fraudlab.params import ValidateParams
 
 REASON_COLUMN = "rejection_reason"
 
 
-class DataContractError(ValueError):
+class DataContractError(UserError):
     """The input breaks a rule that row quarantine cannot fix; the message says which."""
 
 
