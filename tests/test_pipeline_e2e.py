@@ -187,6 +187,28 @@ def test_experiment_run_and_comparison_commands(repo):
     assert "test.average_precision" in metrics["metrics/evaluate/metrics.json"]
 
 
+def test_a_concurrent_repro_fails_at_once_and_corrupts_nothing(repo):
+    committed = _lock(repo)
+    first = subprocess.Popen(
+        _dvc("repro", "--force"),
+        cwd=repo,
+        env=_env(repo),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    for line in first.stdout:
+        if line.startswith("Running stage"):
+            break
+    second = _run(repo, *_dvc("repro"), check=False)
+    first.communicate(timeout=600)
+    assert second.returncode != 0
+    assert "is busy" in second.stdout + second.stderr
+    assert first.returncode == 0
+    assert _lock(repo) == committed
+    _assert_clean(repo)
+
+
 def _browser() -> str | None:
     return next(filter(None, map(shutil.which, ("chromium", "chromium-browser"))), None)
 
