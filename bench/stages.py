@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import shlex
 import shutil
 import subprocess
 import sys
@@ -27,7 +26,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def _rows(workdir: Path, stage: dict) -> int:
-    """Rows the stage reads from all its Parquet inputs, or (for a source) writes."""
+    """Rows the stage reads from all its Parquet inputs, or (for a source) writes; 0 if none."""
     paths = [d for d in stage.get("deps", []) if str(d).endswith(".parquet")]
     if not paths:
         outs = [o if isinstance(o, str) else next(iter(o)) for o in stage.get("outs", [])]
@@ -39,7 +38,7 @@ def _run_stage(cmd: str, workdir: Path, env: dict[str, str]) -> tuple[float, flo
     """Wall seconds and peak resident memory (MiB) of one stage process."""
     started = time.perf_counter()
     process = subprocess.Popen(
-        shlex.split(cmd), cwd=workdir, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+        cmd, shell=True, cwd=workdir, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
     )
     _, status, usage = os.wait4(process.pid, 0)
     elapsed = time.perf_counter() - started
@@ -57,17 +56,20 @@ def main() -> None:
     workdir = Path(args.keep or tempfile.mkdtemp(prefix="fraudlab-bench-"))
     workdir.mkdir(parents=True, exist_ok=True)
     shutil.copy(args.params, workdir / "params.yaml")
-    env = os.environ | {"PYTHONPATH": str(ROOT / "src")}
+    if not (workdir / "src").exists():
+        (workdir / "src").symlink_to(ROOT / "src")  # stage commands import from ./src
+    env = dict(os.environ)
     env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env['PATH']}"
 
-    print(f"{'stage':<10} {'seconds':>8} {'rows':>11} {'rows/s':>11} {'peak MiB':>9}")
+    print(f"{'stage':<14} {'seconds':>8} {'rows':>11} {'rows/s':>11} {'peak MiB':>9}")
     total = 0.0
     for name, stage in stages.items():
         seconds, peak = _run_stage(" ".join(stage["cmd"].split()), workdir, env)
         rows = _rows(workdir, stage)
         total += seconds
-        print(f"{name:<10} {seconds:>8.1f} {rows:>11,} {rows / seconds:>11,.0f} {peak:>9,.0f}")
-    print(f"{'total':<10} {total:>8.1f}")
+        counted = f"{rows:>11,} {rows / seconds:>11,.0f}" if rows else f"{'-':>11} {'-':>11}"
+        print(f"{name:<14} {seconds:>8.1f} {counted} {peak:>9,.0f}")
+    print(f"{'total':<14} {total:>8.1f}")
     if not args.keep:
         shutil.rmtree(workdir)
 

@@ -56,7 +56,8 @@ def test_missing_section_is_named(tmp_path):
 
 
 def _stage_module(stage: dict) -> str:
-    return stage["cmd"].split()[2]
+    words = stage["cmd"].split()
+    return words[words.index("-m") + 1]
 
 
 @pytest.mark.parametrize("name", sorted(STAGES))

@@ -48,7 +48,6 @@ def _merge(base: dict, overrides: dict) -> dict:
 def _env(repo: Path) -> dict[str, str]:
     env = os.environ.copy()
     env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env['PATH']}"
-    env["PYTHONPATH"] = str(repo / "src")  # the copy's code, not the installed checkout's
     for key in ("GIT_AUTHOR_NAME", "GIT_COMMITTER_NAME"):
         env[key] = "fraudlab-test"
     for key in ("GIT_AUTHOR_EMAIL", "GIT_COMMITTER_EMAIL"):
