@@ -8,7 +8,7 @@ import pandas as pd
 import pytest
 
 from fraudlab import schema
-from fraudlab.params import FeaturesParams, SimulateParams, ValidateParams
+from fraudlab.params import FeaturesParams, SimulateParams, SourceParams, ValidateParams
 from fraudlab.simulate import simulate_transactions
 
 
@@ -42,6 +42,22 @@ def features_params() -> FeaturesParams:
         label_delay_days=7,
         night_end_hour=6,
     )
+
+
+def source_params(**overrides) -> SourceParams:
+    """The committed params' source section (canonical layout), with overrides."""
+    values = {
+        "path": "unused.parquet",
+        "columns": {},
+        "timestamp_unit": None,
+        "timezone": "UTC",
+        "fraud_values": [1, "true", "fraud", "yes"],
+        "legit_values": [0, "false", "legit", "no"],
+    }
+    return SourceParams(**(values | overrides))
+
+
+CANONICAL = source_params()
 
 
 @pytest.fixture

@@ -17,7 +17,14 @@ STAGES = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
 
 def test_committed_params_load(tmp_path):
     loaded = load_params(
-        ROOT / "params.yaml", "simulate", "validate", "features", "split", "train", "evaluate"
+        ROOT / "params.yaml",
+        "simulate",
+        "source",
+        "validate",
+        "features",
+        "split",
+        "train",
+        "evaluate",
     )
     assert loaded["train"].model in {"logistic_regression", "random_forest", "xgboost"}
 

@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from conftest import transactions
+from conftest import CANONICAL, transactions
 from fraudlab.params import ValidateParams
 from fraudlab.validate import DataContractError, validate_transactions
 
@@ -31,15 +31,17 @@ def _good(n: int = 20) -> pd.DataFrame:
             lambda f: f.drop(columns=["terminal_id"]),
             r"missing required column\(s\) \['terminal_id'\]",
         ),
-        (lambda f: f.assign(tx_datetime=f["tx_datetime"].astype(str)), "wrong dtype.*tx_datetime"),
-        (lambda f: f.assign(tx_amount=f["tx_amount"].astype(str)), "wrong dtype.*tx_amount"),
+        (
+            lambda f: f.assign(tx_datetime=f["tx_datetime"].astype("int64") // 10**9),
+            "tx_datetime holds numbers: set source.timestamp_unit",
+        ),
         (lambda f: f.assign(tx_fraud=0), "tx_fraud holds one class only"),
     ],
-    ids=["empty", "missing-column", "date-as-text", "amount-as-text", "one-class"],
+    ids=["empty", "missing-column", "epoch-without-unit", "one-class"],
 )
 def test_file_level_problems_stop_with_a_message_naming_them(validate_params, mutate, message):
     with pytest.raises(DataContractError, match=message):
-        validate_transactions(mutate(_good()), validate_params)
+        validate_transactions(mutate(_good()), validate_params, source=CANONICAL)
 
 
 def test_row_problems_are_quarantined_with_every_reason(validate_params):
@@ -48,7 +50,7 @@ def test_row_problems_are_quarantined_with_every_reason(validate_params):
     frame.loc[2, "tx_fraud"] = 2
     frame.loc[3, "tx_amount"] = np.nan
     frame.loc[4, ["tx_amount", "tx_fraud"]] = [-1.0, 7]
-    result = validate_transactions(frame, validate_params)
+    result = validate_transactions(frame, validate_params, source=CANONICAL)
     reasons = result.rejected.set_index("transaction_id")["rejection_reason"].to_dict()
     assert reasons == {
         1: "negative tx_amount",
@@ -70,7 +72,7 @@ def test_exact_duplicates_are_dropped_and_conflicting_ids_quarantined(validate_p
     frame = _good()
     conflicting = frame.iloc[[5]].assign(tx_amount=123.0)
     result = validate_transactions(
-        pd.concat([frame, frame.iloc[[7, 7]], conflicting]), validate_params
+        pd.concat([frame, frame.iloc[[7, 7]], conflicting]), validate_params, source=CANONICAL
     )
     assert result.report["exact_duplicates_dropped"] == 2
     assert sorted(result.rejected["tx_amount"]) == [5.0, 123.0]  # both versions of id 5
@@ -90,13 +92,15 @@ def test_too_many_rejected_rows_stop_the_run_naming_each_rule():
         match=r"3 of 20 rows.*'negative tx_amount': 3 rows, "
         r"e.g. transaction_id \[1, 2\]",
     ):
-        validate_transactions(frame, ValidateParams(max_rejected_share=0.1, example_values=2))
+        validate_transactions(
+            frame, ValidateParams(max_rejected_share=0.1, example_values=2), source=CANONICAL
+        )
 
 
 def test_clean_rows_are_sorted_and_typed_and_input_untouched(validate_params):
     frame = _good().sample(frac=1.0, random_state=0)
     before = frame.copy()
-    result = validate_transactions(frame, validate_params)
+    result = validate_transactions(frame, validate_params, source=CANONICAL)
     pd.testing.assert_frame_equal(frame, before)
     assert result.clean["tx_datetime"].is_monotonic_increasing
     assert result.clean["tx_fraud"].dtype == np.int8
@@ -106,7 +110,10 @@ def test_stage_exits_nonzero_names_the_file_and_writes_nothing(tmp_path, validat
     raw = tmp_path / "raw.parquet"
     _good().drop(columns=["tx_amount"]).to_parquet(raw)
     params = tmp_path / "params.yaml"
-    params.write_text("validate:\n  max_rejected_share: 0.01\n  example_values: 5\n")
+    params.write_text(
+        "validate:\n  max_rejected_share: 0.01\n  example_values: 5\n"
+        f"source: {CANONICAL.model_dump_json()}\n"
+    )
     outputs = [tmp_path / "clean.parquet", tmp_path / "rejected.parquet", tmp_path / "dq.json"]
     done = subprocess.run(
         [

@@ -6,3 +6,7 @@ from __future__ import annotations
 
 class UserError(ValueError):
     """Bad input data, params or artifacts; the message says what to fix."""
+
+
+class DataContractError(UserError):
+    """The input breaks a rule that row quarantine cannot fix; the message says which."""

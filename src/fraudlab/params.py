@@ -9,10 +9,12 @@ from __future__ import annotations
 import datetime as dt
 from pathlib import Path
 from typing import Annotated, Literal
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from fraudlab import schema
 from fraudlab.errors import UserError
 
 PositiveInt = Annotated[int, Field(gt=0)]
@@ -36,6 +38,37 @@ class SimulateParams(_Section):
     compromised_customers_per_day: NonNegativeInt
     compromised_customer_days: PositiveInt
     high_amount_threshold: Annotated[float, Field(gt=0)]
+
+
+class SourceParams(_Section):
+    """Where the transactions come from and how their layout maps onto the canonical schema."""
+
+    path: str
+    # canonical name -> the source's column name, for the names that differ
+    columns: dict[str, str]
+    timestamp_unit: Literal["s", "ms", "us", "ns"] | None  # epoch numbers; None: dates/text
+    timezone: str  # zone of timestamps written without an offset
+    fraud_values: list[str | int | bool]
+    legit_values: list[str | int | bool]
+
+    @model_validator(mode="after")
+    def _consistent(self) -> SourceParams:
+        unknown = sorted(set(self.columns) - set(schema.REQUIRED_COLUMNS))
+        if unknown:
+            raise ValueError(
+                f"columns maps unknown canonical name(s) {unknown}; "
+                f"canonical names: {list(schema.REQUIRED_COLUMNS)}"
+            )
+        try:
+            ZoneInfo(self.timezone)
+        except (ZoneInfoNotFoundError, ValueError):
+            raise ValueError(f"unknown timezone '{self.timezone}'") from None
+        both = {str(v).lower() for v in self.fraud_values} & {
+            str(v).lower() for v in self.legit_values
+        }
+        if both:
+            raise ValueError(f"values listed as both fraud and legit: {sorted(both)}")
+        return self
 
 
 class ValidateParams(_Section):
@@ -140,6 +173,7 @@ class EvaluateParams(_Section):
 
 SECTIONS: dict[str, type[_Section]] = {
     "simulate": SimulateParams,
+    "source": SourceParams,
     "validate": ValidateParams,
     "features": FeaturesParams,
     "split": SplitParams,

@@ -1,5 +1,6 @@
-"""The data contract for canonical transactions: file-level checks stop the run, row-level
-problems move the row to quarantine with its reason, exact duplicates are dropped and counted."""
+"""The data contract: a source's columns are mapped and parsed onto the canonical schema, then
+file-level problems stop the run, row-level problems (including values that could not be parsed)
+move the row to quarantine with its reasons, and exact duplicates are dropped and counted."""
 
 from __future__ import annotations
 
@@ -9,14 +10,11 @@ import numpy as np
 import pandas as pd
 
 from fraudlab import schema
-from fraudlab.errors import UserError
-from fraudlab.params import ValidateParams
+from fraudlab.errors import DataContractError
+from fraudlab.ingest import Parsed, map_columns, parse_columns
+from fraudlab.params import SourceParams, ValidateParams
 
 REASON_COLUMN = "rejection_reason"
-
-
-class DataContractError(UserError):
-    """The input breaks a rule that row quarantine cannot fix; the message says which."""
 
 
 @dataclass(frozen=True)
@@ -32,31 +30,27 @@ def _check_columns(frame: pd.DataFrame) -> None:
     missing = [c for c in schema.REQUIRED_COLUMNS if c not in frame.columns]
     if missing:
         raise DataContractError(
-            f"missing required column(s) {missing}; columns present: {list(frame.columns)}"
-        )
-    expected = {
-        schema.TRANSACTION_ID: pd.api.types.is_integer_dtype,
-        schema.TX_DATETIME: pd.api.types.is_datetime64_any_dtype,
-        schema.TX_AMOUNT: pd.api.types.is_numeric_dtype,
-        schema.TX_FRAUD: pd.api.types.is_numeric_dtype,
-    }
-    wrong = {c: str(frame[c].dtype) for c, ok in expected.items() if not ok(frame[c].dtype)}
-    if wrong:
-        raise DataContractError(
-            f"wrong dtype for column(s) {wrong} ({len(frame)} rows): expected transaction_id "
-            "integer, tx_datetime datetime, tx_amount and tx_fraud numeric"
+            f"missing required column(s) {missing}; columns present: {list(frame.columns)} "
+            "(map differently named columns with source.columns in params.yaml)"
         )
 
 
-def _row_violations(frame: pd.DataFrame) -> dict[str, np.ndarray]:
-    """Boolean mask per broken rule; a row may break several."""
-    rules = {f"null {c}": frame[c].isna().to_numpy() for c in schema.REQUIRED_COLUMNS}
+def _row_violations(parsed: Parsed) -> dict[str, np.ndarray]:
+    """Boolean mask per broken rule; a row may break several. A value that could not be parsed
+    counts as unparseable, not also as null."""
+    frame = parsed.frame
+    rules = {f"unparseable {c}": mask for c, mask in parsed.unparseable.items()}
+    for column in schema.REQUIRED_COLUMNS:
+        unparseable = parsed.unparseable.get(column, np.zeros(len(frame), dtype=bool))
+        rules[f"null {column}"] = frame[column].isna().to_numpy() & ~unparseable
     rules["negative tx_amount"] = (frame[schema.TX_AMOUNT] < 0).to_numpy()
     rules["tx_fraud not 0/1"] = (
         frame[schema.TX_FRAUD].notna() & ~frame[schema.TX_FRAUD].isin([0, 1])
-    ).to_numpy()
+    ).to_numpy(dtype=bool)
     ids = frame[schema.TRANSACTION_ID]
-    rules["transaction_id repeated with different content"] = ids.duplicated(keep=False).to_numpy()
+    rules["transaction_id repeated with different content"] = (
+        ids.notna() & ids.duplicated(keep=False)
+    ).to_numpy(dtype=bool)
     return {rule: mask for rule, mask in rules.items() if mask.any()}
 
 
@@ -75,6 +69,7 @@ def _examples(frame: pd.DataFrame, mask: np.ndarray, limit: int) -> list:
 def _normalize(frame: pd.DataFrame) -> pd.DataFrame:
     out = frame.astype(
         {
+            schema.TRANSACTION_ID: "int64",
             schema.TX_DATETIME: schema.DATETIME_DTYPE,
             schema.TX_AMOUNT: "float64",
             schema.TX_FRAUD: "int8",
@@ -83,15 +78,23 @@ def _normalize(frame: pd.DataFrame) -> pd.DataFrame:
     return out.sort_values(schema.SORT_KEYS, kind="stable").reset_index(drop=True)
 
 
-def validate_transactions(frame: pd.DataFrame, params: ValidateParams) -> ValidationResult:
-    """Apply the contract. Raises DataContractError for file-level problems, or when the share of
-    rejected rows exceeds ``params.max_rejected_share`` (naming every rule broken)."""
-    _check_columns(frame)
-    n_read = len(frame)
-    deduplicated = frame.drop_duplicates(keep="first").reset_index(drop=True)
+def validate_transactions(
+    frame: pd.DataFrame, params: ValidateParams, *, source: SourceParams
+) -> ValidationResult:
+    """Map, parse and apply the contract to a source's rows. Raises DataContractError for
+    file-level problems, or when the share of rejected rows exceeds
+    ``params.max_rejected_share`` (naming every rule broken). Rejected rows keep the values as
+    the source gave them."""
+    if frame.empty:
+        raise DataContractError("no rows: the input holds no transactions")
+    mapped = map_columns(frame, source.columns)
+    _check_columns(mapped)
+    n_read = len(mapped)
+    deduplicated = mapped.drop_duplicates(keep="first").reset_index(drop=True)
     n_exact_duplicates = n_read - len(deduplicated)
 
-    violations = _row_violations(deduplicated)
+    parsed = parse_columns(deduplicated, source)
+    violations = _row_violations(parsed)
     reasons = _reasons(violations, len(deduplicated))
     rejected_mask = reasons != ""
     share = rejected_mask.sum() / n_read
@@ -106,7 +109,7 @@ def validate_transactions(frame: pd.DataFrame, params: ValidateParams) -> Valida
             f"the allowed {params.max_rejected_share:.2%}: {details}"
         )
 
-    clean = _normalize(deduplicated.loc[~rejected_mask])
+    clean = _normalize(parsed.frame.loc[~rejected_mask])
     labels = clean[schema.TX_FRAUD].unique()
     if len(labels) < 2:
         raise DataContractError(
@@ -114,6 +117,9 @@ def validate_transactions(frame: pd.DataFrame, params: ValidateParams) -> Valida
             "rows: a fraud model needs both frauds and legitimate transactions"
         )
     rejected = deduplicated.loc[rejected_mask].assign(**{REASON_COLUMN: reasons[rejected_mask]})
+    # Source values may mix types in one column (a number, then a typo): keep them as text.
+    mixed = [c for c in rejected.columns if pd.api.types.is_object_dtype(rejected[c])]
+    rejected = rejected.astype(dict.fromkeys(mixed, "string"))
     report = {
         "rows_read": n_read,
         "rows_kept": len(clean),

@@ -1,28 +1,32 @@
-"""Stage ``validate``: apply the data contract, quarantine bad rows, report data quality."""
+"""Stage ``validate``: read the source, map it onto the canonical schema, apply the data contract,
+quarantine bad rows, report data quality."""
 
 from __future__ import annotations
 
 import logging
 
 from fraudlab.cli import run, stage_parser
-from fraudlab.io import read_parquet, write_json, write_parquet
+from fraudlab.ingest import read_transactions
+from fraudlab.io import write_json, write_parquet
 from fraudlab.params import load_params
 from fraudlab.validate import DataContractError, validate_transactions
 
 log = logging.getLogger(__name__)
-SECTIONS = ("validate",)
+SECTIONS = ("validate", "source")
 
 
 def validate(argv: list[str] | None = None) -> None:
     parser = stage_parser(__doc__)
-    parser.add_argument("raw", help="raw transactions in the canonical schema (Parquet)")
+    parser.add_argument("raw", help="source transactions (CSV or Parquet), read-only")
     parser.add_argument("--clean", required=True, help="accepted rows (Parquet)")
     parser.add_argument("--rejected", required=True, help="quarantined rows with reason (Parquet)")
     parser.add_argument("--report", required=True, help="data-quality metrics (JSON)")
     args = parser.parse_args(argv)
-    params = load_params(args.params, *SECTIONS)["validate"]
+    loaded = load_params(args.params, *SECTIONS)
     try:
-        result = validate_transactions(read_parquet(args.raw), params)
+        result = validate_transactions(
+            read_transactions(args.raw), loaded["validate"], source=loaded["source"]
+        )
     except DataContractError as exc:
         raise DataContractError(f"{args.raw}: {exc}") from None
     write_parquet(result.clean, args.clean)

@@ -1,0 +1,134 @@
+"""Bring transactions in any layout onto the canonical schema (SPEC §2), by params alone.
+
+``read_transactions`` is the I/O edge (CSV or Parquet, file-level problems become
+DataContractError). ``map_columns`` renames the source's columns; ``parse_columns`` turns text,
+epoch numbers, zoned timestamps and label words into canonical types, and reports, per column,
+the rows whose value could not be parsed (they go to quarantine, never silently to NaN).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+
+from fraudlab import schema
+from fraudlab.errors import DataContractError
+from fraudlab.params import SourceParams
+
+_FORMATS = {".csv": "csv", ".parquet": "parquet", ".pq": "parquet"}
+_OFFSET = r"(?:[zZ]|[+-]\d{2}:?\d{2})$"
+
+
+def read_transactions(path: str | Path) -> pd.DataFrame:
+    """Read a CSV (UTF-8) or Parquet file; anything unreadable is a DataContractError."""
+    path = Path(path)
+    kind = _FORMATS.get(path.suffix.lower())
+    if kind is None:
+        raise DataContractError(
+            f"unknown file type '{path.suffix}': expected one of {sorted(_FORMATS)}"
+        )
+    try:
+        if kind == "csv":
+            return pd.read_csv(path, encoding="utf-8", encoding_errors="strict")
+        return pd.read_parquet(path)
+    except pd.errors.EmptyDataError:
+        raise DataContractError("empty file: no header and no rows") from None
+    except UnicodeDecodeError as exc:
+        raise DataContractError(f"not UTF-8 text (byte {exc.start}): re-export as UTF-8") from None
+    except (pa.ArrowException, pd.errors.ParserError, OSError) as exc:
+        raise DataContractError(f"not a readable {kind} file: {exc}") from None
+
+
+def map_columns(frame: pd.DataFrame, columns: dict[str, str]) -> pd.DataFrame:
+    """Rename source columns to canonical names (``columns``: canonical name -> source name)."""
+    absent = {canonical: name for canonical, name in columns.items() if name not in frame}
+    if absent:
+        raise DataContractError(
+            f"source.columns names column(s) the file does not have: {absent}; "
+            f"columns present: {list(frame.columns)}"
+        )
+    clashing = [c for c, name in columns.items() if c != name and c in frame]
+    if clashing:
+        raise DataContractError(
+            f"column(s) {clashing} exist in the file and are also mapped from another column"
+        )
+    return frame.rename(columns={name: canonical for canonical, name in columns.items()})
+
+
+@dataclass(frozen=True)
+class Parsed:
+    frame: pd.DataFrame  # canonical dtypes; a value that could not be parsed is missing
+    unparseable: dict[str, np.ndarray]  # column -> mask of rows whose value could not be parsed
+
+
+def _to_utc_naive(values: pd.Series, timezone: str) -> pd.Series:
+    if values.dt.tz is None:
+        if timezone == "UTC":
+            return values
+        values = values.dt.tz_localize(timezone, ambiguous="NaT", nonexistent="NaT")
+    return values.dt.tz_convert("UTC").dt.tz_localize(None)
+
+
+def _parse_datetime(values: pd.Series, params: SourceParams) -> pd.Series:
+    if pd.api.types.is_datetime64_any_dtype(values):
+        parsed = _to_utc_naive(values, params.timezone)
+    elif pd.api.types.is_numeric_dtype(values):
+        if params.timestamp_unit is None:
+            raise DataContractError(
+                "column tx_datetime holds numbers: set source.timestamp_unit (s, ms, us or ns) "
+                "to read them as epoch timestamps"
+            )
+        parsed = pd.to_datetime(values, unit=params.timestamp_unit, errors="coerce")
+    else:
+        text = values.astype("string").str.strip()
+        zoned = text.str.contains(_OFFSET, regex=True, na=False).to_numpy()
+        parsed = pd.Series(pd.NaT, index=values.index, dtype=schema.DATETIME_DTYPE)
+        if zoned.any():
+            aware = pd.to_datetime(text[zoned], errors="coerce", utc=True, format="ISO8601")
+            parsed[zoned] = aware.dt.tz_localize(None)
+        if (~zoned).any():
+            naive = pd.to_datetime(text[~zoned], errors="coerce", format="ISO8601")
+            parsed[~zoned] = _to_utc_naive(naive, params.timezone)
+    return parsed.astype(schema.DATETIME_DTYPE)
+
+
+def _label_key(value: object) -> str:
+    return str(value).strip().lower()
+
+
+def _parse_label(values: pd.Series, params: SourceParams) -> pd.Series:
+    if pd.api.types.is_bool_dtype(values):
+        return values.astype("int8")
+    if pd.api.types.is_numeric_dtype(values):
+        return values  # the contract checks 0/1
+    words = {_label_key(v): 1 for v in params.fraud_values} | {
+        _label_key(v): 0 for v in params.legit_values
+    }
+    return values.map(lambda v: words.get(_label_key(v)) if pd.notna(v) else None).astype("Float64")
+
+
+def _parse_integer(values: pd.Series) -> pd.Series:
+    if pd.api.types.is_integer_dtype(values):
+        return values
+    numbers = pd.to_numeric(values, errors="coerce")
+    return numbers.where(numbers % 1 == 0).astype("Float64")
+
+
+def parse_columns(frame: pd.DataFrame, params: SourceParams) -> Parsed:
+    """Parse the canonical columns of a renamed frame; other columns pass through untouched."""
+    parsers = {
+        schema.TRANSACTION_ID: _parse_integer,
+        schema.TX_DATETIME: lambda v: _parse_datetime(v, params),
+        schema.TX_AMOUNT: lambda v: pd.to_numeric(v, errors="coerce"),
+        schema.TX_FRAUD: lambda v: _parse_label(v, params),
+    }
+    parsed = {column: parse(frame[column]) for column, parse in parsers.items()}
+    unparseable = {
+        column: (parsed[column].isna() & frame[column].notna()).to_numpy(dtype=bool)
+        for column in parsers
+    }
+    return Parsed(frame=frame.assign(**parsed), unparseable=unparseable)
