@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import datetime as dt
+import subprocess
+import sys
+from pathlib import Path
 
 import pandas as pd
 import pytest
@@ -70,3 +73,37 @@ def transactions(rows: list[tuple]) -> pd.DataFrame:
     (id, 'YYYY-MM-DD HH:MM', customer, terminal, amount, fraud)."""
     frame = pd.DataFrame(rows, columns=list(schema.REQUIRED_COLUMNS))
     return frame.assign(tx_datetime=pd.to_datetime(frame["tx_datetime"]).astype("datetime64[ns]"))
+
+
+VALIDATE_OUTPUTS = ("clean.parquet", "rejected.parquet", "dq.json")
+
+
+def run_validate_stage(
+    raw: Path, *, source: SourceParams, max_rejected_share: float, out_dir: Path
+) -> subprocess.CompletedProcess:
+    """Run the real validate stage as a process, outputs named VALIDATE_OUTPUTS in out_dir."""
+    params = out_dir / "params.yaml"
+    params.write_text(
+        f"validate:\n  max_rejected_share: {max_rejected_share}\n  example_values: 5\n"
+        f"source: {source.model_dump_json()}\n"
+    )
+    clean, rejected, report = (str(out_dir / name) for name in VALIDATE_OUTPUTS)
+    return subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "fraudlab.stages.validate",
+            str(raw),
+            "--params",
+            str(params),
+            "--clean",
+            clean,
+            "--rejected",
+            rejected,
+            "--report",
+            report,
+        ],
+        capture_output=True,
+        text=True,
+        check=False,
+    )

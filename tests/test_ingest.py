@@ -2,13 +2,10 @@
 
 from __future__ import annotations
 
-import subprocess
-import sys
-
 import pandas as pd
 import pytest
 
-from conftest import source_params
+from conftest import VALIDATE_OUTPUTS, run_validate_stage, source_params
 from fraudlab.ingest import map_columns, parse_columns, read_transactions
 from fraudlab.params import ParamsError, ValidateParams, parse_section
 from fraudlab.validate import DataContractError, validate_transactions
@@ -169,31 +166,14 @@ def test_stage_reads_a_foreign_csv_and_leaves_it_untouched(tmp_path):
         "3,not a date,8,3,5.0,0\n"
     )
     before = raw.read_bytes()
-    params = tmp_path / "params.yaml"
-    source = source_params(path=str(raw), columns=UPPER)
-    params.write_text(
-        "validate:\n  max_rejected_share: 0.5\n  example_values: 5\n"
-        f"source: {source.model_dump_json()}\n"
+    done = run_validate_stage(
+        raw,
+        source=source_params(path=str(raw), columns=UPPER),
+        max_rejected_share=0.5,
+        out_dir=tmp_path,
     )
-    out = {n: tmp_path / n for n in ("clean.parquet", "rejected.parquet", "dq.json")}
-    subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "fraudlab.stages.validate",
-            str(raw),
-            "--params",
-            str(params),
-            "--clean",
-            str(out["clean.parquet"]),
-            "--rejected",
-            str(out["rejected.parquet"]),
-            "--report",
-            str(out["dq.json"]),
-        ],
-        check=True,
-        capture_output=True,
-    )
+    assert done.returncode == 0, done.stderr
+    out = {name: tmp_path / name for name in VALIDATE_OUTPUTS}
     assert raw.read_bytes() == before
     assert pd.read_parquet(out["clean.parquet"])["transaction_id"].tolist() == [1, 2]
     rejected = pd.read_parquet(out["rejected.parquet"])

@@ -2,14 +2,11 @@
 
 from __future__ import annotations
 
-import subprocess
-import sys
-
 import numpy as np
 import pandas as pd
 import pytest
 
-from conftest import CANONICAL, transactions
+from conftest import CANONICAL, VALIDATE_OUTPUTS, run_validate_stage, transactions
 from fraudlab.params import ValidateParams
 from fraudlab.validate import DataContractError, validate_transactions
 
@@ -106,34 +103,11 @@ def test_clean_rows_are_sorted_and_typed_and_input_untouched(validate_params):
     assert result.clean["tx_fraud"].dtype == np.int8
 
 
-def test_stage_exits_nonzero_names_the_file_and_writes_nothing(tmp_path, validate_params):
+def test_stage_exits_nonzero_names_the_file_and_writes_nothing(tmp_path):
     raw = tmp_path / "raw.parquet"
     _good().drop(columns=["tx_amount"]).to_parquet(raw)
-    params = tmp_path / "params.yaml"
-    params.write_text(
-        "validate:\n  max_rejected_share: 0.01\n  example_values: 5\n"
-        f"source: {CANONICAL.model_dump_json()}\n"
-    )
-    outputs = [tmp_path / "clean.parquet", tmp_path / "rejected.parquet", tmp_path / "dq.json"]
-    done = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "fraudlab.stages.validate",
-            str(raw),
-            "--params",
-            str(params),
-            "--clean",
-            str(outputs[0]),
-            "--rejected",
-            str(outputs[1]),
-            "--report",
-            str(outputs[2]),
-        ],
-        capture_output=True,
-        text=True,
-        check=False,
-    )
+    done = run_validate_stage(raw, source=CANONICAL, max_rejected_share=0.01, out_dir=tmp_path)
+    outputs = [tmp_path / name for name in VALIDATE_OUTPUTS]
     assert done.returncode == 1
     assert f"{raw}: missing required column(s) ['tx_amount']" in done.stderr
     assert "Traceback" not in done.stderr
