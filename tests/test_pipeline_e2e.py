@@ -5,11 +5,13 @@ One module-scoped repository; the tests run in file order and each leaves it rep
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
 import shutil
 import signal
+import sqlite3
 import subprocess
 import sys
 import time
@@ -179,6 +181,35 @@ def test_a_foreign_layout_through_the_mapping_reaches_the_same_metrics(repo):
     assert untracked.splitlines() == ["?? data/external/transactions.csv.dvc"]
     columns = {c: c.upper() for c in schema.REQUIRED_COLUMNS}
     _set_params(repo, {"source": {"path": "data/external/transactions.csv", "columns": columns}})
+    ran = _stages_run(_run(repo, *_dvc("repro")).stdout)
+    assert "simulate" not in ran
+    assert "validate" in ran
+    assert (repo / "metrics/evaluate/metrics.json").read_text() == committed
+
+
+def test_a_sqlite_database_through_dvc_import_db_reaches_the_same_metrics(repo):
+    """The simulator's data in a SQLite table (timestamps as text), snapshotted with
+    `dvc import-db`, trains and scores exactly the same."""
+    committed = (repo / "metrics/evaluate/metrics.json").read_text()
+    raw = pd.read_parquet(repo / "data/raw/transactions.parquet")
+    table = raw.assign(tx_datetime=raw["tx_datetime"].dt.strftime("%Y-%m-%d %H:%M:%S"))
+    with contextlib.closing(sqlite3.connect(repo / "bank.db")) as connection:
+        table.to_sql("transactions", connection, index=False)
+    (repo / "data" / "external").mkdir(parents=True, exist_ok=True)
+    _run(repo, *_dvc("config", "--local", "db.bank.url", "sqlite:///bank.db"))
+    _run(
+        repo,
+        *_dvc(
+            "import-db",
+            "--conn",
+            "bank",
+            "--sql",
+            "SELECT * FROM transactions",
+            "-o",
+            "data/external/bank.csv",
+        ),
+    )
+    _set_params(repo, {"source": {"path": "data/external/bank.csv"}})
     ran = _stages_run(_run(repo, *_dvc("repro")).stdout)
     assert "simulate" not in ran
     assert "validate" in ran
