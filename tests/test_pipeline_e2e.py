@@ -244,17 +244,7 @@ def test_experiment_run_and_comparison_commands(repo):
 
 def test_a_concurrent_repro_fails_at_once_and_corrupts_nothing(repo):
     committed = _lock(repo)
-    first = subprocess.Popen(
-        _dvc("repro", "--force"),
-        cwd=repo,
-        env=_env(repo),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
-    for line in first.stdout:
-        if line.startswith("Running stage"):
-            break
+    first = _forced_repro_started(repo, stage="", new_session=False)
     second = _run(repo, *_dvc("repro"), check=False)
     first.communicate(timeout=600)
     assert second.returncode != 0
@@ -329,7 +319,8 @@ def test_plots_render_in_a_browser_without_network(repo, browser, tmp_path):
     assert _rendered_vega_plots(browser, tmp_path / "cdn" / "index.html", tmp_path / "p2") == 0
 
 
-def _interrupt_during(repo: Path, stage: str, sig: signal.Signals) -> None:
+def _forced_repro_started(repo: Path, *, stage: str, new_session: bool) -> subprocess.Popen:
+    """Start `dvc repro --force` and return once it prints "Running stage '<stage>..."."""
     process = subprocess.Popen(
         _dvc("repro", "--force"),
         cwd=repo,
@@ -337,12 +328,17 @@ def _interrupt_during(repo: Path, stage: str, sig: signal.Signals) -> None:
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
-        start_new_session=True,
+        start_new_session=new_session,
     )
     deadline = time.monotonic() + 120
     for line in process.stdout:
-        if line.startswith(f"Running stage '{stage}'") or time.monotonic() > deadline:
+        if line.startswith(f"Running stage '{stage}") or time.monotonic() > deadline:
             break
+    return process
+
+
+def _interrupt_during(repo: Path, stage: str, sig: signal.Signals) -> None:
+    process = _forced_repro_started(repo, stage=f"{stage}'", new_session=True)
     time.sleep(1.5)  # inside the stage's command
     os.killpg(process.pid, sig)
     process.wait(timeout=60)

@@ -40,47 +40,20 @@ _VERSIONED_LIBRARIES = ("scikit-learn", "xgboost-cpu", "numpy", "pandas", "jobli
 
 
 def _estimator(params: TrainParams, *, scale_pos_weight: float) -> ClassifierMixin:
+    # Each family's params section is named after its estimator's arguments, so it passes whole.
     class_weight = "balanced" if params.imbalance == "class_weight" else None
     if params.model == "logistic_regression":
-        p = params.logistic_regression
-        return LogisticRegression(
-            C=p.C,
-            l1_ratio=p.l1_ratio,
-            solver=p.solver,
-            max_iter=p.max_iter,
-            tol=p.tol,
-            class_weight=class_weight,
-            random_state=params.seed,
-        )
+        p = params.logistic_regression.model_dump(exclude={"spline_knots"})
+        return LogisticRegression(**p, class_weight=class_weight, random_state=params.seed)
     if params.model == "random_forest":
-        p = params.random_forest
+        p = params.random_forest.model_dump()
+        if not p["bootstrap"]:
+            p["max_samples"] = None  # only meaningful with bootstrap samples
         return RandomForestClassifier(
-            n_estimators=p.n_estimators,
-            max_depth=p.max_depth,
-            min_samples_split=p.min_samples_split,
-            min_samples_leaf=p.min_samples_leaf,
-            max_features=p.max_features,
-            criterion=p.criterion,
-            bootstrap=p.bootstrap,
-            max_samples=p.max_samples if p.bootstrap else None,
-            class_weight=class_weight,
-            n_jobs=params.n_jobs,
-            random_state=params.seed,
+            **p, class_weight=class_weight, n_jobs=params.n_jobs, random_state=params.seed
         )
-    p = params.xgboost
     return XGBClassifier(
-        n_estimators=p.n_estimators,
-        max_depth=p.max_depth,
-        learning_rate=p.learning_rate,
-        subsample=p.subsample,
-        colsample_bytree=p.colsample_bytree,
-        min_child_weight=p.min_child_weight,
-        gamma=p.gamma,
-        reg_lambda=p.reg_lambda,
-        reg_alpha=p.reg_alpha,
-        tree_method=p.tree_method,
-        max_bin=p.max_bin,
-        base_score=p.base_score,
+        **params.xgboost.model_dump(),
         scale_pos_weight=scale_pos_weight,
         n_jobs=params.n_jobs,
         random_state=params.seed,
