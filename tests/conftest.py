@@ -56,6 +56,7 @@ def source_params(**overrides) -> SourceParams:
         "timezone": "UTC",
         "fraud_values": [1, "true", "fraud", "yes"],
         "legit_values": [0, "false", "legit", "no"],
+        "extra_columns": "all",
     }
     return SourceParams(**(values | overrides))
 
@@ -63,9 +64,20 @@ def source_params(**overrides) -> SourceParams:
 CANONICAL = source_params()
 
 
+def contract_params(**overrides) -> ValidateParams:
+    """The committed params' validate section, with overrides."""
+    values = {
+        "max_rejected_share": 0.01,
+        "example_values": 5,
+        "earliest_date": dt.date(2000, 1, 1),
+        "latest_date": dt.date(2099, 12, 31),
+    }
+    return ValidateParams(**(values | overrides))
+
+
 @pytest.fixture
 def validate_params() -> ValidateParams:
-    return ValidateParams(max_rejected_share=0.2, example_values=3)
+    return contract_params(max_rejected_share=0.2, example_values=3)
 
 
 def transactions(rows: list[tuple]) -> pd.DataFrame:
@@ -83,9 +95,9 @@ def run_validate_stage(
 ) -> subprocess.CompletedProcess:
     """Run the real validate stage as a process, outputs named VALIDATE_OUTPUTS in out_dir."""
     params = out_dir / "params.yaml"
+    contract = contract_params(max_rejected_share=max_rejected_share)
     params.write_text(
-        f"validate:\n  max_rejected_share: {max_rejected_share}\n  example_values: 5\n"
-        f"source: {source.model_dump_json()}\n"
+        f"validate: {contract.model_dump_json()}\nsource: {source.model_dump_json()}\n"
     )
     clean, rejected, report = (str(out_dir / name) for name in VALIDATE_OUTPUTS)
     return subprocess.run(

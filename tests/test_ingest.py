@@ -5,9 +5,15 @@ from __future__ import annotations
 import pandas as pd
 import pytest
 
-from conftest import VALIDATE_OUTPUTS, run_validate_stage, source_params
-from fraudlab.ingest import map_columns, parse_columns, read_transactions
-from fraudlab.params import ParamsError, ValidateParams, parse_section
+from conftest import VALIDATE_OUTPUTS, contract_params, run_validate_stage, source_params
+from fraudlab.ingest import (
+    columns_to_read,
+    map_columns,
+    parse_columns,
+    read_header,
+    read_transactions,
+)
+from fraudlab.params import ParamsError, parse_section
 from fraudlab.validate import DataContractError, validate_transactions
 
 UPPER = {
@@ -21,7 +27,7 @@ UPPER = {
         "tx_fraud",
     )
 }
-LENIENT = ValidateParams(max_rejected_share=0.9, example_values=3)
+LENIENT = contract_params(max_rejected_share=0.9, example_values=3)
 
 
 def _foreign(rows: list[tuple]) -> pd.DataFrame:
@@ -179,3 +185,29 @@ def test_stage_reads_a_foreign_csv_and_leaves_it_untouched(tmp_path):
     rejected = pd.read_parquet(out["rejected.parquet"])
     assert rejected["rejection_reason"].tolist() == ["unparseable tx_datetime"]
     assert rejected["tx_datetime"].tolist() == ["not a date"]
+
+
+@pytest.mark.parametrize("kind", ["csv", "parquet"])
+def test_only_the_canonical_and_declared_extra_columns_are_read(tmp_path, kind):
+    raw = _foreign(
+        [
+            (1, "2018-04-01 10:00", "c1", "t1", "12.5", "legit", 0),
+            (2, "2018-04-01 11:00", "c2", "t1", "3", "fraud", 1),
+        ]
+    ).assign(MERCHANT=["m1", "m2"], NOTES=["free text", "more"])
+    path = tmp_path / f"tx.{kind}"
+    raw.to_csv(path, index=False) if kind == "csv" else raw.to_parquet(path)
+    header = read_header(path)
+    assert header == list(raw.columns)
+
+    declared = source_params(columns=UPPER, extra_columns=["MERCHANT"])
+    columns = columns_to_read(header, declared)
+    assert columns == [*UPPER.values(), "MERCHANT"]
+    clean = validate_transactions(read_transactions(path, columns), LENIENT, source=declared).clean
+    assert list(clean.columns) == [*UPPER, "MERCHANT"]
+    assert clean["MERCHANT"].tolist() == ["m1", "m2"]
+
+    assert columns_to_read(header, source_params(columns=UPPER)) is None  # extra_columns: all
+    unlabelled = source_params(columns={c: n for c, n in UPPER.items() if c != "tx_fraud"})
+    with pytest.raises(DataContractError, match=r"missing required column\(s\) \['tx_fraud'"):
+        columns_to_read(header, unlabelled)

@@ -6,8 +6,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from conftest import CANONICAL, VALIDATE_OUTPUTS, run_validate_stage, transactions
-from fraudlab.params import ValidateParams
+from conftest import CANONICAL, VALIDATE_OUTPUTS, contract_params, run_validate_stage, transactions
 from fraudlab.validate import DataContractError, validate_transactions
 
 
@@ -86,11 +85,11 @@ def test_too_many_rejected_rows_stop_the_run_naming_each_rule():
     frame.loc[[1, 2, 3], "tx_amount"] = -1.0
     with pytest.raises(
         DataContractError,
-        match=r"3 of 20 rows.*'negative tx_amount': 3 rows, "
-        r"e.g. transaction_id \[1, 2\]",
+        match=r"3 of 20 rows \(15.00%\) break the data contract.*\n  column tx_amount, rule "
+        r"'negative tx_amount': 3 rows, e.g. row 2: -1.0, row 3: -1.0\nNothing was written",
     ):
         validate_transactions(
-            frame, ValidateParams(max_rejected_share=0.1, example_values=2), source=CANONICAL
+            frame, contract_params(max_rejected_share=0.1, example_values=2), source=CANONICAL
         )
 
 

@@ -29,8 +29,9 @@ def stage_parser(description: str) -> argparse.ArgumentParser:
     return parser
 
 
-def run(stage: Callable[[], None]) -> None:
-    """Run a stage's main function as a process: configure logging once, map errors to exits."""
+def run(stage: Callable[[list[str] | None], None], argv: list[str] | None = None) -> None:
+    """Run a stage's main function as a process: configure logging once, map errors to exits.
+    ``argv`` defaults to the process's arguments."""
     logging.basicConfig(
         level=logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
@@ -38,7 +39,7 @@ def run(stage: Callable[[], None]) -> None:
     )
     signal.signal(signal.SIGTERM, _raise_system_exit)
     try:
-        stage()
+        stage(argv)
     except _USER_ERRORS as exc:
         log.error("%s failed: %s", stage.__name__, exc)
         sys.exit(1)

@@ -8,12 +8,15 @@ the rows whose value could not be parsed (they go to quarantine, never silently 
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pyarrow as pa
+import pyarrow.parquet as pq
 
 from fraudlab import schema
 from fraudlab.errors import DataContractError
@@ -23,24 +26,72 @@ _FORMATS = {".csv": "csv", ".parquet": "parquet", ".pq": "parquet"}
 _OFFSET = r"(?:[zZ]|[+-]\d{2}:?\d{2})$"
 
 
-def read_transactions(path: str | Path) -> pd.DataFrame:
-    """Read a CSV (UTF-8) or Parquet file; anything unreadable is a DataContractError."""
-    path = Path(path)
+def _file_kind(path: Path) -> str:
     kind = _FORMATS.get(path.suffix.lower())
     if kind is None:
         raise DataContractError(
             f"unknown file type '{path.suffix}': expected one of {sorted(_FORMATS)}"
         )
+    return kind
+
+
+@contextmanager
+def _readable(kind: str) -> Iterator[None]:
+    """Turn a reader's failure on a malformed file into a message about the file."""
     try:
-        if kind == "csv":
-            return pd.read_csv(path, encoding="utf-8", encoding_errors="strict")
-        return pd.read_parquet(path)
+        yield
     except pd.errors.EmptyDataError:
         raise DataContractError("empty file: no header and no rows") from None
     except UnicodeDecodeError as exc:
         raise DataContractError(f"not UTF-8 text (byte {exc.start}): re-export as UTF-8") from None
     except (pa.ArrowException, pd.errors.ParserError, OSError) as exc:
         raise DataContractError(f"not a readable {kind} file: {exc}") from None
+
+
+def read_header(path: str | Path) -> list[str]:
+    """The file's column names, read without reading its rows."""
+    path = Path(path)
+    kind = _file_kind(path)
+    with _readable(kind):
+        if kind == "csv":
+            return list(pd.read_csv(path, nrows=0, encoding="utf-8", encoding_errors="strict"))
+        return list(pq.read_schema(path).names)
+
+
+def require_canonical(columns: list[str]) -> None:
+    missing = [c for c in schema.REQUIRED_COLUMNS if c not in columns]
+    if missing:
+        raise DataContractError(
+            f"missing required column(s) {missing}; columns present: {columns} "
+            "(map differently named columns with source.columns in params.yaml)"
+        )
+
+
+def columns_to_read(header: list[str], params: SourceParams) -> list[str] | None:
+    """The source columns the pipeline needs (the canonical ones, through the mapping, and the
+    declared extras), or None for every column. Fails on names the file lacks."""
+    require_canonical(list(map_columns(pd.DataFrame(columns=header), params.columns).columns))
+    if params.extra_columns == "all":
+        return None
+    absent = [c for c in params.extra_columns if c not in header]
+    if absent:
+        raise DataContractError(
+            f"source.extra_columns names column(s) the file does not have: {absent}; "
+            f"columns present: {header}"
+        )
+    canonical = {params.columns.get(c, c) for c in schema.REQUIRED_COLUMNS}
+    return [c for c in header if c in canonical or c in params.extra_columns]
+
+
+def read_transactions(path: str | Path, columns: list[str] | None = None) -> pd.DataFrame:
+    """Read a CSV (UTF-8) or Parquet file, only ``columns`` when given; anything unreadable is
+    a DataContractError. Rows keep their position in the file as index (0 = first data row)."""
+    path = Path(path)
+    kind = _file_kind(path)
+    with _readable(kind):
+        if kind == "csv":
+            return pd.read_csv(path, usecols=columns, encoding="utf-8", encoding_errors="strict")
+        return pd.read_parquet(path, columns=columns)
 
 
 def map_columns(frame: pd.DataFrame, columns: dict[str, str]) -> pd.DataFrame:

@@ -50,6 +50,9 @@ class SourceParams(_Section):
     timezone: str  # zone of timestamps written without an offset
     fraud_values: list[str | int | bool]
     legit_values: list[str | int | bool]
+    # Source columns besides the canonical ones to carry into the clean data; the rest are not
+    # read at all (memory follows the columns used, not the file's width).
+    extra_columns: Literal["all"] | list[str]
 
     @model_validator(mode="after")
     def _consistent(self) -> SourceParams:
@@ -74,6 +77,18 @@ class SourceParams(_Section):
 class ValidateParams(_Section):
     max_rejected_share: Share
     example_values: PositiveInt
+    # Transactions dated outside [earliest_date, latest_date] (inclusive days) are rejected; a
+    # whole file outside usually means a wrong source.timestamp_unit or timezone.
+    earliest_date: dt.date
+    latest_date: dt.date
+
+    @model_validator(mode="after")
+    def _ordered(self) -> ValidateParams:
+        if self.earliest_date > self.latest_date:
+            raise ValueError(
+                f"earliest_date {self.earliest_date} is after latest_date {self.latest_date}"
+            )
+        return self
 
 
 class FeaturesParams(_Section):

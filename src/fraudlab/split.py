@@ -56,14 +56,17 @@ def train_test_split(
     in_train = (day >= 0) & (day < train_days)
     test_begin = train_days + delay_days
     in_test = (day >= test_begin) & (day < test_begin + test_days)
+    times = frame[schema.TX_DATETIME]
+    covered = f"the data covers {times.min()} to {times.max()}: move split.train_start"
     if not in_train.any():
         raise SplitError(
-            f"no transactions in the training period: {train_days} days from {train_start}"
+            f"no transactions in the training period: {train_days} days from {train_start}; "
+            f"{covered}"
         )
     if not in_test.any():
         raise SplitError(
             f"no transactions in the test period: {test_days} days from "
-            f"{train_start + dt.timedelta(days=test_begin)}"
+            f"{train_start + dt.timedelta(days=test_begin)}; {covered}"
         )
     keep_test = in_test & ~_known_compromised(frame, day=day, delay_days=delay_days)
     return (

@@ -1,20 +1,33 @@
 """The data contract: a source's columns are mapped and parsed onto the canonical schema, then
-file-level problems stop the run, row-level problems (including values that could not be parsed)
-move the row to quarantine with its reasons, and exact duplicates are dropped and counted."""
+checked against a declared pandera schema, lazily, so one run reports every broken rule at once.
+
+File-level problems stop the run. Row-level problems (including values that could not be parsed)
+move the row to quarantine with its reasons and its position in the source; the run stops only
+when more than ``validate.max_rejected_share`` of the rows break a rule. Exact duplicate rows are
+dropped and counted.
+"""
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
+import pandera.pandas as pa
+from pandera.errors import SchemaErrors
 
 from fraudlab import schema
 from fraudlab.errors import DataContractError
-from fraudlab.ingest import Parsed, map_columns, parse_columns
+from fraudlab.ingest import Parsed, map_columns, parse_columns, require_canonical
 from fraudlab.params import SourceParams, ValidateParams
 
+log = logging.getLogger(__name__)
+
 REASON_COLUMN = "rejection_reason"
+# 1-based position among the source's data rows (a CSV's line number minus its header).
+ROW_COLUMN = "source_row"
+_DUPLICATE_ID = "transaction_id repeated with different content"
 
 
 @dataclass(frozen=True)
@@ -24,44 +37,138 @@ class ValidationResult:
     report: dict
 
 
-def _check_columns(frame: pd.DataFrame) -> None:
-    missing = [c for c in schema.REQUIRED_COLUMNS if c not in frame.columns]
-    if missing:
-        raise DataContractError(
-            f"missing required column(s) {missing}; columns present: {list(frame.columns)} "
-            "(map differently named columns with source.columns in params.yaml)"
-        )
+@dataclass(frozen=True)
+class Violation:
+    column: str
+    rows: np.ndarray  # boolean mask over the deduplicated rows
 
 
-def _row_violations(parsed: Parsed) -> dict[str, np.ndarray]:
-    """Boolean mask per broken rule; a row may break several. A value that could not be parsed
-    counts as unparseable, not also as null."""
+def date_rule(params: ValidateParams) -> str:
+    return f"tx_datetime outside {params.earliest_date}..{params.latest_date}"
+
+
+def _value_checks(params: ValidateParams) -> dict[str, list[tuple[str, pa.Check]]]:
+    """Per column, the named value rules beyond 'present' (and 'unique' for the id)."""
+    after_latest = pd.Timestamp(params.latest_date) + pd.Timedelta(days=1)
+    return {
+        schema.TRANSACTION_ID: [],
+        schema.TX_DATETIME: [
+            (
+                date_rule(params),
+                pa.Check.in_range(
+                    pd.Timestamp(params.earliest_date), after_latest, include_max=False
+                ),
+            )
+        ],
+        schema.CUSTOMER_ID: [],
+        schema.TERMINAL_ID: [],
+        schema.TX_AMOUNT: [("negative tx_amount", pa.Check.ge(0))],
+        schema.TX_FRAUD: [("tx_fraud not 0/1", pa.Check.isin([0, 1]))],
+    }
+
+
+def contract(params: ValidateParams) -> pa.DataFrameSchema:
+    """The declared contract on parsed canonical columns; other columns are not checked."""
+    return pa.DataFrameSchema(
+        {
+            column: pa.Column(
+                checks=[check for _, check in checks],
+                nullable=False,
+                unique=column == schema.TRANSACTION_ID,
+            )
+            for column, checks in _value_checks(params).items()
+        },
+        strict=False,
+    )
+
+
+def _failure_cases(frame: pd.DataFrame, params: ValidateParams) -> pd.DataFrame:
+    try:
+        contract(params).validate(frame, lazy=True, inplace=True)
+    except SchemaErrors as exc:
+        return exc.failure_cases
+    return pd.DataFrame(columns=["column", "check", "check_number", "index"])
+
+
+def _rule(column: str, check: str, number: int, unparseable: bool, checks: dict) -> str:
+    if check == "not_nullable":
+        return f"{'unparseable' if unparseable else 'null'} {column}"
+    if check == "field_uniqueness":
+        return _DUPLICATE_ID
+    return checks[column][number][0]
+
+
+def row_violations(parsed: Parsed, params: ValidateParams) -> dict[str, Violation]:
+    """Every rule broken by at least one row, with the rows breaking it; a row may break
+    several. A value that could not be parsed counts as unparseable, not also as null."""
     frame = parsed.frame
-    rules = {f"unparseable {c}": mask for c, mask in parsed.unparseable.items()}
-    for column in schema.REQUIRED_COLUMNS:
-        unparseable = parsed.unparseable.get(column, np.zeros(len(frame), dtype=bool))
-        rules[f"null {column}"] = frame[column].isna().to_numpy() & ~unparseable
-    rules["negative tx_amount"] = (frame[schema.TX_AMOUNT] < 0).to_numpy()
-    rules["tx_fraud not 0/1"] = (
-        frame[schema.TX_FRAUD].notna() & ~frame[schema.TX_FRAUD].isin([0, 1])
-    ).to_numpy(dtype=bool)
-    ids = frame[schema.TRANSACTION_ID]
-    rules["transaction_id repeated with different content"] = (
-        ids.notna() & ids.duplicated(keep=False)
-    ).to_numpy(dtype=bool)
-    return {rule: mask for rule, mask in rules.items() if mask.any()}
+    cases = _failure_cases(frame, params)
+    if cases["index"].isna().any():  # a frame-level failure: the caller checks columns first
+        raise DataContractError(f"contract failed on the whole table:\n{cases.to_string()}")
+    positions = cases["index"].to_numpy(dtype=np.int64)
+    unparseable = np.zeros(len(cases), dtype=bool)
+    for column, mask in parsed.unparseable.items():
+        unparseable |= (cases["column"] == column).to_numpy() & mask[positions]
+    keys = pd.DataFrame(
+        {
+            "column": cases["column"].astype(str),
+            "check": cases["check"].astype(str),
+            "number": cases["check_number"].fillna(-1).astype(int),
+            "unparseable": unparseable,
+        }
+    )
+    checks = _value_checks(params)
+    violations: dict[str, Violation] = {}
+    for key, group in keys.groupby(list(keys.columns), sort=False).indices.items():
+        rule = _rule(*key, checks)
+        violation = violations.setdefault(rule, Violation(key[0], np.zeros(len(frame), bool)))
+        violation.rows[positions[group]] = True
+    return violations
 
 
-def _reasons(violations: dict[str, np.ndarray], n_rows: int) -> np.ndarray:
+def _reasons(violations: dict[str, Violation], n_rows: int) -> np.ndarray:
     """Every rule a row breaks, joined with '; ' ('' for a row that breaks none)."""
     reasons = np.full(n_rows, "", dtype=object)
-    for rule, mask in violations.items():
+    for rule, violation in violations.items():
+        mask = violation.rows
         reasons[mask] = np.where(reasons[mask] == "", rule, reasons[mask] + "; " + rule)
     return reasons
 
 
-def _examples(frame: pd.DataFrame, mask: np.ndarray, limit: int) -> list:
-    return frame.loc[mask, schema.TRANSACTION_ID].head(limit).tolist()
+def _example(row: int, raw: object, parsed: object) -> str:
+    if pd.isna(raw):
+        return f"row {row}: empty"
+    shown = f"row {row}: {raw!r}" if isinstance(raw, str) else f"row {row}: {raw}"
+    # Show what the value was read as when that differs, e.g. epoch numbers in the wrong unit.
+    if not pd.isna(parsed) and str(parsed) != str(raw):
+        return f"{shown} (read as {parsed})"
+    return shown
+
+
+def describe(
+    violations: dict[str, Violation],
+    source: pd.DataFrame,
+    parsed: pd.DataFrame,
+    rows: np.ndarray,
+    limit: int,
+) -> list[str]:
+    """One line per broken rule: column, rule, row count and the first values as given (with
+    their row numbers in the source, and what they were read as)."""
+    lines = []
+    for rule, violation in violations.items():
+        hit = np.flatnonzero(violation.rows)[:limit]
+        examples = ", ".join(
+            _example(row, raw, value)
+            for row, raw, value in zip(
+                rows[hit],
+                source[violation.column].iloc[hit].tolist(),
+                parsed[violation.column].iloc[hit].tolist(),
+                strict=True,
+            )
+        )
+        count = int(violation.rows.sum())
+        lines.append(f"column {violation.column}, rule '{rule}': {count} rows, e.g. {examples}")
+    return lines
 
 
 def _normalize(frame: pd.DataFrame) -> pd.DataFrame:
@@ -76,36 +183,53 @@ def _normalize(frame: pd.DataFrame) -> pd.DataFrame:
     return out.sort_values(schema.SORT_KEYS, kind="stable").reset_index(drop=True)
 
 
+def _too_many_rejected(
+    lines: list[str], n_rejected: int, n_read: int, params: ValidateParams, all_dates_out: bool
+) -> DataContractError:
+    hint = (
+        "\nEvery tx_datetime is outside the range: check source.timestamp_unit and "
+        "source.timezone, or set validate.earliest_date / latest_date to your data's period."
+        if all_dates_out
+        else ""
+    )
+    return DataContractError(
+        f"{n_rejected} of {n_read} rows ({n_rejected / n_read:.2%}) break the data contract, "
+        f"more than validate.max_rejected_share ({params.max_rejected_share:.2%}):\n  "
+        + "\n  ".join(lines)
+        + hint
+        + "\nNothing was written. Fix these rows in the source, map or parse them differently "
+        "(params.yaml: source), or allow more rejections (validate.max_rejected_share)."
+    )
+
+
 def validate_transactions(
     frame: pd.DataFrame, params: ValidateParams, *, source: SourceParams
 ) -> ValidationResult:
-    """Map, parse and apply the contract to a source's rows. Raises DataContractError for
-    file-level problems, or when the share of rejected rows exceeds
-    ``params.max_rejected_share`` (naming every rule broken). Rejected rows keep the values as
-    the source gave them."""
+    """Map, parse and apply the contract to a source's rows (index: position in the source).
+    Raises DataContractError for file-level problems, or when the share of rejected rows
+    exceeds ``params.max_rejected_share`` (naming every rule broken). Rejected rows keep the
+    values as the source gave them."""
     if frame.empty:
         raise DataContractError("no rows: the input holds no transactions")
     mapped = map_columns(frame, source.columns)
-    _check_columns(mapped)
+    require_canonical(list(mapped.columns))
     n_read = len(mapped)
-    deduplicated = mapped.drop_duplicates(keep="first").reset_index(drop=True)
-    n_exact_duplicates = n_read - len(deduplicated)
+    deduplicated = mapped.drop_duplicates(keep="first")
+    rows = deduplicated.index.to_numpy() + 1
+    deduplicated = deduplicated.reset_index(drop=True)
 
     parsed = parse_columns(deduplicated, source)
-    violations = _row_violations(parsed)
+    violations = row_violations(parsed, params)
     reasons = _reasons(violations, len(deduplicated))
     rejected_mask = reasons != ""
-    share = rejected_mask.sum() / n_read
-    if share > params.max_rejected_share:
-        details = "; ".join(
-            f"rule '{rule}': {mask.sum()} rows, e.g. transaction_id "
-            f"{_examples(deduplicated, mask, params.example_values)}"
-            for rule, mask in violations.items()
-        )
-        raise DataContractError(
-            f"{rejected_mask.sum()} of {n_read} rows ({share:.2%}) break the contract, above "
-            f"the allowed {params.max_rejected_share:.2%}: {details}"
-        )
+    n_rejected = int(rejected_mask.sum())
+    lines = describe(violations, deduplicated, parsed.frame, rows, params.example_values)
+    if n_rejected / n_read > params.max_rejected_share:
+        dates = violations.get(date_rule(params))
+        all_dates_out = dates is not None and bool(dates.rows.all())
+        raise _too_many_rejected(lines, n_rejected, n_read, params, all_dates_out)
+    if lines:
+        log.warning("quarantined %d rows:\n  %s", n_rejected, "\n  ".join(lines))
 
     clean = _normalize(parsed.frame.loc[~rejected_mask])
     labels = clean[schema.TX_FRAUD].unique()
@@ -114,17 +238,19 @@ def validate_transactions(
             f"column tx_fraud holds one class only ({labels.tolist()}) in all {len(clean)} kept "
             "rows: a fraud model needs both frauds and legitimate transactions"
         )
-    rejected = deduplicated.loc[rejected_mask].assign(**{REASON_COLUMN: reasons[rejected_mask]})
+    rejected = deduplicated.loc[rejected_mask].assign(
+        **{REASON_COLUMN: reasons[rejected_mask], ROW_COLUMN: rows[rejected_mask]}
+    )
     # Source values may mix types in one column (a number, then a typo): keep them as text.
     mixed = [c for c in rejected.columns if pd.api.types.is_object_dtype(rejected[c])]
     rejected = rejected.astype(dict.fromkeys(mixed, "string"))
     report = {
         "rows_read": n_read,
         "rows_kept": len(clean),
-        "rows_rejected": int(rejected_mask.sum()),
-        "rejected_share": float(share),
-        "exact_duplicates_dropped": n_exact_duplicates,
-        "rejected_by_reason": {rule: int(mask.sum()) for rule, mask in violations.items()},
+        "rows_rejected": n_rejected,
+        "rejected_share": n_rejected / n_read,
+        "exact_duplicates_dropped": n_read - len(deduplicated),
+        "rejected_by_reason": {rule: int(v.rows.sum()) for rule, v in violations.items()},
         "fraud_rate": float(clean[schema.TX_FRAUD].mean()),
         "first_tx_datetime": str(clean[schema.TX_DATETIME].iloc[0]),
         "last_tx_datetime": str(clean[schema.TX_DATETIME].iloc[-1]),

@@ -6,7 +6,7 @@ from __future__ import annotations
 import logging
 
 from fraudlab.cli import run, stage_parser
-from fraudlab.ingest import read_transactions
+from fraudlab.ingest import columns_to_read, read_header, read_transactions
 from fraudlab.io import write_json, write_parquet
 from fraudlab.params import load_params
 from fraudlab.validate import DataContractError, validate_transactions
@@ -23,9 +23,12 @@ def validate(argv: list[str] | None = None) -> None:
     parser.add_argument("--report", required=True, help="data-quality metrics (JSON)")
     args = parser.parse_args(argv)
     loaded = load_params(args.params, *SECTIONS)
+    source = loaded["source"]
     try:
+        # Only the columns the pipeline uses are read; missing ones fail before any row is.
+        columns = columns_to_read(read_header(args.raw), source)
         result = validate_transactions(
-            read_transactions(args.raw), loaded["validate"], source=loaded["source"]
+            read_transactions(args.raw, columns), loaded["validate"], source=source
         )
     except DataContractError as exc:
         raise DataContractError(f"{args.raw}: {exc}") from None

@@ -1,0 +1,329 @@
+"""The bad-input battery: each case runs a real stage on a file the way `dvc repro` does and asserts
+the exit status, that the message names the problem, and what was kept or quarantined.
+
+The stages run in this process through ``cli.run`` (the same wrapper `python -m` uses) so thirty
+cases cost seconds; test_validate and test_ingest run the stage as a process too."""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+import signal
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from conftest import contract_params, source_params
+from fraudlab.cli import run
+from fraudlab.stages.split import split
+from fraudlab.stages.validate import validate
+
+HEADER = "transaction_id,tx_datetime,customer_id,terminal_id,tx_amount,tx_fraud"
+N_ROWS = 40
+
+
+def _good_rows() -> list[str]:
+    return [
+        f"{i},2018-04-{1 + i % 28:02d} {i % 24:02d}:15:00,{i % 7},{i % 5},{i * 1.5:.2f},"
+        f"{int(i % 5 == 0)}"
+        for i in range(1, N_ROWS + 1)
+    ]
+
+
+def _csv(rows: list[str], header: str = HEADER) -> bytes:
+    return ("\n".join([header, *rows]) + "\n").encode()
+
+
+def _replace(changes: dict[int, str], header: str = HEADER) -> bytes:
+    """The good file with rows (1-based transaction ids) replaced by the given lines."""
+    rows = _good_rows()
+    for tx_id, line in changes.items():
+        rows[tx_id - 1] = line
+    return _csv(rows, header)
+
+
+def _field(tx_id: int, column: str, value: str) -> str:
+    values = _good_rows()[tx_id - 1].split(",")
+    values[HEADER.split(",").index(column)] = value
+    return ",".join(values)
+
+
+def _column_dropped(column: str) -> bytes:
+    frame = pd.read_csv(pd.io.common.BytesIO(_csv(_good_rows())))
+    return frame.drop(columns=[column]).to_csv(index=False).encode()
+
+
+def _epoch_seconds() -> bytes:
+    frame = pd.read_csv(pd.io.common.BytesIO(_csv(_good_rows())), parse_dates=["tx_datetime"])
+    seconds = frame["tx_datetime"].astype("datetime64[s]").astype("int64")
+    return frame.assign(tx_datetime=seconds).to_csv(index=False).encode()
+
+
+def _garbage_parquet() -> bytes:
+    return b"PAR1" + bytes(range(256)) * 4
+
+
+@dataclass(frozen=True)
+class Case:
+    id: str
+    content: bytes | None  # None: the file does not exist
+    message: str  # a regex the log must contain
+    exit_code: int = 1
+    name: str = "tx.csv"
+    source: dict = field(default_factory=dict)
+    contract: dict = field(default_factory=dict)
+    quarantined: dict[str, str] = field(default_factory=dict)  # transaction_id -> reason
+    duplicates: int = 0
+
+
+FILE_LEVEL = [
+    Case(
+        "unknown-type", b"PK\x03\x04" + b"\x00" * 60, r"unknown file type '\.xlsx'", name="t.xlsx"
+    ),
+    Case("empty-file", b"", "empty file: no header and no rows"),
+    Case("header-only", _csv([]), "no rows: the input holds no transactions"),
+    Case("missing-file", None, "No such file or directory"),
+    Case(
+        "latin-1-text",
+        _replace({3: "3,2018-04-04 03:15:00,Andr\xe9,3,4.50,0"}).decode().encode("latin-1"),
+        r"not UTF-8 text \(byte \d+\): re-export as UTF-8",
+    ),
+    Case("binary-garbage", b"\x89PNG\r\n\x1a\n" + bytes(range(256)), "not UTF-8 text"),
+    Case("garbage-parquet", _garbage_parquet(), "not a readable parquet file", name="t.parquet"),
+    Case(
+        "ragged-row",
+        _replace({4: _good_rows()[3] + ",surplus"}),
+        "not a readable csv file: .*Expected 6 fields in line 5, saw 7",
+    ),
+    Case(
+        "missing-required-column",
+        _column_dropped("tx_amount"),
+        r"missing required column\(s\) \['tx_amount'\]; columns present: \['transaction_id'",
+    ),
+    Case(
+        "mapping-names-missing-column",
+        _csv(_good_rows()),
+        r"source.columns names column\(s\) the file does not have: \{'tx_amount': 'AMOUNT'\}",
+        source={"columns": {"tx_amount": "AMOUNT"}},
+    ),
+    Case(
+        "mapping-clashes-with-a-column",
+        _csv([r + ",1.0" for r in _good_rows()], HEADER + ",amount_eur"),
+        r"column\(s\) \['tx_amount'\] exist in the file and are also mapped",
+        source={"columns": {"tx_amount": "amount_eur"}},
+    ),
+    Case(
+        "extra-column-missing",
+        _csv(_good_rows()),
+        r"source.extra_columns names column\(s\) the file does not have: \['merchant'\]",
+        source={"extra_columns": ["merchant"]},
+    ),
+    Case(
+        "epoch-numbers-without-unit",
+        _epoch_seconds(),
+        "column tx_datetime holds numbers: set source.timestamp_unit",
+    ),
+    Case(
+        "all-dates-outside-range",  # epoch seconds read as milliseconds land in January 1970
+        _epoch_seconds(),
+        r"40 of 40 rows \(100.00%\) break the data contract.*"
+        r"rule 'tx_datetime outside 2000-01-01..2099-12-31': 40 rows, e.g. row 1: "
+        r".*Every tx_datetime is outside the range: check source.timestamp_unit",
+        source={"timestamp_unit": "ms"},
+    ),
+    Case(
+        "one-class-labels",
+        _csv([r[:-1] + "0" for r in _good_rows()]),
+        r"column tx_fraud holds one class only \(\[0\]\) in all 40 kept rows",
+    ),
+    Case(
+        "too-many-rejected-every-rule-reported",
+        _replace(
+            {i: _field(i, "tx_amount", "-1.00") for i in (2, 3, 4, 6, 7)}
+            | {8: _field(8, "tx_datetime", "soon"), 9: _field(9, "customer_id", "")}
+        ),
+        r"7 of 40 rows \(17.50%\) break the data contract, more than "
+        r"validate.max_rejected_share \(10.00%\):\n"
+        r"  column tx_datetime, rule 'unparseable tx_datetime': 1 rows, e.g. row 8: 'soon'\n"
+        r"  column customer_id, rule 'null customer_id': 1 rows, e.g. row 9: empty\n"
+        r"  column tx_amount, rule 'negative tx_amount': 5 rows, e.g. row 2: -1.0, row 3: -1.0, "
+        r"row 4: -1.0\n.*Nothing was written",
+        contract={"max_rejected_share": 0.1, "example_values": 3},
+    ),
+]
+
+ROW_LEVEL = [
+    Case(
+        "negative-amount",
+        _replace({3: _field(3, "tx_amount", "-4.50")}),
+        "quarantined 1 rows",
+        exit_code=0,
+        quarantined={"3": "negative tx_amount"},
+    ),
+    Case(
+        "decimal-comma-amount",
+        _replace({3: '3,2018-04-04 03:15:00,3,3,"4,50",0'}),
+        r"unparseable tx_amount': 1 rows, e.g. row 3: '4,50'",
+        exit_code=0,
+        quarantined={"3": "unparseable tx_amount"},
+    ),
+    Case(
+        "unparseable-date",
+        _replace({7: _field(7, "tx_datetime", "yesterday")}),
+        "unparseable tx_datetime",
+        exit_code=0,
+        quarantined={"7": "unparseable tx_datetime"},
+    ),
+    Case(
+        "date-outside-range",
+        _replace({7: _field(7, "tx_datetime", "1970-01-01 00:00:07")}),
+        r"rule 'tx_datetime outside 2000-01-01..2099-12-31': 1 rows, e.g. row 7: "
+        r"'1970-01-01 00:00:07'",
+        exit_code=0,
+        quarantined={"7": "tx_datetime outside 2000-01-01..2099-12-31"},
+    ),
+    Case(
+        "local-time-in-dst-gap",  # 02:30 did not exist in Brussels on 2018-03-25
+        _replace({7: _field(7, "tx_datetime", "2018-03-25 02:30:00")}),
+        "unparseable tx_datetime",
+        exit_code=0,
+        source={"timezone": "Europe/Brussels"},
+        quarantined={"7": "unparseable tx_datetime"},
+    ),
+    Case(
+        "missing-customer",
+        _replace({9: _field(9, "customer_id", "")}),
+        r"rule 'null customer_id': 1 rows, e.g. row 9: empty",
+        exit_code=0,
+        quarantined={"9": "null customer_id"},
+    ),
+    Case(
+        "missing-transaction-id",
+        _replace({9: _field(9, "transaction_id", "")}),
+        "null transaction_id",
+        exit_code=0,
+        quarantined={"": "null transaction_id"},
+    ),
+    Case(
+        "label-not-0-or-1",
+        _replace({11: _field(11, "tx_fraud", "7")}),
+        "tx_fraud not 0/1",
+        exit_code=0,
+        quarantined={"11": "tx_fraud not 0/1"},
+    ),
+    Case(
+        "unknown-label-word",
+        _replace({11: _field(11, "tx_fraud", "maybe")}),
+        r"unparseable tx_fraud': 1 rows, e.g. row 11: 'maybe'",
+        exit_code=0,
+        quarantined={"11": "unparseable tx_fraud"},
+    ),
+    Case(
+        "several-rules-in-one-row",
+        _replace({12: "12,2018-04-13 12:15:00,5,2,-3.00,2"}),
+        "negative tx_amount",
+        exit_code=0,
+        quarantined={"12": "negative tx_amount; tx_fraud not 0/1"},
+    ),
+    Case(
+        "id-repeated-with-different-content",
+        _csv([*_good_rows(), _field(5, "tx_amount", "999.00")]),
+        r"transaction_id repeated with different content': 2 rows, e.g. row 5: 5, row 41: 5",
+        exit_code=0,
+        quarantined={"5": "transaction_id repeated with different content"},
+    ),
+    Case(
+        "exact-duplicate-rows",
+        _csv([*_good_rows(), _good_rows()[4], _good_rows()[4]]),
+        "kept 40 of 42 rows",
+        exit_code=0,
+        duplicates=2,
+    ),
+]
+
+
+def _run(stage: Callable, argv: list[str], caplog) -> int:
+    """Exit status of a stage run the way its module's __main__ runs it."""
+    handler = signal.getsignal(signal.SIGTERM)
+    caplog.clear()
+    caplog.set_level(logging.INFO)
+    try:
+        run(stage, argv)
+    except SystemExit as exc:
+        return int(exc.code)
+    finally:
+        signal.signal(signal.SIGTERM, handler)
+    return 0
+
+
+def _params(tmp_path: Path, case: Case, raw: Path) -> Path:
+    source = source_params(path=str(raw), **case.source)
+    contract = contract_params(**({"max_rejected_share": 0.1} | case.contract))
+    params = tmp_path / "params.yaml"
+    params.write_text(
+        f"validate: {contract.model_dump_json()}\nsource: {source.model_dump_json()}\n"
+    )
+    return params
+
+
+@pytest.mark.parametrize("case", FILE_LEVEL + ROW_LEVEL, ids=lambda c: c.id)
+def test_bad_input(tmp_path, caplog, case):
+    raw = tmp_path / case.name
+    if case.content is not None:
+        raw.write_bytes(case.content)
+    outputs = {
+        name: tmp_path / "out" / name for name in ("clean.parquet", "rej.parquet", "dq.json")
+    }
+    argv = [str(raw), "--params", str(_params(tmp_path, case, raw))]
+    argv += ["--clean", str(outputs["clean.parquet"]), "--rejected", str(outputs["rej.parquet"])]
+    argv += ["--report", str(outputs["dq.json"])]
+
+    code = _run(validate, argv, caplog)
+
+    assert code == case.exit_code, caplog.text
+    assert re.search(case.message, caplog.text, flags=re.DOTALL), caplog.text
+    if case.content is not None:
+        assert raw.read_bytes() == case.content  # the source is only read
+    if code != 0:
+        assert str(raw) in caplog.text  # the message names the file
+        assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())
+        return
+    clean = pd.read_parquet(outputs["clean.parquet"])
+    rejected = pd.read_parquet(outputs["rej.parquet"])
+    report = json.loads(outputs["dq.json"].read_text())
+    ids = rejected["transaction_id"].astype("string").fillna("")
+    assert dict(zip(ids, rejected["rejection_reason"], strict=True)) == case.quarantined
+    assert report["rows_rejected"] == len(rejected)
+    assert report["exact_duplicates_dropped"] == case.duplicates
+    assert report["rows_read"] == report["rows_kept"] + len(rejected) + case.duplicates
+    assert len(clean) == report["rows_kept"]
+    # Quarantined rows keep their position in the source and the values as given.
+    lines = case.content.decode().splitlines()
+    for tx_id, row in zip(ids, rejected["source_row"], strict=True):
+        assert lines[row].split(",")[0] == tx_id
+
+
+def test_no_transactions_in_the_training_window(tmp_path, caplog, small_transactions):
+    features = tmp_path / "features.parquet"
+    small_transactions.to_parquet(features)
+    params = tmp_path / "params.yaml"
+    params.write_text(
+        "split: {train_start: '2019-01-01', train_days: 7, test_days: 7, n_folds: 1}\n"
+        "features: {customer_windows_days: [1], terminal_windows_days: [1], "
+        "label_delay_days: 7, night_end_hour: 6}\n"
+    )
+    outs = [tmp_path / "out" / n for n in ("train.parquet", "test.parquet", "f.parquet", "s.json")]
+    argv = [str(features), "--params", str(params)]
+    argv += ["--train", str(outs[0]), "--test", str(outs[1]), "--folds", str(outs[2])]
+    argv += ["--summary", str(outs[3])]
+
+    assert _run(split, argv, caplog) == 1
+    assert "no transactions in the training period: 7 days from 2019-01-01; the data covers " in (
+        caplog.text
+    )
+    assert "move split.train_start" in caplog.text
+    assert not any(p.exists() for p in outs)
