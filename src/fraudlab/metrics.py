@@ -10,6 +10,7 @@ import pandas as pd
 from sklearn.metrics import average_precision_score, confusion_matrix, roc_auc_score
 
 from fraudlab import schema
+from fraudlab.params import CostParams, EvaluateParams
 
 SCORE = "score"
 
@@ -55,9 +56,36 @@ def threshold_for_alert_budget(scored: pd.DataFrame, cards_per_day: int) -> floa
     return float(np.median(per_day))
 
 
-def threshold_metrics(scored: pd.DataFrame, threshold: float) -> dict[str, float | int]:
-    """Transaction-level precision, recall, F1 and confusion counts when score >= threshold alerts;
-    plus the mean number of cards alerted a day."""
+def _decision_costs(scored: pd.DataFrame, costs: CostParams) -> tuple[np.ndarray, np.ndarray]:
+    """Per row, what not alerting it costs (frauds) and what alerting it costs (legitimate)."""
+    fraud = scored[schema.TX_FRAUD].to_numpy() == 1
+    amount = scored[schema.TX_AMOUNT].to_numpy()
+    missed = np.where(fraud, costs.missed_fraud + costs.missed_fraud_amount_share * amount, 0.0)
+    return missed, np.where(fraud, 0.0, costs.false_alert)
+
+
+def threshold_for_cost(scored: pd.DataFrame, costs: CostParams) -> float:
+    """The score threshold (alert when score >= it) with the lowest total cost on ``scored``;
+    among equal costs, the one raising fewest alerts. Above every score when alerting nothing
+    is cheapest."""
+    order = np.argsort(-scored[SCORE].to_numpy(), kind="stable")
+    score = scored[SCORE].to_numpy()[order]
+    missed, false_alert = (c[order] for c in _decision_costs(scored, costs))
+    # total[i]: cost when the i highest-scored rows are alerted, i = 0..n
+    total = missed.sum() - np.concatenate([[0.0], np.cumsum(missed)])
+    total += np.concatenate([[0.0], np.cumsum(false_alert)])
+    # A threshold cannot split rows of equal score: cut only between different scores.
+    cut = np.ones(len(score) + 1, dtype=bool)
+    cut[1:-1] = score[:-1] > score[1:]
+    best = np.flatnonzero(cut)[np.argmin(total[cut])]
+    return float(score[best - 1]) if best else float(np.nextafter(score[0], np.inf))
+
+
+def threshold_metrics(
+    scored: pd.DataFrame, threshold: float, costs: CostParams
+) -> dict[str, float | int]:
+    """Transaction-level precision, recall, F1, confusion counts and total cost when
+    score >= threshold alerts; plus the mean number of cards alerted a day."""
     y_true = scored[schema.TX_FRAUD].to_numpy()
     y_pred = (scored[SCORE].to_numpy() >= threshold).astype(np.int8)
     tn, fp, fn, tp = (int(v) for v in confusion_matrix(y_true, y_pred, labels=[0, 1]).ravel())
@@ -67,6 +95,8 @@ def threshold_metrics(scored: pd.DataFrame, threshold: float) -> dict[str, float
     alerted = scored.loc[y_pred == 1]
     cards_per_day = alerted.groupby(_day(alerted))[schema.CUSTOMER_ID].nunique()
     n_days = _day(scored).nunique()
+    missed, false_alert = _decision_costs(scored, costs)
+    cost = float(missed[y_pred == 0].sum() + false_alert[y_pred == 1].sum())
     return {
         "threshold": float(threshold),
         "precision": precision,
@@ -77,6 +107,8 @@ def threshold_metrics(scored: pd.DataFrame, threshold: float) -> dict[str, float
         "fn": fn,
         "tp": tp,
         "alerted_cards_per_day": float(cards_per_day.sum() / n_days),
+        "cost": cost,
+        "cost_per_day": cost / n_days,
     }
 
 
@@ -101,19 +133,27 @@ def validation_metrics(scored: pd.DataFrame, fold_column: str, k: int) -> dict[s
     }
 
 
+def operating_threshold(validation: pd.DataFrame, params: EvaluateParams) -> float:
+    """The threshold chosen on validation scores, by alert budget or by cost."""
+    if params.threshold == "cost":
+        return threshold_for_cost(validation, params.costs)
+    return threshold_for_alert_budget(validation, params.alert_budget_cards_per_day)
+
+
 def evaluation_metrics(
-    test: pd.DataFrame, validation: pd.DataFrame, *, fold_column: str, k: int, cards_per_day: int
+    test: pd.DataFrame, validation: pd.DataFrame, *, fold_column: str, params: EvaluateParams
 ) -> dict[str, dict]:
     """Test and validation metrics; the operating threshold is chosen on validation scores
-    (an alert budget of ``cards_per_day`` cards a day) and then applied to the test period."""
-    threshold = threshold_for_alert_budget(validation, cards_per_day)
+    (``params.threshold``) and then applied to the test period."""
+    threshold = operating_threshold(validation, params)
+    k = params.top_k
     return {
         "test": {
             **ranking_metrics(test, k),
-            "at_threshold": threshold_metrics(test, threshold),
+            "at_threshold": threshold_metrics(test, threshold, params.costs),
         },
         "validation": {
             **validation_metrics(validation, fold_column, k),
-            "at_threshold": threshold_metrics(validation, threshold),
+            "at_threshold": threshold_metrics(validation, threshold, params.costs),
         },
     }

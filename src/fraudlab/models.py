@@ -33,6 +33,7 @@ PREDICTION_COLUMNS = [
     schema.TRANSACTION_ID,
     schema.TX_DATETIME,
     schema.CUSTOMER_ID,
+    schema.TX_AMOUNT,
     schema.TX_FRAUD,
 ]
 # Libraries whose objects are inside the pickle (fraudlab's own code is versioned by dvc.lock).

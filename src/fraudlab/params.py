@@ -20,6 +20,7 @@ from fraudlab.errors import UserError
 PositiveInt = Annotated[int, Field(gt=0)]
 NonNegativeInt = Annotated[int, Field(ge=0)]
 Share = Annotated[float, Field(ge=0, le=1)]
+NonNegativeFloat = Annotated[float, Field(ge=0)]
 
 
 class _Section(BaseModel):
@@ -180,9 +181,21 @@ class TrainParams(_Section):
         return self
 
 
+class CostParams(_Section):
+    """What a decision costs, in the currency of tx_amount."""
+
+    missed_fraud: NonNegativeFloat  # each fraud not alerted: a fixed part ...
+    missed_fraud_amount_share: NonNegativeFloat  # ... plus this share of its amount
+    false_alert: NonNegativeFloat  # each legitimate transaction alerted (an investigation)
+
+
 class EvaluateParams(_Section):
     top_k: PositiveInt
+    # How the operating threshold is chosen, on validation scores only: a fixed alert budget
+    # (cards a day), or the lowest total cost.
+    threshold: Literal["alert_budget", "cost"]
     alert_budget_cards_per_day: PositiveInt
+    costs: CostParams
     score_bins: Annotated[int, Field(ge=2)]
 
 

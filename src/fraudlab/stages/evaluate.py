@@ -94,8 +94,7 @@ def evaluate(argv: list[str] | None = None) -> None:
         test,
         read_parquet(args.validation_scores),
         fold_column=FOLD_COLUMN,
-        k=params.top_k,
-        cards_per_day=params.alert_budget_cards_per_day,
+        params=params,
     )
     importance = feature_importance(bundle["pipeline"], bundle["features"])
     with (
@@ -104,7 +103,12 @@ def evaluate(argv: list[str] | None = None) -> None:
     ):
         _log_to_live(live, metrics=metrics, test=test, importance=importance, params=params)
     write_parquet(test, args.test_scores)
-    log.info("test: %s", {k: round(v, 4) for k, v in _flatten(metrics["test"]).items()})
+    log.info(
+        "threshold %.4f (by %s on validation); test: %s",
+        metrics["test"]["at_threshold"]["threshold"],
+        params.threshold,
+        {k: round(v, 4) for k, v in _flatten(metrics["test"]).items()},
+    )
 
 
 if __name__ == "__main__":
