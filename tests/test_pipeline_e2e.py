@@ -22,30 +22,12 @@ import pytest
 import yaml
 
 from fraudlab import schema
+from fraudlab.check_reproducible import merge
 from test_params import ROOT, STAGES
 
 pytestmark = pytest.mark.e2e
 
-TINY = {
-    "simulate": {
-        "n_customers": 200,
-        "n_terminals": 400,
-        "n_days": 60,
-        "radius": 10.0,
-        "compromised_terminals_per_day": 1,
-        "compromised_customers_per_day": 1,
-    },
-    "split": {"train_start": "2018-05-10", "n_folds": 2},
-    "train": {"xgboost": {"n_estimators": 10}, "random_forest": {"n_estimators": 10}},
-}
-
-
-def _merge(base: dict, overrides: dict) -> dict:
-    merged = dict(base)
-    for key, value in overrides.items():
-        nested = isinstance(value, dict) and isinstance(base.get(key), dict) and base[key]
-        merged[key] = _merge(base[key], value) if nested else value
-    return merged
+TINY = yaml.safe_load((Path(__file__).parent / "tiny_params.yaml").read_text())
 
 
 def _env(repo: Path) -> dict[str, str]:
@@ -77,7 +59,7 @@ def _stages_run(output: str) -> set[str]:
 def _set_params(repo: Path, overrides: dict) -> None:
     path = repo / "params.yaml"
     path.write_text(
-        yaml.safe_dump(_merge(yaml.safe_load(path.read_text()), overrides), sort_keys=False)
+        yaml.safe_dump(merge(yaml.safe_load(path.read_text()), overrides), sort_keys=False)
     )
 
 
@@ -357,3 +339,41 @@ def test_interrupted_stage_leaves_nothing_complete_and_next_repro_matches(repo, 
     assert _lock(repo) == committed
     assert not list(repo.rglob(".*.tmp-*"))
     _assert_clean(repo)
+
+
+def test_grid_search_ranks_flags_failures_and_the_winner_applies(repo):
+    """The documented search on a tiny grid with one invalid value: the leaderboard ranks by
+    validation AP, flags the failed run and exits 1; the winner applies and commits clean."""
+    (repo / "tiny-search.yaml").write_text(
+        "grids: {xgboost: {max_depth: [2, 4, -1]}}\nrandom: {}\n"
+    )
+    env = _env(repo) | {"PYTHONPATH": str(repo / "src")}
+    command = [sys.executable, "-m", "fraudlab.search", "--space", "tiny-search.yaml"]
+    command += ["--poll", "2", "--markdown", "board.md", "grid", "xgboost"]
+    done = subprocess.run(command, cwd=repo, env=env, capture_output=True, text=True, check=False)
+    assert done.returncode == 1, done.stdout + done.stderr
+    assert "1 experiment(s) failed" in done.stderr
+    rows = [line for line in (repo / "board.md").read_text().splitlines()[2:] if line]
+    assert len(rows) == 3
+    assert rows[2].startswith("| - |")
+    assert "max_depth=-1 | **FAILED**" in rows[2]
+    ranked = [float(row.split("|")[5].split("±")[0]) for row in rows[:2]]
+    assert ranked == sorted(ranked, reverse=True)
+    winner = rows[0].split("|")[2].strip()
+    depth = int(rows[0].split("max_depth=")[1].split()[0])
+    assert f"dvc exp apply {winner}" in done.stdout
+
+    _run(repo, *_dvc("exp", "apply", winner))
+    assert yaml.safe_load((repo / "params.yaml").read_text())["train"]["xgboost"]["max_depth"] == (
+        depth
+    )
+    # The winner's outputs come back from the cache: nothing is left to rerun.
+    assert _run(repo, *_dvc("status", "-q"), check=False).returncode == 0
+    (repo / "tiny-search.yaml").unlink()
+    (repo / "board.md").unlink()
+    _run(repo, "git", "add", "-A")
+    _run(repo, "git", "commit", "-qm", f"Select {winner}")
+    diff = json.loads(_run(repo, *_dvc("metrics", "diff", "HEAD~1", "--json")).stdout)
+    assert "validation.average_precision.mean" in diff["metrics/evaluate/metrics.json"]
+    _run(repo, "git", "reset", "-q", "--hard", "HEAD~1")
+    _run(repo, *_dvc("checkout", "-q"))

@@ -19,7 +19,9 @@ def test_quickstart_is_two_commands_install_and_repro_then_tests():
     install, tests = _quickstart_lines()
     assert install.endswith("dvc repro")
     assert "requirements.lock" in install
-    assert tests.endswith("python -m pytest")
+    assert "python -m pytest && " in tests
+    # then a fresh clone must reproduce a tiny configuration bit for bit
+    assert tests.endswith("python -m fraudlab.check_reproducible --override tests/tiny_params.yaml")
     assert "requirements-dev.lock" in tests
 
 

@@ -1,0 +1,187 @@
+"""A model-comparison report in Markdown, written to read well as a pull-request comment.
+
+    python -m fraudlab.report --out report                 # report/README.md and its plots
+    python -m fraudlab.report --out report --base origin/main
+
+Sections: the committed model's metrics (test, validation mean ± std across folds, and the
+operating threshold with its precision, recall and cost); the best experiment of each model family
+on this commit (`dvc exp show`), with its precision-recall and ROC plots; and, with ``--base``,
+`dvc metrics diff` and `dvc params diff` against that revision.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import yaml
+
+from fraudlab.cli import run
+from fraudlab.errors import UserError
+from fraudlab.search import METRICS_FILE, experiments, leaderboard
+
+log = logging.getLogger(__name__)
+
+IMAGES = "metrics/evaluate/plots/images"
+SHOWN_PLOTS = ("precision_recall.png", "roc.png")
+DATA_METRICS = ("metrics/data_quality.json", "metrics/split.json")
+
+
+def _git(*args: str, binary: bool = False) -> str | bytes:
+    done = subprocess.run(["git", *args], capture_output=True, check=False)
+    if done.returncode != 0:
+        raise UserError(f"git {' '.join(args)} failed: {done.stderr.decode()}")
+    return done.stdout if binary else done.stdout.decode()
+
+
+def _dvc(*args: str) -> str:
+    done = subprocess.run(
+        [str(Path(sys.executable).parent / "dvc"), *args],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    if done.returncode != 0:
+        raise UserError(f"dvc {' '.join(args)} failed:\n{done.stdout}{done.stderr}")
+    return done.stdout
+
+
+def current_section(metrics: dict, model: str) -> str:
+    """The committed model: test metrics beside validation mean ± std, then the threshold."""
+    test, validation = metrics["test"], metrics["validation"]
+    names = {
+        "average_precision": "Average precision",
+        "auc_roc": "AUC ROC",
+        "card_precision_at_100": "Card precision@100",
+    }
+    rows = [
+        f"| {label} | {test[key]:.4f} | {validation[key]['mean']:.4f} ± "
+        f"{validation[key]['std']:.4f} |"
+        for key, label in names.items()
+        if key in test
+    ]
+    at_test, at_validation = test["at_threshold"], validation["at_threshold"]
+    threshold_rows = [
+        f"| {label} | {at_test[key]:{fmt}} | {at_validation[key]:{fmt}} |"
+        for key, label, fmt in (
+            ("precision", "Precision", ".4f"),
+            ("recall", "Recall", ".4f"),
+            ("f1", "F1", ".4f"),
+            ("alerted_cards_per_day", "Cards alerted a day", ".1f"),
+            ("cost_per_day", "Cost a day", ",.0f"),
+            ("tp", "Frauds caught", ","),
+            ("fp", "False alerts", ","),
+        )
+    ]
+    return (
+        f"## Committed model: {model}\n\n| metric | test | validation (mean ± std over folds) |\n"
+        "|---|---|---|\n" + "\n".join(rows) + "\n\n"
+        f"At the operating threshold **{at_test['threshold']:.4f}** (chosen on validation):\n\n"
+        "| | test | validation |\n|---|---|---|\n" + "\n".join(threshold_rows) + "\n"
+    )
+
+
+def best_per_family(table: pd.DataFrame) -> pd.DataFrame:
+    """The leaderboard's best successful experiment of each family."""
+    board = leaderboard(table)
+    board = board[board["state"] == "success"]
+    return board.drop_duplicates("family", keep="first").reset_index(drop=True)
+
+
+def _changes(params: dict, committed: dict) -> str:
+    changed = {k: v for k, v in params.items() if committed.get(k) != v}
+    return ", ".join(f"{k}={v}" for k, v in changed.items()) or "as committed"
+
+
+def families_section(best: pd.DataFrame, plots: dict[str, list[str]], committed: dict) -> str:
+    """``committed``: params.yaml's train section, to show what each experiment changed."""
+    if best.empty:
+        return (
+            "## Model families\n\nNo experiments on this commit: run `python -m fraudlab.search "
+            "grid` to compare families.\n"
+        )
+    lines = [
+        "## Model families (best experiment of each, by validation AP)\n",
+        "| family | experiment | params changed | val AP (± std) | test AP | test AUC "
+        "| test CP@100 |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for row in best.itertuples(index=False):
+        params = _changes(row.params, committed.get(row.family, {}))
+        lines.append(
+            f"| {row.family} | {row.experiment} | {params} "
+            f"| {row.validation_average_precision:.4f} ± "
+            f"{row.validation_average_precision_std:.4f} | {row.test_average_precision:.4f} "
+            f"| {row.test_auc_roc:.4f} | {row.test_card_precision_at_100:.4f} |"
+        )
+    for row in best.itertuples(index=False):
+        images = " ".join(f"![{row.family} {p}]({p})" for p in plots.get(row.experiment, []))
+        if images:
+            lines += ["", f"**{row.family}** ({row.experiment}): {images}"]
+    return "\n".join(lines) + "\n"
+
+
+def changes_section(base: str) -> str:
+    """Model metrics and params against ``base``; data and split metrics folded away."""
+    model = _dvc("metrics", "diff", base, "--md", "--targets", METRICS_FILE)
+    data = _dvc("metrics", "diff", base, "--md", "--targets", *DATA_METRICS)
+    params = _dvc("params", "diff", base, "--md")
+    return (
+        f"## Changes against {base}\n\n### Model metrics\n\n{model or 'No change.'}\n\n"
+        f"### Params\n\n{params or 'No change.'}\n\n<details><summary>Data and split "
+        f"metrics</summary>\n\n{data or 'No change.'}\n\n</details>\n"
+    )
+
+
+def _export_plots(best: pd.DataFrame, revisions: dict[str, str], out: Path) -> dict:
+    """Copy each winner's PNGs out of its experiment commit; paths relative to ``out``."""
+    plots: dict[str, list[str]] = {}
+    for name in best["experiment"]:
+        plots[name] = []
+        for image in SHOWN_PLOTS:
+            target = Path("plots") / name / image
+            (out / target).parent.mkdir(parents=True, exist_ok=True)
+            (out / target).write_bytes(
+                _git("show", f"{revisions[name]}:{IMAGES}/{image}", binary=True)
+            )
+            plots[name].append(target.as_posix())
+    return plots
+
+
+def _revisions(exp_show: list[dict]) -> dict[str, str]:
+    return {
+        e.get("name") or e["revs"][0]["rev"][:7]: e["revs"][0]["rev"]
+        for baseline in exp_show
+        for e in baseline.get("experiments") or []
+    }
+
+
+def report(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", required=True, help="directory for README.md and plots")
+    parser.add_argument("--base", help="revision to diff metrics and params against")
+    args = parser.parse_args(argv)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+
+    metrics = json.loads(Path(METRICS_FILE).read_text())
+    commit = _git("rev-parse", "--short", "HEAD").strip()
+    train = yaml.safe_load(Path("params.yaml").read_text())["train"]
+    exp_show = json.loads(_dvc("exp", "show", "--json"))
+    best = best_per_family(experiments(exp_show))
+    plots = _export_plots(best, _revisions(exp_show), out)
+    sections = [f"# fraudlab model report ({commit})\n", current_section(metrics, train["model"])]
+    sections.append(families_section(best, plots, train))
+    if args.base:
+        sections.append(changes_section(args.base))
+    (out / "README.md").write_text("\n".join(sections))
+    log.info("wrote %s", out / "README.md")
+
+
+if __name__ == "__main__":
+    run(report)

@@ -1,0 +1,308 @@
+"""Hyperparameter search through queued DVC experiments, and a leaderboard of the results.
+
+    python -m fraudlab.search grid                     # the handbook's grids, every family
+    python -m fraudlab.search grid xgboost --jobs 1    # one family's grid
+    python -m fraudlab.search random xgboost -n 20 --seed 0
+    python -m fraudlab.search leaderboard              # every experiment of the current commit
+
+``grid`` and ``random`` queue experiments (``dvc exp run --queue -S ...``), start the queue
+(``dvc queue start``), wait for it, and print the leaderboard sorted by mean validation AP, with
+failed experiments flagged: ``dvc queue start`` itself reports success even when a run fails.
+The winner is applied with ``dvc exp apply <name>`` and committed (README "Choosing a model").
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import math
+import re
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Annotated, Literal
+
+import numpy as np
+import pandas as pd
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from fraudlab.cli import run
+from fraudlab.errors import UserError
+
+log = logging.getLogger(__name__)
+
+FAMILIES = ("logistic_regression", "random_forest", "xgboost")
+METRICS_FILE = "metrics/evaluate/metrics.json"
+_QUEUED = re.compile(r"Queued experiment '([^']+)'")
+_UNFINISHED = {"queued", "running"}
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class Choice(_Strict):
+    choice: Annotated[list[float | int | str | bool], Field(min_length=1)]
+
+
+class Uniform(_Strict):
+    uniform: tuple[float, float]
+
+
+class LogUniform(_Strict):
+    log_uniform: tuple[Annotated[float, Field(gt=0)], Annotated[float, Field(gt=0)]]
+
+
+class IntRange(_Strict):
+    int: tuple[int, int]
+
+
+Distribution = Choice | Uniform | LogUniform | IntRange
+Family = Literal["logistic_regression", "random_forest", "xgboost"]
+
+
+class SearchSpace(_Strict):
+    grids: dict[Family, dict[str, Annotated[list, Field(min_length=1)]]]
+    random: dict[Family, dict[str, Distribution]]
+
+
+def load_space(path: str | Path) -> SearchSpace:
+    try:
+        return SearchSpace.model_validate(yaml.safe_load(Path(path).read_text()))
+    except ValidationError as exc:
+        raise UserError(f"{path}: {exc}") from None
+
+
+def _value(value: object) -> str:
+    """A value as `dvc exp run -S` parses it (YAML)."""
+    return json.dumps(value) if isinstance(value, str) else str(value).lower()
+
+
+def grid_overrides(family: str, grid: dict[str, list]) -> list[str]:
+    """`-S` values that make DVC queue the whole grid (comma lists are crossed)."""
+    return [f"train.model={family}"] + [
+        f"train.{family}.{name}={','.join(_value(v) for v in values)}"
+        for name, values in grid.items()
+    ]
+
+
+def _draw(distribution: Distribution, rng: np.random.Generator) -> object:
+    if isinstance(distribution, Choice):
+        return distribution.choice[int(rng.integers(len(distribution.choice)))]
+    if isinstance(distribution, Uniform):
+        return round(float(rng.uniform(*distribution.uniform)), 4)
+    if isinstance(distribution, LogUniform):
+        low, high = (math.log(v) for v in distribution.log_uniform)
+        return float(f"{math.exp(rng.uniform(low, high)):.4g}")
+    return int(rng.integers(distribution.int[0], distribution.int[1] + 1))
+
+
+def random_overrides(
+    family: str, space: dict[str, Distribution], n: int, seed: int
+) -> list[list[str]]:
+    """``n`` sampled configurations, each the `-S` values of one experiment."""
+    rng = np.random.default_rng(seed)
+    return [
+        [f"train.model={family}"]
+        + [f"train.{family}.{name}={_value(_draw(d, rng))}" for name, d in space.items()]
+        for _ in range(n)
+    ]
+
+
+def _metric(metrics: dict, *path: str) -> float:
+    for key in path:
+        metrics = metrics.get(key, {}) if isinstance(metrics, dict) else {}
+    return float(metrics) if isinstance(metrics, int | float) else float("nan")
+
+
+def _row(name: str, data: dict, state: str) -> dict:
+    train = data.get("params", {}).get("params.yaml", {}).get("data", {}).get("train", {})
+    metrics = data.get("metrics", {}).get(METRICS_FILE, {}).get("data", {})
+    family = train.get("model", "")
+    hyper = train.get(family, {})
+    ok = state == "success"
+    row = {"experiment": name, "family": family, "state": state, "params": hyper}
+    for split in ("validation", "test"):
+        for metric in ("average_precision", "auc_roc", "card_precision_at_100"):
+            path = (split, metric, "mean") if split == "validation" else (split, metric)
+            row[f"{split}_{metric}"] = _metric(metrics, *path) if ok else float("nan")
+    row["validation_average_precision_std"] = (
+        _metric(metrics, "validation", "average_precision", "std") if ok else float("nan")
+    )
+    return row
+
+
+def experiments(exp_show: list[dict]) -> pd.DataFrame:
+    """One row per experiment in `dvc exp show --json` output: name, family, state
+    (success, failed, queued, running), its train params and its metrics (NaN unless it
+    succeeded: a failed run reports its baseline's files)."""
+    rows = []
+    for baseline in exp_show:
+        for experiment in baseline.get("experiments") or []:
+            state = (experiment.get("executor") or {}).get("state") or "success"
+            revision = experiment["revs"][0]
+            if revision.get("error") and state == "success":
+                state = "failed"
+            rows.append(
+                _row(experiment.get("name") or revision["rev"][:7], revision["data"], state)
+            )
+    return pd.DataFrame(rows)
+
+
+def leaderboard(table: pd.DataFrame) -> pd.DataFrame:
+    """Successful experiments by mean validation AP (best first), then the others."""
+    done = table["state"] == "success"
+    ranked = table[done].sort_values(
+        ["validation_average_precision", "experiment"], ascending=[False, True], kind="stable"
+    )
+    return pd.concat([ranked, table[~done].sort_values("experiment")], ignore_index=True)
+
+
+def _changed(params: dict, varied: set[str]) -> str:
+    return " ".join(f"{k}={params[k]}" for k in sorted(varied) if k in params)
+
+
+def _varied(board: pd.DataFrame) -> set[str]:
+    """Hyperparameters whose value differs between the experiments shown."""
+    names = {name for params in board["params"] for name in params}
+    return {n for n in names if board["params"].map(lambda p, n=n: repr(p.get(n))).nunique() > 1}
+
+
+def render(board: pd.DataFrame, varied: set[str]) -> str:
+    """The leaderboard as a GitHub-flavoured Markdown table."""
+    header = (
+        "| # | experiment | family | params | val AP (± std) | val AUC | val CP@100 "
+        "| test AP | test AUC | test CP@100 |\n|---|---|---|---|---|---|---|---|---|---|\n"
+    )
+    lines = []
+    for rank, row in enumerate(board.itertuples(index=False), start=1):
+        params = _changed(row.params, varied)
+        if row.state != "success":
+            hint = f" (`dvc queue logs {row.experiment}`)" if row.state == "failed" else ""
+            lines.append(
+                f"| - | {row.experiment} | {row.family} | {params} "
+                f"| **{row.state.upper()}**{hint} | | | | | |"
+            )
+            continue
+        lines.append(
+            f"| {rank} | {row.experiment} | {row.family} | {params} "
+            f"| {row.validation_average_precision:.3f} ± "
+            f"{row.validation_average_precision_std:.3f} | {row.validation_auc_roc:.3f} "
+            f"| {row.validation_card_precision_at_100:.3f} | {row.test_average_precision:.3f} "
+            f"| {row.test_auc_roc:.3f} | {row.test_card_precision_at_100:.3f} |"
+        )
+    return header + "\n".join(lines) + "\n"
+
+
+# --- I/O: the dvc command line --------------------------------------------------------------
+
+
+def _dvc(*args: str) -> str:
+    done = subprocess.run(
+        [str(Path(sys.executable).parent / "dvc"), *args],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    if done.returncode != 0:
+        raise UserError(f"dvc {' '.join(args)} failed:\n{done.stdout}{done.stderr}")
+    return done.stdout + done.stderr
+
+
+def _queue(overrides: list[str]) -> list[str]:
+    output = _dvc("exp", "run", "--queue", *(arg for o in overrides for arg in ("-S", o)))
+    return _QUEUED.findall(output)
+
+
+def _exp_show() -> list[dict]:
+    return json.loads(_dvc("exp", "show", "--json"))
+
+
+def _wait(names: list[str], poll_seconds: float) -> pd.DataFrame:
+    while True:
+        table = experiments(_exp_show())
+        mine = table[table["experiment"].isin(names)]
+        unfinished = int(mine["state"].isin(_UNFINISHED).sum())
+        if unfinished == 0 and len(mine) == len(names):
+            return mine
+        log.info("%d of %d experiments finished", len(names) - unfinished, len(names))
+        time.sleep(poll_seconds)
+
+
+def _run_search(batches: list[list[str]], jobs: int, poll_seconds: float) -> pd.DataFrame:
+    started = time.perf_counter()
+    names = [name for overrides in batches for name in _queue(overrides)]
+    log.info("queued %d experiments; starting %d queue worker(s)", len(names), jobs)
+    # The worker outlives this call and keeps its stdout: never wait on that pipe.
+    subprocess.run(
+        [str(Path(sys.executable).parent / "dvc"), "queue", "start", "--jobs", str(jobs)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        check=True,
+    )
+    finished = _wait(names, poll_seconds)
+    log.info(
+        "%d experiments finished in %.0f s (queueing, DVC overhead and runs)",
+        len(names),
+        time.perf_counter() - started,
+    )
+    return finished
+
+
+def _report(board: pd.DataFrame, varied: set[str], markdown: str | None) -> None:
+    table = render(board, varied)
+    print(table)
+    if markdown:
+        Path(markdown).write_text(table)
+    winners = board[board["state"] == "success"]
+    if len(winners):
+        best = winners.iloc[0]["experiment"]
+        print(f"Best on validation AP: {best}. Apply it with:\n  dvc exp apply {best}")
+        print(f'  git add -A && git commit -m "Select {best}: ..."  # then dvc metrics diff HEAD~1')
+    failed = board[board["state"] == "failed"]
+    if len(failed):
+        raise UserError(
+            f"{len(failed)} experiment(s) failed: {', '.join(failed['experiment'])}; "
+            "read `dvc queue logs <name>`"
+        )
+
+
+def search(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--space", default="search.yaml", help="search spaces (YAML)")
+    parser.add_argument("--jobs", type=int, default=1, help="queue workers (default: 1)")
+    parser.add_argument("--poll", type=float, default=10.0, help="seconds between queue checks")
+    parser.add_argument("--markdown", help="also write the leaderboard to this file")
+    commands = parser.add_subparsers(dest="command", required=True)
+    grid = commands.add_parser("grid", help="queue and run the grids of search.yaml")
+    grid.add_argument("families", nargs="*", metavar="family", help=f"default: {FAMILIES}")
+    sampled = commands.add_parser("random", help="queue and run sampled configurations")
+    sampled.add_argument("family", choices=FAMILIES)
+    sampled.add_argument("-n", type=int, default=20, help="configurations (default: 20)")
+    sampled.add_argument("--seed", type=int, default=0)
+    commands.add_parser("leaderboard", help="rank every experiment of the current commit")
+    args = parser.parse_args(argv)
+
+    space = load_space(args.space)
+    if args.command == "leaderboard":
+        board = leaderboard(experiments(_exp_show()))
+        _report(board, _varied(board), args.markdown)
+        return
+    if args.command == "grid":
+        families = args.families or list(FAMILIES)
+        unknown = sorted(set(families) - set(FAMILIES))
+        if unknown:
+            raise UserError(f"unknown model family {unknown}: choose from {list(FAMILIES)}")
+        batches = [grid_overrides(f, space.grids[f]) for f in families]
+        varied = {name for f in families for name in space.grids[f]}
+    else:
+        batches = random_overrides(args.family, space.random[args.family], args.n, args.seed)
+        varied = set(space.random[args.family])
+    _report(leaderboard(_run_search(batches, args.jobs, args.poll)), varied, args.markdown)
+
+
+if __name__ == "__main__":
+    run(search)
