@@ -377,3 +377,23 @@ def test_grid_search_ranks_flags_failures_and_the_winner_applies(repo):
     assert "validation.average_precision.mean" in diff["metrics/evaluate/metrics.json"]
     _run(repo, "git", "reset", "-q", "--hard", "HEAD~1")
     _run(repo, *_dvc("checkout", "-q"))
+
+
+def test_reproducibility_check_fails_when_committed_metrics_were_not_produced(repo):
+    """`fraudlab.check_reproducible` on a commit whose metrics file was edited by hand: the fresh
+    clone's run restores the real value, so the check fails and names the file."""
+    path = repo / "metrics/evaluate/metrics.json"
+    metrics = json.loads(path.read_text())
+    metrics["test"]["average_precision"] += 0.01
+    path.write_text(json.dumps(metrics, indent=4))
+    _run(repo, "git", "commit", "-qam", "metrics edited by hand")
+    command = [sys.executable, "-m", "fraudlab.check_reproducible", "--repo", str(repo)]
+    env = _env(repo) | {"PYTHONPATH": str(repo / "src")}
+    try:
+        done = subprocess.run(command, cwd=repo, env=env, capture_output=True, text=True)
+    finally:
+        _run(repo, "git", "reset", "-q", "--hard", "HEAD~1")
+    assert done.returncode == 1, done.stderr
+    assert "a fresh clone did not reproduce the committed results" in done.stderr
+    assert "metrics/evaluate/metrics.json" in done.stderr
+    assert "test.average_precision" in done.stderr

@@ -58,8 +58,9 @@ def _run(cwd: Path, *args: str) -> str:
 
 
 def _clone(source: Path, target: Path, rev: str) -> None:
+    commit = _run(source, "git", "rev-parse", "--verify", f"{rev}^{{commit}}").strip()
     _run(target.parent, "git", "clone", "-q", "--no-local", str(source), str(target))
-    _run(target, "git", "checkout", "-q", rev)
+    _run(target, "git", "checkout", "-q", commit)
 
 
 def _repro(repo: Path) -> list[str]:
@@ -95,6 +96,8 @@ def _commit_reference(repo: Path, overrides: dict) -> None:
 
 
 def check(source: Path, rev: str, overrides: dict | None, workdir: Path) -> None:
+    if _run(source, "git", "status", "--porcelain", "--untracked-files=no"):
+        log.warning("uncommitted changes in %s are not part of the check", source)
     origin = source
     if overrides is not None:
         origin = workdir / "reference"

@@ -15,7 +15,6 @@ import argparse
 import json
 import logging
 import subprocess
-import sys
 from pathlib import Path
 
 import pandas as pd
@@ -23,7 +22,7 @@ import yaml
 
 from fraudlab.cli import run
 from fraudlab.errors import UserError
-from fraudlab.search import METRICS_FILE, experiments, leaderboard
+from fraudlab.search import METRICS_FILE, dvc, experiments, leaderboard
 
 log = logging.getLogger(__name__)
 
@@ -37,18 +36,6 @@ def _git(*args: str, binary: bool = False) -> str | bytes:
     if done.returncode != 0:
         raise UserError(f"git {' '.join(args)} failed: {done.stderr.decode()}")
     return done.stdout if binary else done.stdout.decode()
-
-
-def _dvc(*args: str) -> str:
-    done = subprocess.run(
-        [str(Path(sys.executable).parent / "dvc"), *args],
-        capture_output=True,
-        text=True,
-        check=False,
-    )
-    if done.returncode != 0:
-        raise UserError(f"dvc {' '.join(args)} failed:\n{done.stdout}{done.stderr}")
-    return done.stdout
 
 
 def current_section(metrics: dict, model: str) -> str:
@@ -128,9 +115,9 @@ def families_section(best: pd.DataFrame, plots: dict[str, list[str]], committed:
 
 def changes_section(base: str) -> str:
     """Model metrics and params against ``base``; data and split metrics folded away."""
-    model = _dvc("metrics", "diff", base, "--md", "--targets", METRICS_FILE)
-    data = _dvc("metrics", "diff", base, "--md", "--targets", *DATA_METRICS)
-    params = _dvc("params", "diff", base, "--md")
+    model = dvc("metrics", "diff", base, "--md", "--targets", METRICS_FILE)
+    data = dvc("metrics", "diff", base, "--md", "--targets", *DATA_METRICS)
+    params = dvc("params", "diff", base, "--md")
     return (
         f"## Changes against {base}\n\n### Model metrics\n\n{model or 'No change.'}\n\n"
         f"### Params\n\n{params or 'No change.'}\n\n<details><summary>Data and split "
@@ -172,7 +159,7 @@ def report(argv: list[str] | None = None) -> None:
     metrics = json.loads(Path(METRICS_FILE).read_text())
     commit = _git("rev-parse", "--short", "HEAD").strip()
     train = yaml.safe_load(Path("params.yaml").read_text())["train"]
-    exp_show = json.loads(_dvc("exp", "show", "--json"))
+    exp_show = json.loads(dvc("exp", "show", "--json"))
     best = best_per_family(experiments(exp_show))
     plots = _export_plots(best, _revisions(exp_show), out)
     sections = [f"# fraudlab model report ({commit})\n", current_section(metrics, train["model"])]

@@ -38,6 +38,7 @@ FAMILIES = ("logistic_regression", "random_forest", "xgboost")
 METRICS_FILE = "metrics/evaluate/metrics.json"
 _QUEUED = re.compile(r"Queued experiment '([^']+)'")
 _UNFINISHED = {"queued", "running"}
+_WORKERS = re.compile(r"Worker status: (\d+) active, (\d+) idle")
 
 
 class _Strict(BaseModel):
@@ -200,7 +201,8 @@ def render(board: pd.DataFrame, varied: set[str]) -> str:
 # --- I/O: the dvc command line --------------------------------------------------------------
 
 
-def _dvc(*args: str) -> str:
+def dvc(*args: str) -> str:
+    """Run the dvc of this environment; its output, or a UserError with it."""
     done = subprocess.run(
         [str(Path(sys.executable).parent / "dvc"), *args],
         capture_output=True,
@@ -209,25 +211,45 @@ def _dvc(*args: str) -> str:
     )
     if done.returncode != 0:
         raise UserError(f"dvc {' '.join(args)} failed:\n{done.stdout}{done.stderr}")
-    return done.stdout + done.stderr
+    return done.stdout
 
 
 def _queue(overrides: list[str]) -> list[str]:
-    output = _dvc("exp", "run", "--queue", *(arg for o in overrides for arg in ("-S", o)))
+    output = dvc("exp", "run", "--queue", *(arg for o in overrides for arg in ("-S", o)))
     return _QUEUED.findall(output)
 
 
 def _exp_show() -> list[dict]:
-    return json.loads(_dvc("exp", "show", "--json"))
+    return json.loads(dvc("exp", "show", "--json"))
+
+
+def queue_states(status: str) -> tuple[dict[str, str], int]:
+    """Each task's state (lower case) and the number of live workers, from `dvc queue status`."""
+    states = {}
+    for line in status.splitlines()[1:]:
+        fields = line.split()
+        if len(fields) >= 4 and not line.startswith("Worker status"):
+            states[fields[1]] = fields[-1].lower()
+    found = _WORKERS.search(status)
+    return states, int(found.group(1)) + int(found.group(2)) if found else 0
 
 
 def _wait(names: list[str], poll_seconds: float) -> pd.DataFrame:
+    """Poll the queue (one cheap call) until every named experiment finished."""
+    idle_polls = 0
     while True:
-        table = experiments(_exp_show())
-        mine = table[table["experiment"].isin(names)]
-        unfinished = int(mine["state"].isin(_UNFINISHED).sum())
-        if unfinished == 0 and len(mine) == len(names):
-            return mine
+        states, workers = queue_states(dvc("queue", "status"))
+        unfinished = sum(states.get(name, "queued") in _UNFINISHED for name in names)
+        if unfinished == 0:
+            table = experiments(_exp_show())
+            return table[table["experiment"].isin(names)]
+        # A worker that died leaves tasks queued forever: stop instead of waiting on them.
+        idle_polls = 0 if workers else idle_polls + 1
+        if idle_polls >= 3:
+            raise UserError(
+                f"{unfinished} experiment(s) still queued but no queue worker is running: "
+                "see `dvc queue status`, then `dvc queue start`"
+            )
         log.info("%d of %d experiments finished", len(names) - unfinished, len(names))
         time.sleep(poll_seconds)
 
@@ -274,7 +296,12 @@ def search(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--space", default="search.yaml", help="search spaces (YAML)")
     parser.add_argument("--jobs", type=int, default=1, help="queue workers (default: 1)")
-    parser.add_argument("--poll", type=float, default=10.0, help="seconds between queue checks")
+    parser.add_argument(
+        "--threads",
+        type=int,
+        help="set train.n_jobs in every experiment, e.g. 1 with --jobs 2 on 2 cores",
+    )
+    parser.add_argument("--poll", type=float, default=15.0, help="seconds between queue checks")
     parser.add_argument("--markdown", help="also write the leaderboard to this file")
     commands = parser.add_subparsers(dest="command", required=True)
     grid = commands.add_parser("grid", help="queue and run the grids of search.yaml")
@@ -301,6 +328,8 @@ def search(argv: list[str] | None = None) -> None:
     else:
         batches = random_overrides(args.family, space.random[args.family], args.n, args.seed)
         varied = set(space.random[args.family])
+    if args.threads:
+        batches = [[*overrides, f"train.n_jobs={args.threads}"] for overrides in batches]
     _report(leaderboard(_run_search(batches, args.jobs, args.poll)), varied, args.markdown)
 
 

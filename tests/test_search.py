@@ -1,0 +1,170 @@
+"""Search spaces become the right `dvc exp run -S` values; `dvc exp show --json` becomes a
+leaderboard ranked by validation AP with failed runs flagged, never ranked."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+
+from fraudlab.errors import UserError
+from fraudlab.report import best_per_family, current_section
+from fraudlab.search import (
+    experiments,
+    grid_overrides,
+    leaderboard,
+    load_space,
+    queue_states,
+    random_overrides,
+    render,
+)
+from test_params import ROOT
+
+
+def test_grid_overrides_are_dvc_grid_syntax():
+    got = grid_overrides("xgboost", {"max_depth": [3, 6], "learning_rate": [0.1, 0.3]})
+    assert got == [
+        "train.model=xgboost",
+        "train.xgboost.max_depth=3,6",
+        "train.xgboost.learning_rate=0.1,0.3",
+    ]
+
+
+def test_random_overrides_are_seeded_and_inside_their_ranges():
+    space = load_space(ROOT / "search.yaml").random["xgboost"]
+    first = random_overrides("xgboost", space, n=50, seed=3)
+    assert first == random_overrides("xgboost", space, n=50, seed=3)
+    assert first != random_overrides("xgboost", space, n=50, seed=4)
+    assert len({tuple(c) for c in first}) == 50
+    for config in first:
+        values = dict(item.split("=", 1) for item in config)
+        assert values["train.model"] == "xgboost"
+        assert 2 <= int(values["train.xgboost.max_depth"]) <= 8
+        assert 0.02 <= float(values["train.xgboost.learning_rate"]) <= 0.5
+        assert 0.5 <= float(values["train.xgboost.subsample"]) <= 1.0
+
+
+def test_the_committed_search_space_holds_the_handbook_grids():
+    grids = load_space(ROOT / "search.yaml").grids
+    sizes = {family: math.prod(len(v) for v in grid.values()) for family, grid in grids.items()}
+    assert sizes == {"logistic_regression": 4, "random_forest": 12, "xgboost": 18}
+
+
+def test_a_malformed_search_space_names_the_problem(tmp_path):
+    path = tmp_path / "space.yaml"
+    path.write_text("grids: {xgboost: {max_depth: []}}\nrandom: {}\n")
+    with pytest.raises(UserError, match=r"(?s)space\.yaml.*grids\.xgboost\.max_depth"):
+        load_space(path)
+
+
+def _metrics(ap: float) -> dict:
+    return {
+        "metrics/evaluate/metrics.json": {
+            "data": {
+                "test": {
+                    "average_precision": ap - 0.01,
+                    "auc_roc": 0.8,
+                    "card_precision_at_100": 0.3,
+                },
+                "validation": {
+                    "average_precision": {"mean": ap, "std": 0.05},
+                    "auc_roc": {"mean": 0.85, "std": 0.02},
+                    "card_precision_at_100": {"mean": 0.31, "std": 0.01},
+                },
+            }
+        }
+    }
+
+
+def _experiment(name: str, family: str, depth: int, ap: float, state: str, error=None) -> dict:
+    params = {"train": {"model": family, family: {"max_depth": depth, "n_estimators": 100}}}
+    return {
+        "name": name,
+        "executor": {"state": state},
+        "revs": [
+            {
+                "rev": f"{name:0<40}",
+                "name": name,
+                "error": error,
+                "data": {
+                    "params": {"params.yaml": {"data": params}},
+                    "metrics": _metrics(ap),  # a failed run shows its baseline's metrics
+                },
+            }
+        ],
+    }
+
+
+EXP_SHOW = [
+    {"rev": "workspace", "name": None, "data": {}, "error": None, "experiments": None},
+    {
+        "rev": "abc",
+        "name": "main",
+        "experiments": [
+            _experiment("good", "xgboost", 3, 0.70, "success"),
+            _experiment("best", "xgboost", 4, 0.72, "success"),
+            _experiment("broke", "xgboost", -1, 0.99, "failed", {"msg": "failed"}),
+            _experiment("forest", "random_forest", 20, 0.71, "success"),
+            _experiment("waiting", "xgboost", 9, 0.99, "queued"),
+        ],
+    },
+]
+
+
+def test_leaderboard_ranks_successes_by_validation_ap_and_never_ranks_failures():
+    board = leaderboard(experiments(EXP_SHOW))
+    assert board["experiment"].tolist() == ["best", "forest", "good", "broke", "waiting"]
+    assert board["state"].tolist() == ["success"] * 3 + ["failed", "queued"]
+    assert math.isnan(board.loc[3, "validation_average_precision"])  # not the baseline's 0.99
+    table = render(board, {"max_depth"}).splitlines()
+    assert table[2].startswith("| 1 | best | xgboost | max_depth=4 | 0.720 ± 0.050 |")
+    assert table[5] == (
+        "| - | broke | xgboost | max_depth=-1 | **FAILED** (`dvc queue logs broke`) | | | | | |"
+    )
+    assert "**QUEUED**" in table[6]
+
+
+def test_report_picks_each_familys_best_and_shows_threshold_and_cost():
+    best = best_per_family(experiments(EXP_SHOW))
+    assert dict(zip(best["family"], best["experiment"], strict=True)) == {
+        "xgboost": "best",
+        "random_forest": "forest",
+    }
+    metrics = _metrics(0.7)["metrics/evaluate/metrics.json"]["data"]
+    at = {
+        "threshold": 0.25,
+        "precision": 0.5,
+        "recall": 0.4,
+        "f1": 0.44,
+        "alerted_cards_per_day": 100.0,
+        "cost_per_day": 1234.5,
+        "tp": 10,
+        "fp": 10,
+    }
+    metrics["test"]["at_threshold"] = metrics["validation"]["at_threshold"] = at
+    section = current_section(metrics, "xgboost")
+    assert "| Average precision | 0.6900 | 0.7000 ± 0.0500 |" in section
+    assert "**0.2500**" in section
+    assert "| Cost a day | 1,234 | 1,234 |" in section
+
+
+def test_queue_status_is_read_for_each_task_and_the_live_workers():
+    status = (
+        "Task     Name        Created    Status\n"
+        "953e330  proof-craw  03:50 AM   Running\n"
+        "5b4bae1  sooty-leks  03:50 AM   Queued\n"
+        "ae78859  rathe-eric  03:50 AM   Success\n"
+        "b04e6cc  sound-roam  03:41 AM   Failed\n"
+        "\nWorker status: 1 active, 0 idle\n"
+    )
+    states, workers = queue_states(status)
+    assert states == {
+        "proof-craw": "running",
+        "sooty-leks": "queued",
+        "rathe-eric": "success",
+        "sound-roam": "failed",
+    }
+    assert workers == 1
+    assert (
+        queue_states("No experiment tasks in the queue.\n\nWorker status: 0 active, 0 idle")[1] == 0
+    )
