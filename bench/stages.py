@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -23,11 +24,25 @@ import pyarrow.parquet as pq
 import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
+_PARAM = re.compile(r"\$\{([\w.]+)\}")
 
 
-def _rows(workdir: Path, stage: dict) -> int:
+def resolve(text: str, params: dict) -> str:
+    """dvc.yaml's ${section.key} interpolation, from the params file."""
+
+    def value(match: re.Match) -> str:
+        found = params
+        for key in match.group(1).split("."):
+            found = found[key]
+        return str(found)
+
+    return _PARAM.sub(value, text)
+
+
+def _rows(workdir: Path, stage: dict, params: dict) -> int:
     """Rows the stage reads from all its Parquet inputs, or (for a source) writes; 0 if none."""
-    paths = [d for d in stage.get("deps", []) if str(d).endswith(".parquet")]
+    deps = [resolve(str(d), params) for d in stage.get("deps", [])]
+    paths = [d for d in deps if d.endswith(".parquet")]
     if not paths:
         outs = [o if isinstance(o, str) else next(iter(o)) for o in stage.get("outs", [])]
         paths = [o for o in outs if o.endswith(".parquet")][:1]
@@ -53,6 +68,7 @@ def main() -> None:
     parser.add_argument("--keep", help="keep the outputs in this directory")
     args = parser.parse_args()
     stages = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
+    params = yaml.safe_load(Path(args.params).read_text())
     workdir = Path(args.keep or tempfile.mkdtemp(prefix="fraudlab-bench-"))
     workdir.mkdir(parents=True, exist_ok=True)
     shutil.copy(args.params, workdir / "params.yaml")
@@ -64,8 +80,8 @@ def main() -> None:
     print(f"{'stage':<14} {'seconds':>8} {'rows':>11} {'rows/s':>11} {'peak MiB':>9}")
     total = 0.0
     for name, stage in stages.items():
-        seconds, peak = _run_stage(" ".join(stage["cmd"].split()), workdir, env)
-        rows = _rows(workdir, stage)
+        seconds, peak = _run_stage(resolve(" ".join(stage["cmd"].split()), params), workdir, env)
+        rows = _rows(workdir, stage, params)
         total += seconds
         counted = f"{rows:>11,} {rows / seconds:>11,.0f}" if rows else f"{'-':>11} {'-':>11}"
         print(f"{name:<14} {seconds:>8.1f} {counted} {peak:>9,.0f}")

@@ -38,3 +38,20 @@ def test_every_dependency_is_pinned_exactly():
     runtime = (ROOT / "requirements.lock").read_text()
     for package in ("dvc==", "dvclive==", "scikit-learn==", "xgboost-cpu==", "pandas=="):
         assert package in runtime
+
+
+def test_the_stage_benchmark_resolves_every_dvc_yaml_command():
+    """bench/stages.py runs dvc.yaml's commands itself, so it must resolve ${...} like DVC."""
+    import sys
+
+    import yaml
+
+    sys.path.insert(0, str(ROOT / "bench"))
+    from stages import resolve
+
+    params = yaml.safe_load((ROOT / "params.yaml").read_text())
+    for stage in yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"].values():
+        command = resolve(stage["cmd"], params)
+        assert "${" not in command
+    validate = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]["validate"]["cmd"]
+    assert params["source"]["path"] in resolve(validate, params)
