@@ -29,22 +29,13 @@ import pyarrow as pa
 import pyarrow.csv as pacsv
 import yaml
 
+from fraudlab import schema
 from fraudlab.params import load_params
 from fraudlab.simulate import simulate_transactions
 from peak import PREFIX
 
 ROOT = Path(__file__).resolve().parents[1]
-UPPER = {
-    c: c.upper()
-    for c in (
-        "transaction_id",
-        "tx_datetime",
-        "customer_id",
-        "terminal_id",
-        "tx_amount",
-        "tx_fraud",
-    )
-}
+UPPER = {c: c.upper() for c in schema.REQUIRED_COLUMNS}
 N_EXTRA = 24
 
 

@@ -6,6 +6,7 @@ import pandas as pd
 import pytest
 
 from conftest import VALIDATE_OUTPUTS, contract_params, run_validate_stage, source_params
+from fraudlab import schema
 from fraudlab.ingest import (
     columns_to_read,
     map_columns,
@@ -16,17 +17,7 @@ from fraudlab.ingest import (
 from fraudlab.params import ParamsError, parse_section
 from fraudlab.validate import DataContractError, validate_transactions
 
-UPPER = {
-    c: c.upper()
-    for c in (
-        "transaction_id",
-        "tx_datetime",
-        "customer_id",
-        "terminal_id",
-        "tx_amount",
-        "tx_fraud",
-    )
-}
+UPPER = {c: c.upper() for c in schema.REQUIRED_COLUMNS}
 LENIENT = contract_params(max_rejected_share=0.9, example_values=3)
 
 

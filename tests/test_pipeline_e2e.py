@@ -22,7 +22,7 @@ import pytest
 import yaml
 
 from fraudlab import schema
-from fraudlab.check_reproducible import merge
+from fraudlab.check_reproducible import merge, stages_run
 from test_params import ROOT, STAGES
 
 pytestmark = pytest.mark.e2e
@@ -51,9 +51,7 @@ def _run(repo: Path, *args: str, check: bool = True) -> subprocess.CompletedProc
 
 
 def _stages_run(output: str) -> set[str]:
-    return {
-        line.split("'")[1] for line in output.splitlines() if line.startswith("Running stage '")
-    }
+    return set(stages_run(output))
 
 
 def _set_params(repo: Path, overrides: dict) -> None:
@@ -301,16 +299,13 @@ def test_plots_render_in_a_browser_without_network(repo, browser, tmp_path):
     assert _rendered_vega_plots(browser, tmp_path / "cdn" / "index.html", tmp_path / "p2") == 0
 
 
+def _forced_repro(repo: Path, **popen) -> subprocess.Popen:
+    return subprocess.Popen(_dvc("repro", "--force"), cwd=repo, env=_env(repo), **popen)
+
+
 def _forced_repro_started(repo: Path) -> subprocess.Popen:
     """Start `dvc repro --force` and return once it prints its first "Running stage"."""
-    process = subprocess.Popen(
-        _dvc("repro", "--force"),
-        cwd=repo,
-        env=_env(repo),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
+    process = _forced_repro(repo, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     deadline = time.monotonic() + 120
     for line in process.stdout:
         if line.startswith("Running stage '") or time.monotonic() > deadline:
@@ -341,10 +336,8 @@ def _default_sigint() -> None:
 
 def _interrupt_during(repo: Path, stage: str, sig: signal.Signals) -> None:
     """Signal the process group of a forced repro while ``stage``'s command runs."""
-    process = subprocess.Popen(
-        _dvc("repro", "--force"),
-        cwd=repo,
-        env=_env(repo),
+    process = _forced_repro(
+        repo,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
         start_new_session=True,

@@ -63,10 +63,16 @@ def _clone(source: Path, target: Path, rev: str) -> None:
     _run(target, "git", "checkout", "-q", commit)
 
 
+def stages_run(output: str) -> list[str]:
+    """The stages a `dvc repro` ran, from its output."""
+    return [
+        line.split("'")[1] for line in output.splitlines() if line.startswith("Running stage '")
+    ]
+
+
 def _repro(repo: Path) -> list[str]:
     """Run `dvc repro`; the stages it ran."""
-    output = _run(repo, "dvc", "repro")
-    return [line.split("'")[1] for line in output.splitlines() if line.startswith("Running stage")]
+    return stages_run(_run(repo, "dvc", "repro"))
 
 
 def _differences(repo: Path) -> str:

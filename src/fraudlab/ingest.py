@@ -70,7 +70,7 @@ def require_canonical(columns: list[str]) -> None:
 def columns_to_read(header: list[str], params: SourceParams) -> list[str] | None:
     """The source columns the pipeline needs (the canonical ones, through the mapping, and the
     declared extras), or None for every column. Fails on names the file lacks."""
-    require_canonical(list(map_columns(pd.DataFrame(columns=header), params.columns).columns))
+    require_canonical(mapped_names(header, params.columns))
     if params.extra_columns == "all":
         return None
     absent = [c for c in params.extra_columns if c not in header]
@@ -94,20 +94,27 @@ def read_transactions(path: str | Path, columns: list[str] | None = None) -> pd.
         return pd.read_parquet(path, columns=columns)
 
 
-def map_columns(frame: pd.DataFrame, columns: dict[str, str]) -> pd.DataFrame:
-    """Rename source columns to canonical names (``columns``: canonical name -> source name)."""
-    absent = {canonical: name for canonical, name in columns.items() if name not in frame}
+def mapped_names(present: list[str], columns: dict[str, str]) -> list[str]:
+    """The column names after mapping (``columns``: canonical name -> source name); fails on a
+    mapping that names a column not ``present`` or renames onto an existing column."""
+    absent = {canonical: name for canonical, name in columns.items() if name not in present}
     if absent:
         raise DataContractError(
             f"source.columns names column(s) the file does not have: {absent}; "
-            f"columns present: {list(frame.columns)}"
+            f"columns present: {present}"
         )
-    clashing = [c for c, name in columns.items() if c != name and c in frame]
+    clashing = [c for c, name in columns.items() if c != name and c in present]
     if clashing:
         raise DataContractError(
             f"column(s) {clashing} exist in the file and are also mapped from another column"
         )
-    return frame.rename(columns={name: canonical for canonical, name in columns.items()})
+    renamed = {name: canonical for canonical, name in columns.items()}
+    return [renamed.get(name, name) for name in present]
+
+
+def map_columns(frame: pd.DataFrame, columns: dict[str, str]) -> pd.DataFrame:
+    """Rename source columns to canonical names (``columns``: canonical name -> source name)."""
+    return frame.set_axis(mapped_names(list(frame.columns), columns), axis="columns")
 
 
 @dataclass(frozen=True)

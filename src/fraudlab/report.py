@@ -125,27 +125,17 @@ def changes_section(base: str) -> str:
     )
 
 
-def _export_plots(best: pd.DataFrame, revisions: dict[str, str], out: Path) -> dict:
+def _export_plots(best: pd.DataFrame, out: Path) -> dict:
     """Copy each winner's PNGs out of its experiment commit; paths relative to ``out``."""
     plots: dict[str, list[str]] = {}
-    for name in best["experiment"]:
-        plots[name] = []
+    for row in best.itertuples(index=False):
+        plots[row.experiment] = []
         for image in SHOWN_PLOTS:
-            target = Path("plots") / name / image
+            target = Path("plots") / row.experiment / image
             (out / target).parent.mkdir(parents=True, exist_ok=True)
-            (out / target).write_bytes(
-                _git("show", f"{revisions[name]}:{IMAGES}/{image}", binary=True)
-            )
-            plots[name].append(target.as_posix())
+            (out / target).write_bytes(_git("show", f"{row.rev}:{IMAGES}/{image}", binary=True))
+            plots[row.experiment].append(target.as_posix())
     return plots
-
-
-def _revisions(exp_show: list[dict]) -> dict[str, str]:
-    return {
-        e.get("name") or e["revs"][0]["rev"][:7]: e["revs"][0]["rev"]
-        for baseline in exp_show
-        for e in baseline.get("experiments") or []
-    }
 
 
 def report(argv: list[str] | None = None) -> None:
@@ -159,9 +149,8 @@ def report(argv: list[str] | None = None) -> None:
     metrics = json.loads(Path(METRICS_FILE).read_text())
     commit = _git("rev-parse", "--short", "HEAD").strip()
     train = yaml.safe_load(Path("params.yaml").read_text())["train"]
-    exp_show = json.loads(dvc("exp", "show", "--json"))
-    best = best_per_family(experiments(exp_show))
-    plots = _export_plots(best, _revisions(exp_show), out)
+    best = best_per_family(experiments(json.loads(dvc("exp", "show", "--json"))))
+    plots = _export_plots(best, out)
     sections = [f"# fraudlab model report ({commit})\n", current_section(metrics, train["model"])]
     sections.append(families_section(best, plots, train))
     if args.base:

@@ -119,13 +119,13 @@ def _metric(metrics: dict, *path: str) -> float:
     return float(metrics) if isinstance(metrics, int | float) else float("nan")
 
 
-def _row(name: str, data: dict, state: str) -> dict:
+def _row(name: str, revision: str, data: dict, state: str) -> dict:
     train = data.get("params", {}).get("params.yaml", {}).get("data", {}).get("train", {})
     metrics = data.get("metrics", {}).get(METRICS_FILE, {}).get("data", {})
     family = train.get("model", "")
     hyper = train.get(family, {})
     ok = state == "success"
-    row = {"experiment": name, "family": family, "state": state, "params": hyper}
+    row = {"experiment": name, "rev": revision, "family": family, "state": state, "params": hyper}
     for split in ("validation", "test"):
         for metric in ("average_precision", "auc_roc", "card_precision_at_100"):
             path = (split, metric, "mean") if split == "validation" else (split, metric)
@@ -137,8 +137,8 @@ def _row(name: str, data: dict, state: str) -> dict:
 
 
 def experiments(exp_show: list[dict]) -> pd.DataFrame:
-    """One row per experiment in `dvc exp show --json` output: name, family, state
-    (success, failed, queued, running), its train params and its metrics (NaN unless it
+    """One row per experiment in `dvc exp show --json` output: name, Git revision, family,
+    state (success, failed, queued, running), its train params and its metrics (NaN unless it
     succeeded: a failed run reports its baseline's files)."""
     rows = []
     for baseline in exp_show:
@@ -147,9 +147,8 @@ def experiments(exp_show: list[dict]) -> pd.DataFrame:
             revision = experiment["revs"][0]
             if revision.get("error") and state == "success":
                 state = "failed"
-            rows.append(
-                _row(experiment.get("name") or revision["rev"][:7], revision["data"], state)
-            )
+            name = experiment.get("name") or revision["rev"][:7]
+            rows.append(_row(name, revision["rev"], revision["data"], state))
     return pd.DataFrame(rows)
 
 
