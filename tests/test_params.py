@@ -105,3 +105,80 @@ def test_stage_depends_on_the_library_modules_it_uses(name):
     deps = {d for d in STAGES[name]["deps"] if d.startswith("src/")}
     expected = {str(_module_file(m).relative_to(ROOT)) for m in used | {stage_module}}
     assert expected <= deps, f"stage {name} misses deps {sorted(expected - deps)}"
+
+
+def _write(tmp_path: Path, edit) -> Path:
+    raw = yaml.safe_load((ROOT / "params.yaml").read_text())
+    edit(raw)
+    path = tmp_path / "params.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    return path
+
+
+@pytest.mark.parametrize(
+    ("edit", "message"),
+    [
+        (lambda p: p["split"].update(n_folds=True), r"split\.n_folds: Input should be a valid int"),
+        (lambda p: p["split"].update(n_folds="7"), r"split\.n_folds: Input should be a valid int"),
+        (lambda p: p["split"].update(n_folds=2.5), r"split\.n_folds: Input should be a valid int"),
+        (lambda p: p["train"].update(n_jobs="2"), r"train\.n_jobs: Input should be a valid int"),
+        (
+            lambda p: p["evaluate"].update(top_k=True),
+            r"evaluate\.top_k: Input should be a valid int",
+        ),
+        (
+            lambda p: p["train"]["xgboost"].update(learning_rate="0.3"),
+            r"train\.xgboost\.learning_rate: Input should be a valid number",
+        ),
+        (lambda p: p["simulate"].update(radius=True), r"simulate\.radius"),
+    ],
+)
+def test_numbers_are_strict(tmp_path, edit, message):
+    with pytest.raises(ParamsError, match=message):
+        load_params(_write(tmp_path, edit), "split")
+
+
+def test_an_int_is_a_valid_float_and_quoted_dates_load(tmp_path):
+    path = _write(tmp_path, lambda p: p["train"]["xgboost"].update(learning_rate=1))
+    assert load_params(path, "train")["train"].xgboost.learning_rate == 1.0
+    assert str(load_params(path, "split")["split"].train_start) == "2018-07-25"
+
+
+def test_a_later_stage_typo_fails_the_first_stage(tmp_path):
+    """simulate runs first: it must find the typo in evaluate, not leave it to the last stage."""
+    path = _write(tmp_path, lambda p: p["evaluate"].update(top_kk=100))
+    with pytest.raises(ParamsError, match=r"evaluate\.top_kk: Extra inputs are not permitted"):
+        load_params(path, "simulate")
+
+
+def test_every_problem_in_the_file_is_listed_at_once(tmp_path):
+    def edit(p):
+        p["train"].update(n_jobs=0)
+        p["evaluate"].update(top_k="100")
+        p["evalute"] = {}
+
+    with pytest.raises(ParamsError) as raised:
+        load_params(_write(tmp_path, edit), "simulate")
+    message = str(raised.value)
+    assert "unknown section 'evalute'" in message
+    assert "train.n_jobs" in message
+    assert "evaluate.top_k" in message
+
+
+@pytest.mark.parametrize(
+    ("edit", "message"),
+    [
+        (
+            lambda p: p["source"].update(timezone="Mars/Olympus"),
+            r"invalid params: source: Value error, unknown timezone 'Mars/Olympus'",
+        ),
+        (
+            lambda p: p["validate"].update(earliest_date="2030-01-01", latest_date="2020-01-01"),
+            r"invalid params: validate: Value error, earliest_date 2030-01-01 is after",
+        ),
+    ],
+)
+def test_section_rules_name_the_section_not_an_empty_key(tmp_path, edit, message):
+    with pytest.raises(ParamsError, match=message) as raised:
+        load_params(_write(tmp_path, edit), "simulate")
+    assert ".:" not in str(raised.value)

@@ -1,7 +1,9 @@
 """Typed, validated views of the sections of ``params.yaml``.
 
-Each stage loads only the sections ``dvc.yaml`` declares for it, and each section loads into a
-frozen model that rejects unknown keys, so a typo in ``params.yaml`` fails at once with its name.
+Each stage uses only the sections ``dvc.yaml`` declares for it, but every stage validates the whole
+file first, so a typo in a later stage's section fails in whichever stage runs first, not after
+minutes of training. Each section loads into a frozen model that rejects unknown keys, and
+numbers are strict: ``true`` is not 1 and ``"7"`` is not 7.
 """
 
 from __future__ import annotations
@@ -24,7 +26,12 @@ NonNegativeFloat = Annotated[float, Field(ge=0)]
 
 
 class _Section(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="forbid", strict=False)
+    # strict: YAML's true, "7" or 7.5 are not silently taken for an integer (an int is still a
+    # valid float). Dates are the exception: YAML gives them as text when quoted.
+    model_config = ConfigDict(frozen=True, extra="forbid", strict=True)
+
+
+Day = Annotated[dt.date, Field(strict=False)]
 
 
 class SimulateParams(_Section):
@@ -32,7 +39,7 @@ class SimulateParams(_Section):
     n_customers: PositiveInt
     n_terminals: PositiveInt
     n_days: PositiveInt
-    start_date: dt.date
+    start_date: Day
     radius: Annotated[float, Field(gt=0)]
     compromised_terminals_per_day: NonNegativeInt
     compromised_terminal_days: PositiveInt
@@ -80,8 +87,8 @@ class ValidateParams(_Section):
     example_values: PositiveInt
     # Transactions dated outside [earliest_date, latest_date] (inclusive days) are rejected; a
     # whole file outside usually means a wrong source.timestamp_unit or timezone.
-    earliest_date: dt.date
-    latest_date: dt.date
+    earliest_date: Day
+    latest_date: Day
 
     @model_validator(mode="after")
     def _ordered(self) -> ValidateParams:
@@ -110,7 +117,7 @@ class FeaturesParams(_Section):
 
 
 class SplitParams(_Section):
-    train_start: dt.date
+    train_start: Day
     train_days: PositiveInt
     test_days: PositiveInt
     n_folds: PositiveInt
@@ -214,21 +221,43 @@ class ParamsError(UserError):
     """``params.yaml`` is missing a section or a section does not match its schema."""
 
 
+def _problems(name: str, exc: ValidationError) -> list[str]:
+    """One 'section.key.path: message' per error; a whole-section rule names the section."""
+    return [
+        f"{'.'.join([name, *(str(p) for p in err['loc'])])}: {err['msg']}" for err in exc.errors()
+    ]
+
+
 def parse_section(name: str, raw: object) -> _Section:
     """Validate one raw section; the error names the file section and every bad key."""
     try:
         return SECTIONS[name].model_validate(raw)
     except ValidationError as exc:
-        problems = "; ".join(
-            f"{name}.{'.'.join(str(p) for p in err['loc'])}: {err['msg']}" for err in exc.errors()
-        )
-        raise ParamsError(f"invalid params section '{name}': {problems}") from None
+        raise ParamsError(
+            f"invalid params section '{name}': {'; '.join(_problems(name, exc))}"
+        ) from None
+
+
+def _check_all(raw: dict, path: str | Path) -> None:
+    """Every section in the file valid, and no unknown section: one error listing them all."""
+    problems = [f"unknown section '{name}'" for name in raw if name not in SECTIONS]
+    for name, value in raw.items():
+        if name in SECTIONS:
+            try:
+                SECTIONS[name].model_validate(value)
+            except ValidationError as exc:
+                problems += _problems(name, exc)
+    if problems:
+        raise ParamsError(f"{path}: invalid params: " + "; ".join(problems))
 
 
 def load_params(path: str | Path, *sections: str) -> dict[str, _Section]:
-    """Read ``params.yaml`` and return the requested sections, validated."""
+    """Read ``params.yaml``, validate every section in it, and return the requested ones."""
     raw = yaml.safe_load(Path(path).read_text(encoding="utf-8")) or {}
+    if not isinstance(raw, dict):
+        raise ParamsError(f"{path}: expected a mapping of sections, got {type(raw).__name__}")
     missing = [s for s in sections if s not in raw]
     if missing:
         raise ParamsError(f"{path}: missing params section(s): {', '.join(missing)}")
+    _check_all(raw, path)
     return {name: parse_section(name, raw[name]) for name in sections}
