@@ -124,7 +124,6 @@ def main() -> None:
                 runs = {
                     "validate": [
                         "fraudlab.stages.validate",
-                        str(raw),
                         "--params",
                         str(case / "params.yaml"),
                         "--clean",

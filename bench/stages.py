@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import os
 import re
+import shlex
 import shutil
 import subprocess
 import sys
@@ -49,11 +50,23 @@ def _rows(workdir: Path, stage: dict, params: dict) -> int:
     return sum(pq.read_metadata(workdir / path).num_rows for path in paths)
 
 
+def command_argv(cmd: str, env: dict[str, str]) -> tuple[list[str], dict[str, str]]:
+    """A dvc.yaml command as an argument list and its environment, with no shell involved:
+    leading ``NAME=value`` words become environment variables, nothing else is interpreted."""
+    words = shlex.split(cmd)
+    env = dict(env)
+    while words and re.fullmatch(r"[A-Za-z_]\w*=\S*", words[0]):
+        name, value = words.pop(0).split("=", 1)
+        env[name] = value
+    return words, env
+
+
 def _run_stage(cmd: str, workdir: Path, env: dict[str, str]) -> tuple[float, float]:
     """Wall seconds and peak resident memory (MiB) of one stage process."""
+    argv, env = command_argv(cmd, env)
     started = time.perf_counter()
     process = subprocess.Popen(
-        cmd, shell=True, cwd=workdir, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+        argv, cwd=workdir, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
     )
     _, status, usage = os.wait4(process.pid, 0)
     elapsed = time.perf_counter() - started

@@ -56,6 +56,7 @@ def source_params(**overrides) -> SourceParams:
         "timezone": "UTC",
         "fraud_values": [1, "true", "fraud", "yes"],
         "legit_values": [0, "false", "legit", "no"],
+        "text_ids": [],
         "extra_columns": "all",
     }
     return SourceParams(**(values | overrides))
@@ -93,7 +94,9 @@ VALIDATE_OUTPUTS = ("clean.parquet", "rejected.parquet", "dq.json")
 def run_validate_stage(
     raw: Path, *, source: SourceParams, max_rejected_share: float, out_dir: Path
 ) -> subprocess.CompletedProcess:
-    """Run the real validate stage as a process, outputs named VALIDATE_OUTPUTS in out_dir."""
+    """Run the real validate stage as a process on ``raw`` (set as source.path), outputs named
+    VALIDATE_OUTPUTS in out_dir."""
+    source = source.model_copy(update={"path": str(raw)})
     params = out_dir / "params.yaml"
     contract = contract_params(max_rejected_share=max_rejected_share)
     params.write_text(
@@ -105,7 +108,6 @@ def run_validate_stage(
             sys.executable,
             "-m",
             "fraudlab.stages.validate",
-            str(raw),
             "--params",
             str(params),
             "--clean",

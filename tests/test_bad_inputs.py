@@ -7,10 +7,7 @@ cases cost seconds; test_validate and test_ingest run the stage as a process too
 from __future__ import annotations
 
 import json
-import logging
 import re
-import signal
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -18,9 +15,9 @@ import pandas as pd
 import pytest
 
 from conftest import contract_params, source_params
-from fraudlab.cli import run
 from fraudlab.stages.split import split
 from fraudlab.stages.validate import validate
+from helpers import run_stage
 
 HEADER = "transaction_id,tx_datetime,customer_id,terminal_id,tx_amount,tx_fraud"
 N_ROWS = 40
@@ -232,7 +229,7 @@ ROW_LEVEL = [
     Case(
         "id-repeated-with-different-content",
         _csv([*_good_rows(), _field(5, "tx_amount", "999.00")]),
-        r"transaction_id repeated with different content': 2 rows, e.g. row 5: 5, row 41: 5",
+        r"transaction_id repeated with different content': 2 rows, e.g. row 5: '5', row 41: '5'",
         exit_code=0,
         quarantined={"5": "transaction_id repeated with different content"},
     ),
@@ -244,20 +241,6 @@ ROW_LEVEL = [
         duplicates=2,
     ),
 ]
-
-
-def _run(stage: Callable, argv: list[str], caplog) -> int:
-    """Exit status of a stage run the way its module's __main__ runs it."""
-    handler = signal.getsignal(signal.SIGTERM)
-    caplog.clear()
-    caplog.set_level(logging.INFO)
-    try:
-        run(stage, argv)
-    except SystemExit as exc:
-        return int(exc.code)
-    finally:
-        signal.signal(signal.SIGTERM, handler)
-    return 0
 
 
 def _params(tmp_path: Path, case: Case, raw: Path) -> Path:
@@ -278,11 +261,11 @@ def test_bad_input(tmp_path, caplog, case):
     outputs = {
         name: tmp_path / "out" / name for name in ("clean.parquet", "rej.parquet", "dq.json")
     }
-    argv = [str(raw), "--params", str(_params(tmp_path, case, raw))]
+    argv = ["--params", str(_params(tmp_path, case, raw))]
     argv += ["--clean", str(outputs["clean.parquet"]), "--rejected", str(outputs["rej.parquet"])]
     argv += ["--report", str(outputs["dq.json"])]
 
-    code = _run(validate, argv, caplog)
+    code = run_stage(validate, argv, caplog)
 
     assert code == case.exit_code, caplog.text
     assert re.search(case.message, caplog.text, flags=re.DOTALL), caplog.text
@@ -321,9 +304,33 @@ def test_no_transactions_in_the_training_window(tmp_path, caplog, small_transact
     argv += ["--train", str(outs[0]), "--test", str(outs[1]), "--folds", str(outs[2])]
     argv += ["--summary", str(outs[3])]
 
-    assert _run(split, argv, caplog) == 1
+    assert run_stage(split, argv, caplog) == 1
     assert "no transactions in the training period: 7 days from 2019-01-01; the data covers " in (
         caplog.text
     )
     assert "move split.train_start" in caplog.text
     assert not any(p.exists() for p in outs)
+
+
+HOSTILE_NAMES = [
+    "tx with spaces.csv",
+    "tx_$(touch PWNED).csv",
+    "tx_`touch PWNED`.csv",
+    "a.csv; touch PWNED; b.csv",
+    "tx_'quoted\" name.csv",
+]
+
+
+@pytest.mark.parametrize("name", HOSTILE_NAMES)
+def test_a_hostile_file_name_is_read_and_runs_nothing(tmp_path, caplog, monkeypatch, name):
+    monkeypatch.chdir(tmp_path)
+    raw = tmp_path / name
+    raw.write_bytes(_csv(_good_rows()))
+    out = tmp_path / "out"
+    argv = ["--params", str(_params(tmp_path, Case("hostile", None, ""), raw))]
+    argv += ["--clean", str(out / "c.parquet"), "--rejected", str(out / "r.parquet")]
+    argv += ["--report", str(out / "dq.json")]
+
+    assert run_stage(validate, argv, caplog) == 0, caplog.text
+    assert len(pd.read_parquet(out / "c.parquet")) == N_ROWS
+    assert not list(tmp_path.glob("PWNED*"))

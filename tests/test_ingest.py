@@ -18,6 +18,8 @@ from fraudlab.params import ParamsError, parse_section
 from fraudlab.validate import DataContractError, validate_transactions
 
 UPPER = {c: c.upper() for c in schema.REQUIRED_COLUMNS}
+TEXT_IDS = ["customer_id", "terminal_id"]  # the foreign layouts below use card tokens
+FOREIGN = source_params(columns=UPPER, text_ids=TEXT_IDS)
 LENIENT = contract_params(max_rejected_share=0.9, example_values=3)
 
 
@@ -33,7 +35,7 @@ def test_upper_case_layout_with_text_timestamps_and_label_words():
             (3, "2018-04-02 01:00:00+02:00", "c1", "t8", "3.25", "Legit", 1),
         ]
     )
-    result = validate_transactions(raw, LENIENT, source=source_params(columns=UPPER))
+    result = validate_transactions(raw, LENIENT, source=FOREIGN)
     clean = result.clean
     assert clean["transaction_id"].tolist() == [1, 2, 3]  # sorted by time
     assert clean["tx_datetime"].tolist() == [
@@ -99,7 +101,7 @@ def test_unparseable_values_are_quarantined_with_their_reason_and_kept_as_given(
             (8, "2018-04-01 16:00", "c4", "t2", "2", "legit", 0),
         ]
     )
-    result = validate_transactions(raw, LENIENT, source=source_params(columns=UPPER))
+    result = validate_transactions(raw, LENIENT, source=FOREIGN)
     reasons = dict(
         zip(
             result.rejected["transaction_id"].astype(str),
@@ -111,7 +113,7 @@ def test_unparseable_values_are_quarantined_with_their_reason_and_kept_as_given(
         "2": "unparseable tx_datetime",
         "3": "unparseable tx_amount",
         "4": "unparseable tx_fraud",
-        "x5": "unparseable transaction_id",
+        "x5": "transaction_id not an integer",
         "6": "null tx_amount",
     }
     assert result.rejected.loc[result.rejected["transaction_id"] == "3", "tx_amount"].item() == (
@@ -165,7 +167,7 @@ def test_stage_reads_a_foreign_csv_and_leaves_it_untouched(tmp_path):
     before = raw.read_bytes()
     done = run_validate_stage(
         raw,
-        source=source_params(path=str(raw), columns=UPPER),
+        source=source_params(path=str(raw), columns=UPPER, text_ids=TEXT_IDS),
         max_rejected_share=0.5,
         out_dir=tmp_path,
     )
@@ -191,7 +193,7 @@ def test_only_the_canonical_and_declared_extra_columns_are_read(tmp_path, kind):
     header = read_header(path)
     assert header == list(raw.columns)
 
-    declared = source_params(columns=UPPER, extra_columns=["MERCHANT"])
+    declared = source_params(columns=UPPER, extra_columns=["MERCHANT"], text_ids=TEXT_IDS)
     columns = columns_to_read(header, declared)
     assert columns == [*UPPER.values(), "MERCHANT"]
     clean = validate_transactions(read_transactions(path, columns), LENIENT, source=declared).clean

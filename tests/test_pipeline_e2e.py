@@ -9,6 +9,7 @@ import contextlib
 import hashlib
 import json
 import os
+import pickle
 import shutil
 import signal
 import sqlite3
@@ -23,6 +24,7 @@ import yaml
 
 from fraudlab import schema
 from fraudlab.check_reproducible import merge, stages_run
+from helpers import Payload
 from test_params import ROOT, STAGES
 
 pytestmark = pytest.mark.e2e
@@ -167,6 +169,20 @@ def test_a_foreign_layout_through_the_mapping_reaches_the_same_metrics(repo):
     assert (repo / "metrics/evaluate/metrics.json").read_text() == committed
 
 
+def test_a_hostile_source_path_is_read_by_dvc_repro_and_runs_nothing(repo):
+    """source.path is never pasted into a shell: a file name with a space, $(...), backticks,
+    ; and quotes is read as a name, and none of its commands run."""
+    committed = (repo / "metrics/evaluate/metrics.json").read_text()
+    name = "tx $(touch PWNED1) `touch PWNED2`; touch PWNED3 'q\" x.parquet"
+    (repo / "data" / "external").mkdir(parents=True, exist_ok=True)
+    shutil.copy(repo / "data/raw/transactions.parquet", repo / "data" / "external" / name)
+    _set_params(repo, {"source": {"path": f"data/external/{name}"}})
+    ran = _stages_run(_run(repo, *_dvc("repro")).stdout)
+    assert "validate" in ran
+    assert not list(repo.rglob("PWNED*"))
+    assert (repo / "metrics/evaluate/metrics.json").read_text() == committed
+
+
 def test_a_sqlite_database_through_dvc_import_db_reaches_the_same_metrics(repo):
     """The simulator's data in a SQLite table (timestamps as text), snapshotted with
     `dvc import-db`, trains and scores exactly the same."""
@@ -194,6 +210,52 @@ def test_a_sqlite_database_through_dvc_import_db_reaches_the_same_metrics(repo):
     assert "simulate" not in ran
     assert "validate" in ran
     assert (repo / "metrics/evaluate/metrics.json").read_text() == committed
+
+
+def _cache_object(repo: Path, md5: str) -> Path:
+    return repo / ".dvc" / "cache" / "files" / "md5" / md5[:2] / md5[2:]
+
+
+def _output_md5(repo: Path, stage: str, path: str) -> str:
+    outs = yaml.safe_load(_lock(repo))["stages"][stage]["outs"]
+    return next(out["md5"] for out in outs if out["path"] == path)
+
+
+@contextlib.contextmanager
+def _tampered(path: Path, data: bytes):
+    """Replace a read-only cache file's bytes, keeping its mode and mtime; restore it after."""
+    original, stat = path.read_bytes(), path.stat()
+    try:
+        path.chmod(0o644)
+        path.write_bytes(data)
+        os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+        path.chmod(stat.st_mode)
+        yield
+    finally:
+        path.chmod(0o644)
+        path.write_bytes(original)
+        os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+        path.chmod(stat.st_mode)
+
+
+def test_a_model_swapped_in_the_dvc_cache_is_refused_and_never_runs(repo, tmp_path):
+    """DVC restores a tampered cache object without noticing; evaluate hashes the model against
+    dvc.lock before unpickling, so the next repro that reaches it fails and nothing runs."""
+    marker = tmp_path / "payload-ran"
+    payload = pickle.dumps(Payload(marker))
+    cached = _cache_object(repo, _output_md5(repo, "train", "models/model.joblib"))
+    model = repo / "models" / "model.joblib"
+    with _tampered(cached, payload):
+        model.unlink()
+        _run(repo, *_dvc("checkout", "-q"))
+        assert model.read_bytes() == payload  # DVC trusted its cache
+        _set_params(repo, {"evaluate": {"score_bins": 10}})
+        done = _run(repo, *_dvc("repro"), check=False)
+        assert done.returncode != 0
+        assert "models/model.joblib: MD5" in done.stdout + done.stderr
+        assert "refusing to unpickle" in done.stdout + done.stderr
+        assert not marker.exists()
+        model.unlink()
 
 
 def test_forced_repro_twice_leaves_the_lock_unchanged(repo):

@@ -8,7 +8,7 @@ the rows whose value could not be parsed (they go to quarantine, never silently 
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -83,14 +83,19 @@ def columns_to_read(header: list[str], params: SourceParams) -> list[str] | None
     return [c for c in header if c in canonical or c in params.extra_columns]
 
 
-def read_transactions(path: str | Path, columns: list[str] | None = None) -> pd.DataFrame:
+def read_transactions(
+    path: str | Path, columns: list[str] | None = None, *, text: dict[str, str] | None = None
+) -> pd.DataFrame:
     """Read a CSV (UTF-8) or Parquet file, only ``columns`` when given; anything unreadable is
-    a DataContractError. Rows keep their position in the file as index (0 = first data row)."""
+    a DataContractError. ``text`` names CSV columns read as text (ids, parsed exactly later).
+    Rows keep their position in the file as index (0 = first data row)."""
     path = Path(path)
     kind = _file_kind(path)
     with _readable(kind):
         if kind == "csv":
-            return pd.read_csv(path, usecols=columns, encoding="utf-8", encoding_errors="strict")
+            return pd.read_csv(
+                path, usecols=columns, dtype=text, encoding="utf-8", encoding_errors="strict"
+            )
         return pd.read_parquet(path, columns=columns)
 
 
@@ -120,7 +125,8 @@ def map_columns(frame: pd.DataFrame, columns: dict[str, str]) -> pd.DataFrame:
 @dataclass(frozen=True)
 class Parsed:
     frame: pd.DataFrame  # canonical dtypes; a value that could not be parsed is missing
-    unparseable: dict[str, np.ndarray]  # column -> mask of rows whose value could not be parsed
+    # rule -> (column, mask of rows breaking it): values that could not be read as their type
+    problems: dict[str, tuple[str, np.ndarray]]
 
 
 def _to_utc_naive(values: pd.Series, timezone: str) -> pd.Series:
@@ -169,24 +175,114 @@ def _parse_label(values: pd.Series, params: SourceParams) -> pd.Series:
     return values.map(lambda v: words.get(_label_key(v)) if pd.notna(v) else None).astype("Float64")
 
 
-def _parse_integer(values: pd.Series) -> pd.Series:
+_ID_COLUMNS = (schema.TRANSACTION_ID, schema.CUSTOMER_ID, schema.TERMINAL_ID)
+_INT64 = np.iinfo(np.int64)
+_EXACT_FLOAT_LIMIT = 2.0**53  # above it a float64 cannot hold every integer
+_SAFE_DIGITS = 18  # any number of up to 18 digits fits int64
+
+
+def _text_to_int64(text: pd.Series) -> tuple[np.ndarray, np.ndarray]:
+    """Parse strings of [+-]digits exactly (never through a float): values and an in-range mask.
+    Up to 18 digits in one vectorized conversion; longer ones one by one."""
+    digits = text.str.lstrip("+-").str.len().to_numpy()
+    values = np.zeros(len(text), dtype=np.int64)
+    fits = np.ones(len(text), dtype=bool)
+    short = digits <= _SAFE_DIGITS
+    values[short] = text[short].to_numpy(dtype=str).astype(np.int64)
+    for i in np.flatnonzero(~short):
+        number = int(text.iloc[i])
+        fits[i] = _INT64.min <= number <= _INT64.max
+        values[i] = number if fits[i] else 0
+    return values, fits
+
+
+def _integer_from_text(values: pd.Series, column: str) -> tuple[pd.Series, dict[str, np.ndarray]]:
+    text = values.astype("string").str.strip()
+    present = text.notna().to_numpy()
+    integer = text.str.fullmatch(r"[+-]?[0-9]+").fillna(False).to_numpy(dtype=bool)
+    padded = integer & text.str.fullmatch(r"[+-]?0[0-9]+").fillna(False).to_numpy(dtype=bool)
+    parsed, fits = np.zeros(len(text), dtype=np.int64), np.ones(len(text), dtype=bool)
+    readable = integer & ~padded
+    parsed[readable], fits[readable] = _text_to_int64(text[readable])
+    ok = readable & fits
+    problems = {
+        f"{column} not an integer": present & ~integer,
+        # "007" and "7" would become one id: never merge ids silently
+        f"{column} with leading zeros": padded,
+        f"{column} outside the int64 range": readable & ~fits,
+    }
+    return pd.Series(pd.array(np.where(ok, parsed, 0), dtype="Int64"), index=values.index).where(
+        ok
+    ), problems
+
+
+def _parse_integer_id(values: pd.Series, column: str) -> tuple[pd.Series, dict[str, np.ndarray]]:
+    """An id column as exact int64, whatever the source's type: text is parsed digit by digit,
+    an unsigned or float column is checked for values int64 or float64 cannot hold exactly."""
+    if pd.api.types.is_bool_dtype(values):
+        return values.astype("Int64").where(False), {
+            f"{column} not an integer": values.notna().to_numpy()
+        }
     if pd.api.types.is_integer_dtype(values):
-        return values
-    numbers = pd.to_numeric(values, errors="coerce")
-    return numbers.where(numbers % 1 == 0).astype("Float64")
+        big = (values.astype("float64") > _INT64.max).fillna(False).to_numpy(dtype=bool)
+        fitted = values.where(~big, 0).astype("Int64").where(~big)
+        return fitted, {f"{column} outside the int64 range": big}
+    if pd.api.types.is_float_dtype(values):
+        floats = values.to_numpy(dtype=np.float64, na_value=np.nan)
+        with np.errstate(invalid="ignore"):
+            exact = np.isfinite(floats) & (floats % 1 == 0) & (np.abs(floats) <= _EXACT_FLOAT_LIMIT)
+        present = ~np.isnan(floats)
+        parsed = pd.Series(np.where(exact, floats, 0).astype(np.int64), index=values.index)
+        return parsed.astype("Int64").where(exact), {
+            f"{column} not an exact integer": present & ~exact
+        }
+    return _integer_from_text(values, column)
+
+
+def _parse_text_id(values: pd.Series, column: str) -> tuple[pd.Series, dict[str, np.ndarray]]:
+    """An id column as text, exactly as given; numbers are written out without a decimal part."""
+    if pd.api.types.is_float_dtype(values) or pd.api.types.is_integer_dtype(values):
+        numbers, problems = _parse_integer_id(values, column)
+        return numbers.astype("string"), problems
+    return values.astype("string"), {}
+
+
+def id_columns(params: SourceParams) -> dict[str, str]:
+    """Source name of each id column -> the dtype to read it with from text: every id is read as
+    text, then parsed exactly (a CSV reader would turn integers with one empty cell into floats
+    and merge large ids)."""
+    return {params.columns.get(c, c): "string" for c in _ID_COLUMNS}
+
+
+def _with_problems(parse: Callable[[pd.Series], pd.Series]):
+    return lambda values: (parse(values), {})
 
 
 def parse_columns(frame: pd.DataFrame, params: SourceParams) -> Parsed:
-    """Parse the canonical columns of a renamed frame; other columns pass through untouched."""
+    """Parse the canonical columns of a renamed frame; other columns pass through untouched.
+    A value that cannot be read as its column's type is missing in the result and its row is
+    marked with the reason (a specific one for ids, 'unparseable <column>' otherwise)."""
     parsers = {
-        schema.TRANSACTION_ID: _parse_integer,
-        schema.TX_DATETIME: lambda v: _parse_datetime(v, params),
-        schema.TX_AMOUNT: lambda v: pd.to_numeric(v, errors="coerce"),
-        schema.TX_FRAUD: lambda v: _parse_label(v, params),
+        schema.TRANSACTION_ID: lambda v: _parse_integer_id(v, schema.TRANSACTION_ID),
+        schema.TX_DATETIME: _with_problems(lambda v: _parse_datetime(v, params)),
+        schema.TX_AMOUNT: _with_problems(lambda v: pd.to_numeric(v, errors="coerce")),
+        schema.TX_FRAUD: _with_problems(lambda v: _parse_label(v, params)),
     }
-    parsed = {column: parse(frame[column]) for column, parse in parsers.items()}
-    unparseable = {
-        column: (parsed[column].isna() & frame[column].notna()).to_numpy(dtype=bool)
-        for column in parsers
-    }
-    return Parsed(frame=frame.assign(**parsed), unparseable=unparseable)
+    for column in (schema.CUSTOMER_ID, schema.TERMINAL_ID):
+        text = column in params.text_ids
+        parse_id = _parse_text_id if text else _parse_integer_id
+        parsers[column] = lambda v, c=column, parse_id=parse_id: parse_id(v, c)
+    parsed, problems = {}, {}
+    for column, parse in parsers.items():
+        if column not in frame:  # the caller checks that required columns are present
+            continue
+        parsed[column], specific = parse(frame[column])
+        lost = (parsed[column].isna() & frame[column].notna()).to_numpy(dtype=bool)
+        explained = np.zeros(len(frame), dtype=bool)
+        for rule, mask in specific.items():
+            explained |= mask
+            if mask.any():
+                problems[rule] = (column, mask)
+        if (lost & ~explained).any():
+            problems[f"unparseable {column}"] = (column, lost & ~explained)
+    return Parsed(frame=frame.assign(**parsed), problems=problems)

@@ -79,7 +79,3 @@ def write_json(data: Any, path: str | Path) -> None:
 def write_joblib(obj: Any, path: str | Path) -> None:
     with atomic_path(path) as tmp:
         joblib.dump(obj, tmp)
-
-
-def read_joblib(path: str | Path) -> Any:
-    return joblib.load(path)

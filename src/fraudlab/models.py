@@ -6,9 +6,9 @@ stored with the feature list and the library versions that produced it.
 
 from __future__ import annotations
 
+import importlib
 import logging
 import time
-from importlib.metadata import version
 
 import numpy as np
 import pandas as pd
@@ -36,8 +36,18 @@ PREDICTION_COLUMNS = [
     schema.TX_AMOUNT,
     schema.TX_FRAUD,
 ]
-# Libraries whose objects are inside the pickle (fraudlab's own code is versioned by dvc.lock).
-_VERSIONED_LIBRARIES = ("scikit-learn", "xgboost-cpu", "numpy", "pandas", "joblib")
+# Libraries whose objects are inside the pickle (fraudlab's own code is versioned by dvc.lock),
+# by the name the bundle records -> the module whose version is read. Versions come from the
+# imported module, not from the installed distribution's name, so an install of `xgboost`
+# instead of `xgboost-cpu` (the same library) compares cleanly; the recorded names stay as they
+# were, since they are part of the pickled bytes whose hash dvc.lock records.
+_VERSIONED_LIBRARIES = {
+    "scikit-learn": "sklearn",
+    "xgboost-cpu": "xgboost",
+    "numpy": "numpy",
+    "pandas": "pandas",
+    "joblib": "joblib",
+}
 
 
 def _estimator(params: TrainParams, *, scale_pos_weight: float) -> ClassifierMixin:
@@ -146,7 +156,13 @@ def feature_importance(pipeline: Pipeline, features: list[str]) -> pd.Series:
 def library_versions() -> dict[str, str]:
     # The Python version is left out on purpose: it would make the artifact's hash differ
     # between Python 3.11 and 3.12 installs of the same pinned libraries.
-    return {name: version(name) for name in _VERSIONED_LIBRARIES}
+    # encode/decode makes a string object of its own: pickle memoizes by identity, and
+    # scikit-learn pickles its own __version__ object, so sharing it would change the bytes
+    # (and dvc.lock's hash) of an otherwise identical model.
+    return {
+        name: importlib.import_module(module).__version__.encode().decode()
+        for name, module in _VERSIONED_LIBRARIES.items()
+    }
 
 
 def model_bundle(pipeline: Pipeline, features: list[str], *, params: TrainParams) -> dict:
@@ -161,12 +177,28 @@ def model_bundle(pipeline: Pipeline, features: list[str], *, params: TrainParams
 
 
 class ModelVersionError(UserError):
-    """The model file was written by other library versions than those installed."""
+    """The model file is not a model bundle, or was written by other library versions."""
 
 
-def check_bundle(bundle: dict) -> dict:
-    """Refuse a model pickled by other library versions: unpickling across versions can give
-    silently different predictions."""
+_BUNDLE_KEYS = {"pipeline": Pipeline, "features": list, "model": str, "versions": dict}
+
+
+def check_bundle(bundle: object, *, source: str = "model file") -> dict:
+    """Refuse anything but a model bundle, and a model pickled by other library versions:
+    unpickling across versions can give silently different predictions."""
+    wrong = (
+        [f"a {type(bundle).__name__}, not a dict"]
+        if not isinstance(bundle, dict)
+        else [
+            f"'{key}' {'missing' if key not in bundle else 'not a ' + kind.__name__}"
+            for key, kind in _BUNDLE_KEYS.items()
+            if not isinstance(bundle.get(key), kind)
+        ]
+    )
+    if wrong:
+        raise ModelVersionError(
+            f"{source} is not a fraudlab model bundle ({'; '.join(wrong)}): rerun the train stage"
+        )
     installed = library_versions()
     mismatched = {
         name: (saved, installed.get(name))
@@ -175,7 +207,7 @@ def check_bundle(bundle: dict) -> dict:
     }
     if mismatched:
         raise ModelVersionError(
-            f"model saved with other library versions (saved, installed): "
-            f"{mismatched}; rerun the train stage"
+            f"{source} was saved with other library versions (saved, installed): "
+            f"{mismatched}; install requirements.lock or rerun the train stage"
         )
     return bundle

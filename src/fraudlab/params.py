@@ -58,6 +58,9 @@ class SourceParams(_Section):
     timezone: str  # zone of timestamps written without an offset
     fraud_values: list[str | int | bool]
     legit_values: list[str | int | bool]
+    # customer_id / terminal_id read as text (card tokens, merchant codes), kept exactly as
+    # given; every other id is an exact int64 (SPEC section 2), never read through a float.
+    text_ids: list[Literal["customer_id", "terminal_id"]]
     # Source columns besides the canonical ones to carry into the clean data; the rest are not
     # read at all (memory follows the columns used, not the file's width).
     extra_columns: Literal["all"] | list[str]

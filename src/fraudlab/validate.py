@@ -62,7 +62,11 @@ def _value_checks(params: ValidateParams) -> dict[str, list[tuple[str, pa.Check]
         ],
         schema.CUSTOMER_ID: [],
         schema.TERMINAL_ID: [],
-        schema.TX_AMOUNT: [("negative tx_amount", pa.Check.ge(0))],
+        schema.TX_AMOUNT: [
+            ("negative tx_amount", pa.Check.ge(0)),
+            # inf, -inf and 1e999 parse as floats and would flow into the average amounts
+            ("non-finite tx_amount", pa.Check(np.isfinite, name="finite")),
+        ],
         schema.TX_FRAUD: [("tx_fraud not 0/1", pa.Check.isin([0, 1]))],
     }
 
@@ -90,40 +94,48 @@ def _failure_cases(frame: pd.DataFrame, params: ValidateParams) -> pd.DataFrame:
     return pd.DataFrame(columns=["column", "check", "check_number", "index"])
 
 
-def _rule(column: str, check: str, number: int, unparseable: bool, checks: dict) -> str:
+def _rule(column: str, check: str, number: int, checks: dict) -> str:
     if check == "not_nullable":
-        return f"{'unparseable' if unparseable else 'null'} {column}"
+        return f"null {column}"
     if check == "field_uniqueness":
         return _DUPLICATE_ID
     return checks[column][number][0]
 
 
 def row_violations(parsed: Parsed, params: ValidateParams) -> dict[str, Violation]:
-    """Every rule broken by at least one row, with the rows breaking it; a row may break
-    several. A value that could not be parsed counts as unparseable, not also as null."""
+    """Every rule broken by at least one row, with the rows breaking it, in canonical column
+    order; a row may break several. A value that could not be parsed is reported with its parse
+    problem (e.g. 'unparseable tx_amount', 'customer_id not an integer'), not also as null."""
     frame = parsed.frame
     cases = _failure_cases(frame, params)
     if cases["index"].isna().any():  # a frame-level failure: the caller checks columns first
         raise DataContractError(f"contract failed on the whole table:\n{cases.to_string()}")
     positions = cases["index"].to_numpy(dtype=np.int64)
-    unparseable = np.zeros(len(cases), dtype=bool)
-    for column, mask in parsed.unparseable.items():
-        unparseable |= (cases["column"] == column).to_numpy() & mask[positions]
+    explained = np.zeros(len(cases), dtype=bool)
+    for column, mask in parsed.problems.values():
+        explained |= (
+            (cases["column"] == column).to_numpy()
+            & (cases["check"] == "not_nullable").to_numpy()
+            & mask[positions]
+        )
+    cases, positions = cases.loc[~explained], positions[~explained]
+    violations = {
+        rule: Violation(column, mask.copy()) for rule, (column, mask) in parsed.problems.items()
+    }
     keys = pd.DataFrame(
         {
             "column": cases["column"].astype(str),
             "check": cases["check"].astype(str),
             "number": cases["check_number"].fillna(-1).astype(int),
-            "unparseable": unparseable,
         }
     )
     checks = _value_checks(params)
-    violations: dict[str, Violation] = {}
     for key, group in keys.groupby(list(keys.columns), sort=False).indices.items():
         rule = _rule(*key, checks)
         violation = violations.setdefault(rule, Violation(key[0], np.zeros(len(frame), bool)))
         violation.rows[positions[group]] = True
-    return violations
+    order = {column: i for i, column in enumerate(schema.REQUIRED_COLUMNS)}
+    return dict(sorted(violations.items(), key=lambda item: order[item[1].column]))
 
 
 def _reasons(violations: dict[str, Violation], n_rows: int) -> np.ndarray:
@@ -171,10 +183,11 @@ def describe(
     return lines
 
 
-def _normalize(frame: pd.DataFrame) -> pd.DataFrame:
+def _normalize(frame: pd.DataFrame, text_ids: list[str]) -> pd.DataFrame:
     out = frame.astype(
         {
             schema.TRANSACTION_ID: "int64",
+            **{c: "int64" for c in (schema.CUSTOMER_ID, schema.TERMINAL_ID) if c not in text_ids},
             schema.TX_DATETIME: schema.DATETIME_DTYPE,
             schema.TX_AMOUNT: "float64",
             schema.TX_FRAUD: "int8",
@@ -231,7 +244,7 @@ def validate_transactions(
     if lines:
         log.warning("quarantined %d rows:\n  %s", n_rejected, "\n  ".join(lines))
 
-    clean = _normalize(parsed.frame.loc[~rejected_mask])
+    clean = _normalize(parsed.frame.loc[~rejected_mask], source.text_ids)
     labels = clean[schema.TX_FRAUD].unique()
     if len(labels) < 2:
         raise DataContractError(

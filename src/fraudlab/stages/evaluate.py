@@ -9,8 +9,9 @@ import pandas as pd
 from dvclive import Live
 
 from fraudlab import plots, schema
+from fraudlab.artifacts import load_verified_pickle
 from fraudlab.cli import run, stage_parser
-from fraudlab.io import atomic_path, read_joblib, read_parquet, write_parquet
+from fraudlab.io import atomic_path, read_parquet, write_parquet
 from fraudlab.metrics import SCORE, evaluation_metrics
 from fraudlab.models import check_bundle, feature_importance, score_frame
 from fraudlab.params import EvaluateParams, load_params
@@ -86,9 +87,12 @@ def evaluate(argv: list[str] | None = None) -> None:
     parser.add_argument("--validation-scores", required=True, help="fold scores (Parquet)")
     parser.add_argument("--test-scores", required=True, help="test scores (Parquet)")
     parser.add_argument("--live-dir", required=True, help="dvclive directory: metrics and plots")
+    parser.add_argument(
+        "--lock", default="dvc.lock", help="hashes the model must match (default: %(default)s)"
+    )
     args = parser.parse_args(argv)
     params: EvaluateParams = load_params(args.params, *SECTIONS)["evaluate"]
-    bundle = check_bundle(read_joblib(args.model))
+    bundle = check_bundle(load_verified_pickle(args.model, lock_path=args.lock), source=args.model)
     test = score_frame(bundle["pipeline"], read_parquet(args.test), features=bundle["features"])
     metrics = evaluation_metrics(
         test,
