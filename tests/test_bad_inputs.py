@@ -64,6 +64,12 @@ def _garbage_parquet() -> bytes:
     return b"PAR1" + bytes(range(256)) * 4
 
 
+LATIN_1 = _replace({3: "3,2018-04-04 03:15:00,Andr\xe9,3,4.50,0"}).decode().encode("latin-1")
+
+# 40,000 rows (1.6 MB); the last label reads "1\xe9"
+LATE_LATIN_1 = _csv(_good_rows() * 1000)[:-1] + "\xe9\n".encode("latin-1")
+
+
 @dataclass(frozen=True)
 class Case:
     id: str
@@ -85,11 +91,20 @@ FILE_LEVEL = [
     Case("header-only", _csv([]), "no rows: the input holds no transactions"),
     Case("missing-file", None, "No such file or directory"),
     Case(
-        "latin-1-text",
-        _replace({3: "3,2018-04-04 03:15:00,Andr\xe9,3,4.50,0"}).decode().encode("latin-1"),
-        r"not UTF-8 text \(byte \d+\): re-export as UTF-8",
+        "latin-1-text",  # the é of line 4 (the third data row) is byte 188 of the file
+        LATIN_1,
+        rf"not UTF-8 text \(line 4, byte {LATIN_1.index(0xE9)} of the file\): re-export as UTF-8",
     ),
-    Case("binary-garbage", b"\x89PNG\r\n\x1a\n" + bytes(range(256)), "not UTF-8 text"),
+    Case(
+        "latin-1-past-the-first-megabyte",  # the position is in the file, not in a buffer
+        LATE_LATIN_1,
+        rf"not UTF-8 text \(line 40001, byte {LATE_LATIN_1.index(0xE9)} of the file\)",
+    ),
+    Case(
+        "binary-garbage", b"\x89PNG\r\n\x1a\n" + bytes(range(256)), "not CSV text but a PNG image"
+    ),
+    Case("parquet-named-csv", b"PAR1" + bytes(200), "not CSV text but a Parquet file: name it"),
+    Case("xlsx-named-csv", b"PK\x03\x04" + bytes(200), r"a ZIP archive \(an \.xlsx workbook\?\)"),
     Case("garbage-parquet", _garbage_parquet(), "not a readable parquet file", name="t.parquet"),
     Case(
         "ragged-row",
@@ -118,6 +133,11 @@ FILE_LEVEL = [
         _csv(_good_rows()),
         r"source.extra_columns names column\(s\) the file does not have: \['merchant'\]",
         source={"extra_columns": ["merchant"]},
+    ),
+    Case(
+        "semicolon-separated",
+        _csv([r.replace(",", ";") for r in _good_rows()], HEADER.replace(",", ";")),
+        r"the header is one column holding ';': the file is not comma-separated",
     ),
     Case(
         "epoch-numbers-without-unit",
@@ -240,6 +260,124 @@ ROW_LEVEL = [
         exit_code=0,
         duplicates=2,
     ),
+    # --- ids are exact integers: nothing retyped, rounded or merged (SPEC section 10) ---
+    Case(
+        "mixed-terminal-id",  # one text value among integers: that row, not the column, goes
+        _replace({3: _field(3, "terminal_id", "T-3")}),
+        r"rule 'terminal_id not an integer': 1 rows, e.g. row 3: 'T-3'",
+        exit_code=0,
+        quarantined={"3": "terminal_id not an integer"},
+    ),
+    Case(
+        "id-above-uint64",
+        _replace({4: _field(4, "customer_id", "18446744073709551616")}),
+        r"'customer_id outside the int64 range': 1 rows, e.g. row 4: '18446744073709551616'",
+        exit_code=0,
+        quarantined={"4": "customer_id outside the int64 range"},
+    ),
+    Case(
+        "id-with-leading-zeros",  # "007" and "7" must not become one card
+        _replace({4: _field(4, "customer_id", "007")}),
+        r"'customer_id with leading zeros': 1 rows, e.g. row 4: '007'",
+        exit_code=0,
+        quarantined={"4": "customer_id with leading zeros"},
+    ),
+    Case(
+        "transaction-id-with-decimals",
+        _replace({4: _field(4, "transaction_id", "4.0")}),
+        r"'transaction_id not an integer': 1 rows, e.g. row 4: '4.0'",
+        exit_code=0,
+        quarantined={"4.0": "transaction_id not an integer"},
+    ),
+    Case(
+        "nul-byte-in-an-id",
+        _replace({4: _field(4, "terminal_id", "4\x00")}),
+        r"'terminal_id not an integer': 1 rows, e.g. row 4: '4\\x00'",
+        exit_code=0,
+        quarantined={"4": "terminal_id not an integer"},
+    ),
+    Case(
+        "very-long-value",  # the message quotes 40 characters of it, not 100,000
+        _replace({4: _field(4, "customer_id", "x" * 100_000)}),
+        r"e.g. row 4: 'x{40}'\.\.\. \(100,000 characters\)\n",
+        exit_code=0,
+        quarantined={"4": "customer_id not an integer"},
+    ),
+    Case(
+        "na-words-are-values-not-nulls",  # pandas would read "NA" and "null" as missing
+        _replace({4: _field(4, "tx_fraud", "NA"), 5: _field(5, "customer_id", "null")}),
+        r"'customer_id not an integer': 1 rows, e.g. row 5: 'null'.*"
+        r"'unparseable tx_fraud': 1 rows, e.g. row 4: 'NA'",
+        exit_code=0,
+        quarantined={"4": "unparseable tx_fraud", "5": "customer_id not an integer"},
+    ),
+    # --- amounts: finite numbers, as written ---
+    *(
+        Case(
+            f"amount-{written}",
+            _replace({4: _field(4, "tx_amount", written)}),
+            "non-finite tx_amount",
+            exit_code=0,
+            quarantined={"4": reason},
+        )
+        for written, reason in (
+            ("inf", "non-finite tx_amount"),
+            ("-inf", "negative tx_amount; non-finite tx_amount"),
+            ("nan", "non-finite tx_amount"),
+            ("1e999", "non-finite tx_amount"),
+            ("Infinity", "non-finite tx_amount"),
+        )
+    ),
+    Case(
+        "thousands-separator",
+        _replace({4: '4,2018-04-05 04:15:00,4,4,"1,234.50",0'}),
+        r"'unparseable tx_amount': 1 rows, e.g. row 4: '1,234.50'",
+        exit_code=0,
+        quarantined={"4": "unparseable tx_amount"},
+    ),
+    Case(
+        "currency-symbol",
+        _replace({4: _field(4, "tx_amount", "$6.00")}),
+        r"'unparseable tx_amount': 1 rows, e.g. row 4: '\$6.00'",
+        exit_code=0,
+        quarantined={"4": "unparseable tx_amount"},
+    ),
+    Case(
+        "exponent-notation-is-a-number",
+        _replace({4: _field(4, "tx_amount", "6e0")}),
+        "kept 40 of 40 rows",
+        exit_code=0,
+    ),
+    Case(
+        "mixed-date-formats",  # 05/04/2018: May or April? never guessed
+        _replace({4: _field(4, "tx_datetime", "05/04/2018 04:15")}),
+        r"'unparseable tx_datetime': 1 rows, e.g. row 4: '05/04/2018 04:15'",
+        exit_code=0,
+        quarantined={"4": "unparseable tx_datetime"},
+    ),
+    # --- the shape of real exports ---
+    Case(
+        "crlf-line-endings",
+        _csv(_good_rows()).replace(b"\n", b"\r\n"),
+        "kept 40 of 40 rows",
+        exit_code=0,
+    ),
+    Case("utf-8-byte-order-mark", b"\xef\xbb\xbf" + _csv(_good_rows()), "kept 40 of 40 rows", 0),
+    Case(
+        "blank-lines-at-the-end", _csv(_good_rows()) + b"\n\n\n", "kept 40 of 40 rows", exit_code=0
+    ),
+    Case(
+        "header-repeated-mid-file",  # e.g. two exports concatenated: that line is quarantined
+        _csv([*_good_rows()[:20], HEADER, *_good_rows()[20:]]),
+        r"'transaction_id not an integer': 1 rows, e.g. row 21: 'transaction_id'",
+        exit_code=0,
+        contract={"max_rejected_share": 0.05},
+        quarantined={
+            "transaction_id": "transaction_id not an integer; unparseable tx_datetime; "
+            "customer_id not an integer; terminal_id not an integer; unparseable tx_amount; "
+            "unparseable tx_fraud"
+        },
+    ),
 ]
 
 
@@ -284,6 +422,8 @@ def test_bad_input(tmp_path, caplog, case):
     assert report["exact_duplicates_dropped"] == case.duplicates
     assert report["rows_read"] == report["rows_kept"] + len(rejected) + case.duplicates
     assert len(clean) == report["rows_kept"]
+    for column in ("transaction_id", "customer_id", "terminal_id"):  # never retyped
+        assert clean[column].dtype == "int64", column
     # Quarantined rows keep their position in the source and the values as given.
     lines = case.content.decode().splitlines()
     for tx_id, row in zip(ids, rejected["source_row"], strict=True):
@@ -334,3 +474,63 @@ def test_a_hostile_file_name_is_read_and_runs_nothing(tmp_path, caplog, monkeypa
     assert run_stage(validate, argv, caplog) == 0, caplog.text
     assert len(pd.read_parquet(out / "c.parquet")) == N_ROWS
     assert not list(tmp_path.glob("PWNED*"))
+
+
+def _stage_on(tmp_path: Path, caplog, raw: Path, **source) -> tuple[int, Path]:
+    out = tmp_path / "out"
+    argv = ["--params", str(_params(tmp_path, Case("x", None, "", source=source), raw))]
+    argv += ["--clean", str(out / "c.parquet"), "--rejected", str(out / "r.parquet")]
+    argv += ["--report", str(out / "dq.json")]
+    return run_stage(validate, argv, caplog), out
+
+
+def test_huge_integer_ids_with_one_empty_cell_are_never_merged(tmp_path, caplog):
+    """A CSV reader reads an integer column with an empty cell as float64: ids above 2^53 then
+    lose digits and distinct customers merge. Read exactly, each id stays itself."""
+    base = 2**62 + 1  # 4611686018427387905: not representable in float64
+    rows = [
+        f"{i},2018-04-{1 + i % 28:02d} 10:15:00,{base + i},{i % 5},{i * 1.5:.2f},{int(i % 5 == 0)}"
+        for i in range(1, N_ROWS + 1)
+    ]
+    rows[3] = "4,2018-04-05 10:15:00,,4,6.00,0"
+    raw = tmp_path / "tx.csv"
+    raw.write_bytes(_csv(rows))
+
+    code, out = _stage_on(tmp_path, caplog, raw)
+
+    assert code == 0, caplog.text
+    clean = pd.read_parquet(out / "c.parquet")
+    assert clean["customer_id"].dtype == "int64"
+    assert sorted(clean["customer_id"]) == [base + i for i in range(1, N_ROWS + 1) if i != 4]
+    rejected = pd.read_parquet(out / "r.parquet")
+    assert rejected["rejection_reason"].tolist() == ["null customer_id"]
+
+
+def test_text_ids_are_kept_exactly_as_given(tmp_path, caplog):
+    rows = [r.split(",") for r in _good_rows()]
+    for i, row in enumerate(rows):
+        row[2], row[3] = f"C-{i % 7:03d}", f"0{i % 5}"  # tokens and zero-padded codes
+    raw = tmp_path / "tx.csv"
+    raw.write_bytes(_csv([",".join(r) for r in rows]))
+
+    code, out = _stage_on(tmp_path, caplog, raw, text_ids=["customer_id", "terminal_id"])
+
+    assert code == 0, caplog.text
+    clean = pd.read_parquet(out / "c.parquet").sort_values("transaction_id")
+    assert clean["customer_id"].tolist() == [f"C-{i % 7:03d}" for i in range(N_ROWS)]
+    assert clean["terminal_id"].tolist() == [f"0{i % 5}" for i in range(N_ROWS)]
+    assert clean["transaction_id"].dtype == "int64"
+
+
+def test_zero_padded_ids_without_text_ids_fail_with_the_hint(tmp_path, caplog):
+    rows = [r.split(",") for r in _good_rows()]
+    for row in rows:
+        row[3] = f"0{row[3]}"
+    raw = tmp_path / "tx.csv"
+    raw.write_bytes(_csv([",".join(r) for r in rows]))
+
+    code, _ = _stage_on(tmp_path, caplog, raw)
+
+    assert code == 1
+    assert "'terminal_id with leading zeros': 40 rows" in caplog.text
+    assert "list them in source.text_ids" in caplog.text

@@ -8,6 +8,7 @@ the rows whose value could not be parsed (they go to quarantine, never silently 
 
 from __future__ import annotations
 
+import codecs
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -35,35 +36,98 @@ def _file_kind(path: Path) -> str:
     return kind
 
 
+# Leading bytes of binary formats a CSV export is sometimes confused with.
+_MAGIC = {
+    b"PAR1": "a Parquet file: name it .parquet",
+    b"PK\x03\x04": "a ZIP archive (an .xlsx workbook?): export the sheet as CSV",
+    b"\xd0\xcf\x11\xe0": "an old Excel (.xls) workbook: export the sheet as CSV",
+    b"\x1f\x8b": "gzip-compressed: decompress it first",
+    b"\x89PNG": "a PNG image",
+    b"%PDF": "a PDF document",
+}
+_SNIFF_BYTES = 8192
+
+
+def _first_invalid_utf8(path: Path) -> tuple[int, int]:
+    """Byte offset (0-based) and line (1-based) of the first byte that is not valid UTF-8."""
+    decoder = codecs.getincrementaldecoder("utf-8")()
+    offset, lines = 0, 0
+    with open(path, "rb") as handle:
+        while chunk := handle.read(1 << 20):
+            try:
+                decoder.decode(chunk)
+            except UnicodeDecodeError as exc:
+                # the decoder may hold up to 3 bytes of an unfinished character from before
+                held = len(decoder.getstate()[0]) if exc.start == 0 else 0
+                bad = offset + exc.start - held
+                return bad, lines + chunk[: max(exc.start, 0)].count(b"\n") + 1
+            offset += len(chunk)
+            lines += chunk.count(b"\n")
+    return offset, lines + 1
+
+
+def _sniff_csv(path: Path) -> None:
+    """Refuse a binary file named .csv before a CSV reader turns it into a confusing error."""
+    with open(path, "rb") as handle:
+        head = handle.read(_SNIFF_BYTES)
+    for magic, what in _MAGIC.items():
+        if head.startswith(magic):
+            raise DataContractError(f"not CSV text but {what}")
+    if b"\x00" in head and head.count(b"\x00") > len(head) // 10:
+        raise DataContractError("not CSV text but binary data (NUL bytes): is it the right file?")
+
+
 @contextmanager
-def _readable(kind: str) -> Iterator[None]:
+def _readable(kind: str, path: Path) -> Iterator[None]:
     """Turn a reader's failure on a malformed file into a message about the file."""
     try:
         yield
     except pd.errors.EmptyDataError:
         raise DataContractError("empty file: no header and no rows") from None
-    except UnicodeDecodeError as exc:
-        raise DataContractError(f"not UTF-8 text (byte {exc.start}): re-export as UTF-8") from None
+    except UnicodeDecodeError:
+        offset, line = _first_invalid_utf8(path)
+        raise DataContractError(
+            f"not UTF-8 text (line {line}, byte {offset} of the file): re-export as UTF-8"
+        ) from None
     except (pa.ArrowException, pd.errors.ParserError, OSError) as exc:
         raise DataContractError(f"not a readable {kind} file: {exc}") from None
+
+
+def _csv_options(path: Path) -> dict:
+    _sniff_csv(path)
+    # Only an empty field is missing: pandas would also read "NA", "null" or "nan" as missing,
+    # which turns a real id or label into a null and hides what the file said.
+    return {
+        "encoding": "utf-8",
+        "encoding_errors": "strict",
+        "keep_default_na": False,
+        "na_values": [""],
+    }
 
 
 def read_header(path: str | Path) -> list[str]:
     """The file's column names, read without reading its rows."""
     path = Path(path)
     kind = _file_kind(path)
-    with _readable(kind):
+    with _readable(kind, path):
         if kind == "csv":
-            return list(pd.read_csv(path, nrows=0, encoding="utf-8", encoding_errors="strict"))
+            return list(pd.read_csv(path, nrows=0, **_csv_options(path)))
         return list(pq.read_schema(path).names)
 
 
 def require_canonical(columns: list[str]) -> None:
     missing = [c for c in schema.REQUIRED_COLUMNS if c not in columns]
     if missing:
+        glued = [sep for sep in (";", "\t", "|") if len(columns) == 1 and sep in columns[0]]
+        hint = (
+            f"; the header is one column holding {glued[0]!r}: the file is not comma-separated, "
+            "re-export it with commas"
+            if glued
+            else ""
+        )
         raise DataContractError(
             f"missing required column(s) {missing}; columns present: {columns} "
-            "(map differently named columns with source.columns in params.yaml)"
+            f"(map differently named columns with source.columns in params.yaml){hint}"
         )
 
 
@@ -91,11 +155,9 @@ def read_transactions(
     Rows keep their position in the file as index (0 = first data row)."""
     path = Path(path)
     kind = _file_kind(path)
-    with _readable(kind):
+    with _readable(kind, path):
         if kind == "csv":
-            return pd.read_csv(
-                path, usecols=columns, dtype=text, encoding="utf-8", encoding_errors="strict"
-            )
+            return pd.read_csv(path, usecols=columns, dtype=text, **_csv_options(path))
         return pd.read_parquet(path, columns=columns)
 
 
@@ -239,6 +301,17 @@ def _parse_integer_id(values: pd.Series, column: str) -> tuple[pd.Series, dict[s
     return _integer_from_text(values, column)
 
 
+def _parse_amount(values: pd.Series) -> tuple[pd.Series, dict[str, np.ndarray]]:
+    """Amounts as float64; 'nan' written out is a non-finite amount, not an unreadable one
+    (inf, -inf and 1e999 parse, and the contract's finite rule catches them)."""
+    numbers = pd.to_numeric(values, errors="coerce")
+    if pd.api.types.is_numeric_dtype(values):
+        return numbers, {}
+    text = values.astype("string").str.strip().str.lower()
+    written_nan = text.isin(["nan", "+nan", "-nan"]).fillna(False).to_numpy(dtype=bool)
+    return numbers, {"non-finite tx_amount": written_nan}
+
+
 def _parse_text_id(values: pd.Series, column: str) -> tuple[pd.Series, dict[str, np.ndarray]]:
     """An id column as text, exactly as given; numbers are written out without a decimal part."""
     if pd.api.types.is_float_dtype(values) or pd.api.types.is_integer_dtype(values):
@@ -265,7 +338,7 @@ def parse_columns(frame: pd.DataFrame, params: SourceParams) -> Parsed:
     parsers = {
         schema.TRANSACTION_ID: lambda v: _parse_integer_id(v, schema.TRANSACTION_ID),
         schema.TX_DATETIME: _with_problems(lambda v: _parse_datetime(v, params)),
-        schema.TX_AMOUNT: _with_problems(lambda v: pd.to_numeric(v, errors="coerce")),
+        schema.TX_AMOUNT: _parse_amount,
         schema.TX_FRAUD: _with_problems(lambda v: _parse_label(v, params)),
     }
     for column in (schema.CUSTOMER_ID, schema.TERMINAL_ID):

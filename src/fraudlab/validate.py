@@ -147,10 +147,22 @@ def _reasons(violations: dict[str, Violation], n_rows: int) -> np.ndarray:
     return reasons
 
 
+_SHOWN_CHARACTERS = 40
+
+
+def _shown(raw: object) -> str:
+    """A value as given, cut short: an export's free-text field can be megabytes long."""
+    if not isinstance(raw, str):
+        return str(raw)
+    if len(raw) <= _SHOWN_CHARACTERS:
+        return repr(raw)
+    return f"{raw[:_SHOWN_CHARACTERS]!r}... ({len(raw):,} characters)"
+
+
 def _example(row: int, raw: object, parsed: object) -> str:
     if pd.isna(raw):
         return f"row {row}: empty"
-    shown = f"row {row}: {raw!r}" if isinstance(raw, str) else f"row {row}: {raw}"
+    shown = f"row {row}: {_shown(raw)}"
     # Show what the value was read as when that differs, e.g. epoch numbers in the wrong unit.
     if not pd.isna(parsed) and str(parsed) != str(raw):
         return f"{shown} (read as {parsed})"
@@ -196,20 +208,39 @@ def _normalize(frame: pd.DataFrame, text_ids: list[str]) -> pd.DataFrame:
     return out.sort_values(schema.SORT_KEYS, kind="stable").reset_index(drop=True)
 
 
-def _too_many_rejected(
-    lines: list[str], n_rejected: int, n_read: int, params: ValidateParams, all_dates_out: bool
-) -> DataContractError:
-    hint = (
-        "\nEvery tx_datetime is outside the range: check source.timestamp_unit and "
-        "source.timezone, or set validate.earliest_date / latest_date to your data's period."
-        if all_dates_out
-        else ""
+def _hints(violations: dict[str, Violation], params: ValidateParams) -> str:
+    """What usually causes a file-wide failure, when the violations look like it."""
+    hints = []
+    dates = violations.get(date_rule(params))
+    if dates is not None and dates.rows.all():
+        hints.append(
+            "Every tx_datetime is outside the range: check source.timestamp_unit and "
+            "source.timezone, or set validate.earliest_date / latest_date to your data's period."
+        )
+    text_like = sorted(
+        {
+            v.column
+            for rule, v in violations.items()
+            if v.column in (schema.CUSTOMER_ID, schema.TERMINAL_ID)
+            and rule.endswith(("not an integer", "with leading zeros"))
+        }
     )
+    if text_like:
+        hints.append(
+            f"{' and '.join(text_like)} hold text or zero-padded codes: if these are your ids, "
+            "list them in source.text_ids to keep them as text."
+        )
+    return "".join(f"\n{hint}" for hint in hints)
+
+
+def _too_many_rejected(
+    lines: list[str], n_rejected: int, n_read: int, params: ValidateParams, hints: str
+) -> DataContractError:
     return DataContractError(
         f"{n_rejected} of {n_read} rows ({n_rejected / n_read:.2%}) break the data contract, "
         f"more than validate.max_rejected_share ({params.max_rejected_share:.2%}):\n  "
         + "\n  ".join(lines)
-        + hint
+        + hints
         + "\nNothing was written. Fix these rows in the source, map or parse them differently "
         "(params.yaml: source), or allow more rejections (validate.max_rejected_share)."
     )
@@ -238,9 +269,7 @@ def validate_transactions(
     n_rejected = int(rejected_mask.sum())
     lines = describe(violations, deduplicated, parsed.frame, rows, params.example_values)
     if n_rejected / n_read > params.max_rejected_share:
-        dates = violations.get(date_rule(params))
-        all_dates_out = dates is not None and bool(dates.rows.all())
-        raise _too_many_rejected(lines, n_rejected, n_read, params, all_dates_out)
+        raise _too_many_rejected(lines, n_rejected, n_read, params, _hints(violations, params))
     if lines:
         log.warning("quarantined %d rows:\n  %s", n_rejected, "\n  ".join(lines))
 
