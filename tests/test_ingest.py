@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pandas as pd
 import pytest
 
@@ -204,3 +205,49 @@ def test_only_the_canonical_and_declared_extra_columns_are_read(tmp_path, kind):
     unlabelled = source_params(columns={c: n for c, n in UPPER.items() if c != "tx_fraud"})
     with pytest.raises(DataContractError, match=r"missing required column\(s\) \['tx_fraud'"):
         columns_to_read(header, unlabelled)
+
+
+def _parquet_ids(tmp_path, **columns) -> pd.DataFrame:
+    frame = pd.DataFrame(
+        {
+            "transaction_id": pd.array([1, 2, 3], dtype="int64"),
+            "tx_datetime": pd.to_datetime(["2018-04-01 10:00"] * 3),
+            "customer_id": pd.array([1, 2, 3], dtype="int64"),
+            "terminal_id": pd.array([1, 2, 3], dtype="int64"),
+            "tx_amount": [1.0, 2.0, 3.0],
+            "tx_fraud": [0, 1, 0],
+        }
+    ).assign(**columns)
+    path = tmp_path / "ids.parquet"
+    frame.to_parquet(path)
+    return read_transactions(path)
+
+
+def _reasons(parsed) -> dict[str, list[int]]:
+    return {rule: list(mask.nonzero()[0]) for rule, (_, mask) in parsed.problems.items()}
+
+
+def test_parquet_ids_int64_cannot_hold_are_marked_not_wrapped(tmp_path):
+    raw = _parquet_ids(tmp_path, customer_id=np.array([1, 2**63, 2**64 - 1], dtype=np.uint64))
+    parsed = parse_columns(raw, source_params())
+    assert _reasons(parsed) == {"customer_id outside the int64 range": [1, 2]}
+    assert parsed.frame["customer_id"].tolist()[0] == 1
+
+
+def test_parquet_float_ids_are_kept_only_when_exact(tmp_path):
+    raw = _parquet_ids(tmp_path, terminal_id=[7.0, 2.0**53 + 2, float("nan")])
+    parsed = parse_columns(raw, source_params())
+    assert _reasons(parsed) == {"terminal_id not an exact integer": [1]}  # NaN: a null
+    assert parsed.frame["terminal_id"].tolist()[0] == 7
+
+
+def test_integer_text_ids_are_parsed_digit_by_digit():
+    values = pd.Series(
+        ["9223372036854775807", "-9223372036854775808", "9223372036854775808", " 42 "]
+    )
+    parsed = parse_columns(
+        pd.DataFrame({"customer_id": values}), source_params()
+    )  # other columns absent: only this one is parsed
+    assert parsed.frame["customer_id"].tolist()[:2] == [2**63 - 1, -(2**63)]
+    assert parsed.frame["customer_id"].tolist()[3] == 42
+    assert _reasons(parsed) == {"customer_id outside the int64 range": [2]}

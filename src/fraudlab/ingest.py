@@ -286,7 +286,12 @@ def _parse_integer_id(values: pd.Series, column: str) -> tuple[pd.Series, dict[s
             f"{column} not an integer": values.notna().to_numpy()
         }
     if pd.api.types.is_integer_dtype(values):
-        big = (values.astype("float64") > _INT64.max).fillna(False).to_numpy(dtype=bool)
+        unsigned = pd.api.types.is_unsigned_integer_dtype(values)
+        big = (
+            (values > np.uint64(_INT64.max)).fillna(False).to_numpy(dtype=bool)
+            if unsigned
+            else np.zeros(len(values), dtype=bool)
+        )
         fitted = values.where(~big, 0).astype("Int64").where(~big)
         return fitted, {f"{column} outside the int64 range": big}
     if pd.api.types.is_float_dtype(values):
