@@ -83,9 +83,21 @@ def build_pipeline(params: TrainParams, *, scale_pos_weight: float = 1.0) -> Pip
     return Pipeline(steps)
 
 
+class TrainingDataError(UserError):
+    """The rows to fit on cannot train a classifier."""
+
+
 def fit_pipeline(train: pd.DataFrame, features: list[str], *, params: TrainParams) -> Pipeline:
     """Fit a new Pipeline on ``train`` (thread count pinned: BLAS sums depend on it)."""
     y = train[schema.TX_FRAUD].to_numpy()
+    classes = np.unique(y)
+    if len(classes) < 2:
+        # xgboost would fit a constant model (AUC 0.5) and logistic regression raise: the same
+        # clear error for every family. The split stage checks this first; this guards direct use.
+        raise TrainingDataError(
+            f"cannot fit {params.model}: the {len(y)} training rows hold one class only "
+            f"({classes.tolist()}); the training period needs frauds and legitimate transactions"
+        )
     scale_pos_weight = 1.0
     if params.imbalance == "scale_pos_weight":
         scale_pos_weight = float((y == 0).sum() / max((y == 1).sum(), 1))

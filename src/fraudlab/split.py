@@ -43,6 +43,18 @@ def _known_compromised(frame: pd.DataFrame, *, day: np.ndarray, delay_days: int)
     return card_first_fraud <= day - delay_days - 1  # NaN (no fraud) compares False
 
 
+def _period(start: dt.date, days: int) -> str:
+    return f"{start}..{start + dt.timedelta(days=days - 1)}"
+
+
+def _require_both_classes(part: pd.DataFrame, *, what: str, fix: str) -> None:
+    """A model cannot learn from, nor AP and AUC be computed on, a period of one class."""
+    frauds = int((part[schema.TX_FRAUD] == 1).sum())
+    if frauds == 0 or frauds == len(part):
+        missing = "no frauds" if frauds == 0 else "no legitimate transactions"
+        raise SplitError(f"{what} holds {missing} among its {len(part)} transactions: {fix}")
+
+
 def train_test_split(
     frame: pd.DataFrame,
     *,
@@ -50,29 +62,47 @@ def train_test_split(
     train_days: int,
     delay_days: int,
     test_days: int,
+    name: str = "",
+    test_part: str = "test",
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """Split by time; known compromised cards are removed from the test part."""
+    """Split by time; known compromised cards are removed from the test part. ``name`` (e.g.
+    'validation fold 2') says which split a SplitError is about. Each part must be non-empty and
+    hold both classes, the test part after the known cards are removed. ``test_part`` names that
+    part in messages ('validation' in a fold)."""
     day = day_index(frame[schema.TX_DATETIME], train_start)
     in_train = (day >= 0) & (day < train_days)
     test_begin = train_days + delay_days
     in_test = (day >= test_begin) & (day < test_begin + test_days)
     times = frame[schema.TX_DATETIME]
     covered = f"the data covers {times.min()} to {times.max()}: move split.train_start"
+    of = f" of {name}" if name else ""
+    train_period = _period(train_start, train_days)
+    test_period = _period(train_start + dt.timedelta(days=test_begin), test_days)
     if not in_train.any():
         raise SplitError(
-            f"no transactions in the training period: {train_days} days from {train_start}; "
-            f"{covered}"
+            f"no transactions in the training period{of}: {train_days} days from "
+            f"{train_start}; {covered}"
         )
     if not in_test.any():
         raise SplitError(
-            f"no transactions in the test period: {test_days} days from "
+            f"no transactions in the {test_part} period{of}: {test_days} days from "
             f"{train_start + dt.timedelta(days=test_begin)}; {covered}"
         )
-    keep_test = in_test & ~_known_compromised(frame, day=day, delay_days=delay_days)
-    return (
-        frame.loc[in_train].reset_index(drop=True),
-        frame.loc[keep_test].reset_index(drop=True),
-    )
+    known = _known_compromised(frame, day=day, delay_days=delay_days)
+    keep_test = in_test & ~known
+    if not keep_test.any():
+        raise SplitError(
+            f"no transactions left in the {test_part} period{of} ({test_period}): all "
+            f"{int(in_test.sum())} "
+            "belong to cards already known to be compromised; move split.train_start or "
+            "lengthen split.test_days"
+        )
+    train = frame.loc[in_train].reset_index(drop=True)
+    test = frame.loc[keep_test].reset_index(drop=True)
+    fix = "move split.train_start or lengthen split.train_days / split.test_days"
+    _require_both_classes(train, what=f"the training period{of} ({train_period})", fix=fix)
+    _require_both_classes(test, what=f"the {test_part} period{of} ({test_period})", fix=fix)
+    return train, test
 
 
 def fold_train_start(params: SplitParams, *, delay_days: int, fold: int) -> dt.date:
@@ -102,6 +132,8 @@ def prequential_folds(frame: pd.DataFrame, params: SplitParams, *, delay_days: i
             train_days=params.train_days,
             delay_days=delay_days,
             test_days=params.test_days,
+            name=f"fold {fold}",
+            test_part="validation",
         )
         parts += [
             train.assign(**{FOLD_COLUMN: fold, ROLE_COLUMN: "train"}),
