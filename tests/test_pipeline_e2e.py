@@ -10,6 +10,7 @@ import hashlib
 import json
 import os
 import pickle
+import re
 import shutil
 import signal
 import sqlite3
@@ -258,6 +259,28 @@ def test_a_model_swapped_in_the_dvc_cache_is_refused_and_never_runs(repo, tmp_pa
         model.unlink()
 
 
+def test_verify_finds_a_flipped_bit_dvc_restores_and_calls_up_to_date(repo):
+    raw = "data/raw/transactions.parquet"
+    cached = _cache_object(repo, _output_md5(repo, "simulate", raw))
+    flipped = bytearray(cached.read_bytes())
+    flipped[len(flipped) // 2] ^= 0x04
+    command = [sys.executable, "-m", "fraudlab.verify"]
+    env = _env(repo) | {"PYTHONPATH": str(repo / "src")}
+    with _tampered(cached, bytes(flipped)):
+        (repo / raw).unlink()
+        _run(repo, *_dvc("checkout", "-q"))
+        assert (repo / raw).read_bytes() == bytes(flipped)  # DVC restored the damage
+        assert _run(repo, *_dvc("status", "-q"), check=False).returncode == 0  # and trusts it
+        done = subprocess.run(command, cwd=repo, env=env, capture_output=True, text=True)
+        (repo / raw).unlink()
+    assert done.returncode == 1, done.stderr
+    assert f"for {raw} (stage simulate)" in done.stderr
+    assert "cache " in done.stderr
+    assert "workspace " in done.stderr
+    _run(repo, *_dvc("checkout", "-q"))
+    assert subprocess.run(command, cwd=repo, env=env, capture_output=True).returncode == 0
+
+
 def test_forced_repro_twice_leaves_the_lock_unchanged(repo):
     committed = _lock(repo)
     for _ in range(2):
@@ -463,6 +486,44 @@ def test_grid_search_ranks_flags_failures_and_the_winner_applies(repo):
     assert "validation.average_precision.mean" in diff["metrics/evaluate/metrics.json"]
     _run(repo, "git", "reset", "-q", "--hard", "HEAD~1")
     _run(repo, *_dvc("checkout", "-q"))
+
+
+def test_the_pull_request_script_reports_on_a_fresh_clone_with_no_experiments(repo, tmp_path):
+    """As a reviewer sees it: a branch changes train.xgboost.max_depth, reruns and commits; the
+    workflow's script, on a fresh clone (no experiments, no DVC cache), reproduces the commit,
+    writes the report against the base and the offline plots diff."""
+    base = _run(repo, "git", "rev-parse", "--abbrev-ref", "HEAD").stdout.strip()
+    _run(repo, "git", "checkout", "-q", "-b", "deeper-trees")
+    try:
+        _set_params(repo, {"train": {"xgboost": {"max_depth": 5}}})
+        _run(repo, *_dvc("repro"))
+        _run(repo, "git", "commit", "-qam", "Deeper trees")
+        clone = tmp_path / "clone"
+        _run(tmp_path, "git", "clone", "-q", str(repo), str(clone))
+        assert not (clone / ".dvc" / "cache").exists()
+        done = subprocess.run(
+            ["bash", ".github/scripts/pull-request-report.sh", f"origin/{base}", "report"],
+            cwd=clone,
+            env=_env(clone) | {"PYTHONPATH": str(clone / "src")},
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+    finally:
+        _run(repo, "git", "checkout", "-q", "-f", base)
+        _run(repo, "git", "branch", "-q", "-D", "deeper-trees")
+        _run(repo, *_dvc("checkout", "-q", "--force"))
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "reproduced: dvc.lock and metrics identical" in done.stderr
+    report = (clone / "report" / "README.md").read_text()
+    assert "## Committed model: xgboost" in report
+    assert "At the operating threshold" in report
+    assert "No experiments were found on this commit" in report
+    assert f"## Changes against origin/{base}" in report
+    changes = report.split("## Changes against", 1)[1]
+    assert re.search(r"\| train\.xgboost\.max_depth\s*\|\s*3\s*\|\s*5\s*\|", changes), report
+    assert re.search(r"\| test\.average_precision\s*\|", changes), report
+    assert (clone / "report" / "plots_diff" / "index.html").stat().st_size > 1000
 
 
 def test_reproducibility_check_fails_when_committed_metrics_were_not_produced(repo):

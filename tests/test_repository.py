@@ -60,3 +60,13 @@ def test_the_stage_benchmark_runs_commands_without_a_shell(tmp_path):
     )
     assert argv == ["python", "-m", "fraudlab.stages.x", "--out", "a b;$(touch PWNED).csv"]
     assert env == {"A": "1", "PYTHONPATH": "src"}
+
+
+def test_the_pull_request_workflow_runs_the_tested_script():
+    """The workflow's reproduce-and-report step is the script the e2e test runs."""
+    import yaml
+
+    workflow = yaml.safe_load((ROOT / ".github" / "workflows" / "pull-request.yml").read_text())
+    runs = [step.get("run", "") for job in workflow["jobs"].values() for step in job["steps"]]
+    assert any("bash .github/scripts/pull-request-report.sh" in run for run in runs)
+    assert not any("fraudlab.report" in run or "plots diff" in run for run in runs)

@@ -8,7 +8,7 @@ import math
 import pytest
 
 from fraudlab.errors import UserError
-from fraudlab.report import best_per_family, current_section
+from fraudlab.report import best_per_family, current_section, families_section
 from fraudlab.search import (
     experiments,
     grid_overrides,
@@ -122,6 +122,20 @@ def test_leaderboard_ranks_successes_by_validation_ap_and_never_ranks_failures()
         "| - | broke | xgboost | max_depth=-1 | **FAILED** (`dvc queue logs broke`) | | | | | |"
     )
     assert "**QUEUED**" in table[6]
+
+
+@pytest.mark.parametrize(
+    "exp_show",
+    [[], [{"rev": "abc", "name": "main", "experiments": None}]],
+    ids=["no-baseline", "no-experiments"],
+)
+def test_no_experiments_give_an_empty_board_not_a_key_error(exp_show):
+    """Every CI checkout has no experiments: the report must still be written."""
+    table = experiments(exp_show)
+    assert table.empty
+    assert leaderboard(table).empty
+    assert best_per_family(table).empty
+    assert "No experiments were found" in families_section(best_per_family(table), {}, {})
 
 
 def test_report_picks_each_familys_best_and_shows_threshold_and_cost():

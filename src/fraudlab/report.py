@@ -89,8 +89,8 @@ def families_section(best: pd.DataFrame, plots: dict[str, list[str]], committed:
     """``committed``: params.yaml's train section, to show what each experiment changed."""
     if best.empty:
         return (
-            "## Model families\n\nNo experiments on this commit: run `python -m fraudlab.search "
-            "grid` to compare families.\n"
+            "## Model families\n\nNo experiments were found on this commit (a fresh clone has "
+            "none): run `python -m fraudlab.search grid` to compare families.\n"
         )
     lines = [
         "## Model families (best experiment of each, by validation AP)\n",

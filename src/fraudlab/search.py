@@ -149,7 +149,8 @@ def experiments(exp_show: list[dict]) -> pd.DataFrame:
                 state = "failed"
             name = experiment.get("name") or revision["rev"][:7]
             rows.append(_row(name, revision["rev"], revision["data"], state))
-    return pd.DataFrame(rows)
+    # The columns exist even with no experiment (every CI checkout), so callers can filter.
+    return pd.DataFrame(rows, columns=list(_row("", "", {}, "").keys()))
 
 
 def leaderboard(table: pd.DataFrame) -> pd.DataFrame:
