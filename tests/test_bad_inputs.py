@@ -15,7 +15,6 @@ import pandas as pd
 import pytest
 
 from conftest import contract_params, source_params
-from fraudlab.stages.split import split
 from fraudlab.stages.validate import validate
 from helpers import run_stage
 
@@ -430,26 +429,12 @@ def test_bad_input(tmp_path, caplog, case):
         assert lines[row].split(",")[0] == tx_id
 
 
-def test_no_transactions_in_the_training_window(tmp_path, caplog, small_transactions):
-    features = tmp_path / "features.parquet"
-    small_transactions.to_parquet(features)
-    params = tmp_path / "params.yaml"
-    params.write_text(
-        "split: {train_start: '2019-01-01', train_days: 7, test_days: 7, n_folds: 1}\n"
-        "features: {customer_windows_days: [1], terminal_windows_days: [1], "
-        "label_delay_days: 7, night_end_hour: 6}\n"
-    )
-    outs = [tmp_path / "out" / n for n in ("train.parquet", "test.parquet", "f.parquet", "s.json")]
-    argv = [str(features), "--params", str(params)]
-    argv += ["--train", str(outs[0]), "--test", str(outs[1]), "--folds", str(outs[2])]
-    argv += ["--summary", str(outs[3])]
-
-    assert run_stage(split, argv, caplog) == 1
-    assert "no transactions in the training period: 7 days from 2019-01-01; the data covers " in (
-        caplog.text
-    )
-    assert "move split.train_start" in caplog.text
-    assert not any(p.exists() for p in outs)
+def _stage_on(tmp_path: Path, caplog, raw: Path, **source) -> tuple[int, Path]:
+    out = tmp_path / "out"
+    argv = ["--params", str(_params(tmp_path, Case("x", None, "", source=source), raw))]
+    argv += ["--clean", str(out / "c.parquet"), "--rejected", str(out / "r.parquet")]
+    argv += ["--report", str(out / "dq.json")]
+    return run_stage(validate, argv, caplog), out
 
 
 HOSTILE_NAMES = [
@@ -466,22 +451,12 @@ def test_a_hostile_file_name_is_read_and_runs_nothing(tmp_path, caplog, monkeypa
     monkeypatch.chdir(tmp_path)
     raw = tmp_path / name
     raw.write_bytes(_csv(_good_rows()))
-    out = tmp_path / "out"
-    argv = ["--params", str(_params(tmp_path, Case("hostile", None, ""), raw))]
-    argv += ["--clean", str(out / "c.parquet"), "--rejected", str(out / "r.parquet")]
-    argv += ["--report", str(out / "dq.json")]
 
-    assert run_stage(validate, argv, caplog) == 0, caplog.text
+    code, out = _stage_on(tmp_path, caplog, raw)
+
+    assert code == 0, caplog.text
     assert len(pd.read_parquet(out / "c.parquet")) == N_ROWS
     assert not list(tmp_path.glob("PWNED*"))
-
-
-def _stage_on(tmp_path: Path, caplog, raw: Path, **source) -> tuple[int, Path]:
-    out = tmp_path / "out"
-    argv = ["--params", str(_params(tmp_path, Case("x", None, "", source=source), raw))]
-    argv += ["--clean", str(out / "c.parquet"), "--rejected", str(out / "r.parquet")]
-    argv += ["--report", str(out / "dq.json")]
-    return run_stage(validate, argv, caplog), out
 
 
 def test_huge_integer_ids_with_one_empty_cell_are_never_merged(tmp_path, caplog):

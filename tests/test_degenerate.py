@@ -33,11 +33,13 @@ SPLIT_PARAMS = (
 # and validates on days 0-1 (the training period: its labels are known when training).
 
 
-def _run_split(tmp_path: Path, caplog, frame: pd.DataFrame) -> tuple[int, list[Path]]:
+def _run_split(
+    tmp_path: Path, caplog, frame: pd.DataFrame, params_text: str = SPLIT_PARAMS
+) -> tuple[int, list[Path]]:
     features = tmp_path / "features.parquet"
     frame.to_parquet(features)
     params = tmp_path / "params.yaml"
-    params.write_text(SPLIT_PARAMS)
+    params.write_text(params_text)
     outs = [tmp_path / "out" / n for n in ("train.parquet", "test.parquet", "f.parquet", "s.json")]
     argv = [str(features), "--params", str(params)]
     argv += ["--train", str(outs[0]), "--test", str(outs[1]), "--folds", str(outs[2])]
@@ -135,6 +137,17 @@ def test_degenerate_periods_are_one_line_errors(tmp_path, caplog, rows, message)
     code, outs = _run_split(tmp_path, caplog, _days(rows))
     assert code == 1
     assert re.search(message, _error(caplog))
+    assert not any(p.exists() for p in outs)
+
+
+def test_no_transactions_in_the_training_window(tmp_path, caplog, small_transactions):
+    params = SPLIT_PARAMS.replace("'2018-04-10'", "'2019-01-01'")
+    code, outs = _run_split(tmp_path, caplog, small_transactions, params)
+    assert code == 1
+    assert _error(caplog) == (
+        "split failed: no transactions in the training period: 2 days from 2019-01-01; the data "
+        "covers 2018-04-01 00:26:33 to 2018-05-20 23:21:19: move split.train_start"
+    )
     assert not any(p.exists() for p in outs)
 
 
