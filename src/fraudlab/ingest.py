@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from fraudlab import schema
@@ -234,7 +235,10 @@ def _parse_label(values: pd.Series, params: SourceParams) -> pd.Series:
     words = {_label_key(v): 1 for v in params.fraud_values} | {
         _label_key(v): 0 for v in params.legit_values
     }
-    return values.map(lambda v: words.get(_label_key(v)) if pd.notna(v) else None).astype("Float64")
+    # A label column holds a handful of distinct words: look each up once.
+    codes, distinct = pd.factorize(values)
+    known = np.array([words.get(_label_key(v), np.nan) for v in distinct] + [np.nan])
+    return pd.Series(known[codes], index=values.index).astype("Float64")
 
 
 _ID_COLUMNS = (schema.TRANSACTION_ID, schema.CUSTOMER_ID, schema.TERMINAL_ID)
@@ -245,12 +249,14 @@ _SAFE_DIGITS = 18  # any number of up to 18 digits fits int64
 
 def _text_to_int64(text: pd.Series) -> tuple[np.ndarray, np.ndarray]:
     """Parse strings of [+-]digits exactly (never through a float): values and an in-range mask.
-    Up to 18 digits in one vectorized conversion; longer ones one by one."""
+    Up to 18 digits in one vectorized Arrow cast; longer ones one by one."""
     digits = text.str.lstrip("+-").str.len().to_numpy()
     values = np.zeros(len(text), dtype=np.int64)
     fits = np.ones(len(text), dtype=bool)
     short = digits <= _SAFE_DIGITS
-    values[short] = text[short].to_numpy(dtype=str).astype(np.int64)
+    if short.any():
+        strings = pa.array(text[short].astype("string[pyarrow]").array)
+        values[short] = pc.cast(pc.utf8_ltrim(strings, "+"), pa.int64()).to_numpy()
     for i in np.flatnonzero(~short):
         number = int(text.iloc[i])
         fits[i] = _INT64.min <= number <= _INT64.max
