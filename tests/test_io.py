@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import signal
+import subprocess
+import sys
+
 import pandas as pd
 import pytest
 
@@ -50,3 +54,35 @@ def test_parquet_bytes_are_deterministic(tmp_path):
     write_parquet(frame, tmp_path / "1.parquet")
     write_parquet(frame, tmp_path / "2.parquet")
     assert (tmp_path / "1.parquet").read_bytes() == (tmp_path / "2.parquet").read_bytes()
+
+
+def test_a_writer_killed_with_sigkill_leaves_nothing_at_all(tmp_path):
+    """SIGKILL cannot be caught: the temporary must be one the kernel frees by itself, since the
+    next `dvc repro` may restore the stage from the run cache and never run it to clean up."""
+    script = (
+        "import os, signal, sys\n"
+        "from fraudlab.io import atomic_path\n"
+        "with atomic_path(sys.argv[1]) as tmp:\n"
+        "    with open(tmp, 'wb') as out:\n"
+        "        out.write(b'x' * 1_000_000)\n"
+        "        out.flush()\n"
+        "        os.kill(os.getpid(), signal.SIGKILL)\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", script, str(tmp_path / "model.joblib")], check=False
+    )
+    assert done.returncode == -signal.SIGKILL
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_without_unnamed_files_a_sibling_temporary_is_used(tmp_path, monkeypatch):
+    monkeypatch.setattr("fraudlab.io._open_unnamed", lambda directory: None)
+    with atomic_path(tmp_path / "out.json") as tmp:
+        assert tmp.parent == tmp_path
+        assert tmp.name.startswith(".out.json.tmp-")
+        tmp.write_text("{}")
+    assert [p.name for p in tmp_path.iterdir()] == ["out.json"]
+    with pytest.raises(RuntimeError):
+        _interrupted_write(tmp_path / "out.json", RuntimeError("killed"))
+    assert (tmp_path / "out.json").read_text() == "{}"
+    assert [p.name for p in tmp_path.iterdir()] == ["out.json"]
