@@ -16,7 +16,7 @@ from pathlib import Path
 import yaml
 
 from fraudlab.artifacts import locked_outputs, read_lock
-from fraudlab.verify import cache_dir, dvc_file_outputs, plan, verify
+from fraudlab.verify import cache_dir, dvc_file_outputs, plan, tree_size, verify
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -38,7 +38,7 @@ def main() -> None:
             findings = verify(checks, jobs=jobs)
             best = min(best, time.perf_counter() - started)
         hashed = [f for f in findings if f.status != "missing"]
-        megabytes = sum(f.check.path.stat().st_size for f in hashed) / 1e6
+        megabytes = sum(tree_size(f.check.path) for f in hashed) / 1e6
         damaged = sum(f.status == "damaged" for f in findings)
         print(
             f"{jobs:>7} {len(hashed):>6} {megabytes:>8.1f} {best:>8.2f} "

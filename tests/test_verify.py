@@ -99,3 +99,22 @@ def test_an_object_missing_from_the_cache_is_reported_not_damage(repo, caplog):
     assert _verify(repo, caplog) == 0, caplog.text
     assert "missing, for data.csv" in caplog.text
     assert "1 missing, 0 damaged" in caplog.text
+
+
+def test_an_uncached_directory_output_is_hashed_as_dvc_hashes_it(repo, caplog):
+    """Plots are `cache: false`: their listing is not in the cache, so the workspace directory
+    is hashed whole, the way DVC computes a directory's hash."""
+    plots = repo / "plots"
+    (plots / "sub").mkdir(parents=True)
+    (plots / "a.json").write_text("{}")
+    (plots / "sub" / "b.png").write_bytes(b"png")
+    (repo / "dvc.yaml").write_text(
+        "stages:\n  s:\n    cmd: 'true'\n    outs:\n    - plots:\n        cache: false\n"
+    )
+    _dvc(repo, "commit", "-q", "-f", "s")  # records DVC's own hash of the directory
+    assert _verify(repo, caplog) == 0, caplog.text
+
+    (plots / "sub" / "b.png").write_bytes(b"PNG")
+    assert _verify(repo, caplog) == 1
+    assert f"workspace {plots}: MD5" in caplog.text
+    assert "for plots (stage s)" in caplog.text

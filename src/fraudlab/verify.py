@@ -18,6 +18,7 @@ workspace copy.
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import logging
 import os
@@ -84,6 +85,18 @@ def _directory_entries(listing: Path) -> list[dict]:
     return json.loads(listing.read_text(encoding="utf-8"))
 
 
+def directory_md5(path: Path) -> str:
+    """DVC's hash of a directory: the MD5 of its listing (each file's MD5 and relative path,
+    ordered by path components) as DVC serialises it."""
+    files = sorted(
+        (p for p in path.rglob("*") if p.is_file()), key=lambda p: p.relative_to(path).parts
+    )
+    entries = [{"md5": file_md5(p), "relpath": p.relative_to(path).as_posix()} for p in files]
+    return hashlib.md5(
+        json.dumps(entries, sort_keys=True).encode(), usedforsecurity=False
+    ).hexdigest()
+
+
 def plan(outputs: list[LockedOutput], *, root: Path, cache: Path) -> list[Check]:
     """Every cache object and workspace file the outputs point to, each once. A directory's
     listing is read (it names the objects of its files) only once its own hash is right,
@@ -99,7 +112,11 @@ def plan(outputs: list[LockedOutput], *, root: Path, cache: Path) -> list[Check]
             checks.append(Check("workspace", root / out.path, md5, origin))
             continue
         listing = object_path(cache, out.md5)
-        if listing.is_file() and file_md5(listing) == md5:
+        if not (listing.is_file() and file_md5(listing) == md5):
+            # Not cached (e.g. `cache: false` plots) or a damaged listing (reported above):
+            # hash the workspace directory as a whole.
+            checks.append(Check("workspace", root / out.path, md5, origin))
+        else:
             for entry in _directory_entries(listing):
                 inner = f"{out.path}/{entry['relpath']} (stage {out.stage})"
                 checks.append(Check("cache", object_path(cache, entry["md5"]), entry["md5"], inner))
@@ -113,9 +130,12 @@ def plan(outputs: list[LockedOutput], *, root: Path, cache: Path) -> list[Check]
 
 
 def _inspect(check: Check) -> Finding:
-    if not check.path.is_file():
+    if check.path.is_dir():
+        actual = directory_md5(check.path)
+    elif check.path.is_file():
+        actual = file_md5(check.path)
+    else:
         return Finding(check, "missing")
-    actual = file_md5(check.path)
     return Finding(check, "ok" if actual == check.md5 else "damaged", actual)
 
 
@@ -143,6 +163,12 @@ def verify(checks: list[Check], *, jobs: int) -> list[Finding]:
             status = first.status if first.status == "missing" else ("ok" if same else "damaged")
             findings.append(Finding(check, status, first.actual))
     return findings
+
+
+def tree_size(path: Path) -> int:
+    if path.is_dir():
+        return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
+    return path.stat().st_size
 
 
 def describe(finding: Finding) -> str:
@@ -178,7 +204,7 @@ def verify_repo(argv: list[str] | None = None) -> None:
     findings = verify(checks, jobs=args.jobs)
     seconds = time.perf_counter() - started
     hashed = [f for f in findings if f.status != "missing"]
-    megabytes = sum(f.check.path.stat().st_size for f in hashed) / 1e6
+    megabytes = sum(tree_size(f.check.path) for f in hashed) / 1e6
     for finding in findings:
         if finding.status == "missing":
             log.info("%s", describe(finding))
