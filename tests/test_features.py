@@ -7,7 +7,14 @@ import pandas as pd
 import pytest
 
 from conftest import transactions
-from fraudlab.features import build_features, feature_names, online_features
+from fraudlab import schema
+from fraudlab.features import (
+    History,
+    build_features,
+    feature_names,
+    online_features,
+    transaction_features,
+)
 from fraudlab.params import FeaturesParams
 
 
@@ -185,3 +192,48 @@ def test_online_features_handle_simultaneous_arrivals(features_params):
     got = online_features(history, new, params=features_params).iloc[0]
     assert got["customer_id_nb_tx_1day_window"] == 2
     assert got["customer_id_avg_amount_1day_window"] == 20.0
+
+
+def test_every_transaction_scored_online_equals_batch(small_transactions, features_params):
+    """The online path (the batch kernels on one customer's and one terminal's stored rows) gives
+    every transaction of the data its batch features: counts and flags exactly, means and rates
+    to 1e-9 (a sum over fewer rows may differ in the last bits)."""
+    names = feature_names(features_params)
+    batch = build_features(small_transactions, features_params)
+    history = batch[list(schema.REQUIRED_COLUMNS)]
+    times = history["tx_datetime"].to_numpy(dtype="datetime64[ns]").view(np.int64)
+    ids = history["transaction_id"].to_numpy()
+    by = {
+        column: {
+            key: History(times[rows], ids[rows], values[rows])
+            for key, rows in history.groupby(column, sort=False).indices.items()
+        }
+        for column, values in (
+            ("customer_id", history["tx_amount"].to_numpy()),
+            ("terminal_id", history["tx_fraud"].to_numpy()),
+        )
+    }
+    online = np.array(
+        [
+            transaction_features(
+                time=int(time),
+                transaction_id=int(tx_id),
+                amount=float(amount),
+                customer=by["customer_id"][customer],
+                terminal=by["terminal_id"][terminal],
+                params=features_params,
+            )
+            for time, tx_id, amount, customer, terminal in zip(
+                times,
+                ids,
+                history["tx_amount"],
+                history["customer_id"],
+                history["terminal_id"],
+                strict=True,
+            )
+        ]
+    )
+    expected = batch[names].to_numpy(dtype=np.float64)
+    exact = [i for i, name in enumerate(names) if "avg_amount" not in name and "risk" not in name]
+    np.testing.assert_array_equal(online[:, exact], expected[:, exact])
+    np.testing.assert_allclose(online, expected, rtol=0, atol=1e-9)
