@@ -139,11 +139,11 @@ def test_the_evaluate_stage_refuses_a_swapped_model_and_the_payload_never_runs(t
 @pytest.mark.parametrize(
     ("obj", "message"),
     [
-        ([1, 2], r"is not a fraudlab model bundle \(a list, not a dict\)"),
-        ({"pipeline": "x", "features": []}, r"'pipeline' not a Pipeline; 'model' missing"),
+        ([1, 2], r"is not a fraudlab model artifact \(a list, not a ModelArtifact\)"),
+        ({"pipeline": "x", "features": []}, r"\(a dict, not a ModelArtifact\): rerun the train"),
     ],
 )
-def test_the_evaluate_stage_refuses_what_is_not_a_model_bundle(tmp_path, caplog, obj, message):
+def test_the_evaluate_stage_refuses_what_is_not_a_model_artifact(tmp_path, caplog, obj, message):
     (tmp_path / "models").mkdir()
     joblib.dump(obj, tmp_path / "models" / "model.joblib")
     _lock(tmp_path, {"models/model.joblib": (tmp_path / "models" / "model.joblib").read_bytes()})

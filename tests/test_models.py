@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import dataclasses
 import io
+import pickle
 
 import joblib
 import numpy as np
@@ -11,11 +13,12 @@ import yaml
 
 from fraudlab.features import build_features, feature_names
 from fraudlab.models import (
+    ModelArtifact,
     ModelVersionError,
-    check_bundle,
+    check_artifact,
     feature_importance,
     fit_pipeline,
-    model_bundle,
+    model_artifact,
     predict_scores,
 )
 from fraudlab.params import FeaturesParams, TrainParams
@@ -31,15 +34,17 @@ def _train_params(model: str, **overrides) -> TrainParams:
     return TrainParams.model_validate(raw | {"model": model} | overrides)
 
 
+FP = FeaturesParams(
+    customer_windows_days=[1, 7, 30],
+    terminal_windows_days=[1, 7, 30],
+    label_delay_days=7,
+    night_end_hour=6,
+)
+
+
 @pytest.fixture(scope="module")
 def featured(small_transactions):
-    params = FeaturesParams(
-        customer_windows_days=[1, 7, 30],
-        terminal_windows_days=[1, 7, 30],
-        label_delay_days=7,
-        night_end_hour=6,
-    )
-    return build_features(small_transactions, params), feature_names(params)
+    return build_features(small_transactions, FP), feature_names(FP)
 
 
 def _bytes(obj) -> bytes:
@@ -52,8 +57,8 @@ def _bytes(obj) -> bytes:
 def test_fitting_twice_gives_byte_identical_artifacts(featured, family):
     frame, names = featured
     params = _train_params(family)
-    first = model_bundle(fit_pipeline(frame, names, params=params), names, params=params)
-    second = model_bundle(fit_pipeline(frame, names, params=params), names, params=params)
+    first = model_artifact(fit_pipeline(frame, names, params=params), params=params, features=FP)
+    second = model_artifact(fit_pipeline(frame, names, params=params), params=params, features=FP)
     assert _bytes(first) == _bytes(second)
 
 
@@ -130,8 +135,31 @@ def test_feature_importance_names_every_feature_and_sums_to_one(featured, family
 def test_a_model_from_other_library_versions_is_refused(featured):
     frame, names = featured
     params = _train_params("logistic_regression")
-    bundle = model_bundle(fit_pipeline(frame, names, params=params), names, params=params)
-    assert check_bundle(bundle) is bundle
-    bundle["versions"] = bundle["versions"] | {"scikit-learn": "0.0.1"}
+    artifact = model_artifact(fit_pipeline(frame, names, params=params), params=params, features=FP)
+    assert check_artifact(artifact) is artifact
+    older = dataclasses.replace(artifact, versions=artifact.versions | {"scikit-learn": "0.0.1"})
     with pytest.raises(ModelVersionError, match="scikit-learn"):
-        check_bundle(bundle)
+        check_artifact(older)
+
+
+def test_the_artifact_carries_what_scoring_needs_without_params_yaml(featured):
+    frame, names = featured
+    params = _train_params("xgboost")
+    artifact = pickle.loads(
+        pickle.dumps(
+            model_artifact(fit_pipeline(frame, names, params=params), params=params, features=FP)
+        )
+    )
+    assert isinstance(artifact, ModelArtifact)
+    assert artifact.features == tuple(names)
+    assert artifact.family == "xgboost"
+    assert artifact.features_config == FP
+    assert artifact.train_params["xgboost"]["max_depth"] == params.xgboost.max_depth
+    assert predict_scores(
+        artifact.pipeline, frame.head(5), features=list(artifact.features)
+    ).shape == (5,)
+
+
+def test_an_old_dict_bundle_is_refused_with_what_to_do():
+    with pytest.raises(ModelVersionError, match=r"a dict, not a ModelArtifact\): rerun the train"):
+        check_artifact({"pipeline": None, "features": []})

@@ -1,7 +1,8 @@
 """The model artifact: one scikit-learn Pipeline (scaling + estimator) built from params.
 
-The same saved object is what evaluation loads and what a scoring service will load; it is
-stored with the feature list and the library versions that produced it.
+The saved ``ModelArtifact`` holds the Pipeline with the feature list, the train and feature
+params it was trained with and the library versions that produced it; ``load_model`` (hash
+checked against dvc.lock first) is what evaluation and the scoring service use.
 """
 
 from __future__ import annotations
@@ -9,6 +10,8 @@ from __future__ import annotations
 import importlib
 import logging
 import time
+from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -21,9 +24,11 @@ from threadpoolctl import threadpool_limits
 from xgboost import XGBClassifier
 
 from fraudlab import schema
+from fraudlab.artifacts import load_verified_pickle
 from fraudlab.errors import UserError
+from fraudlab.features import feature_names
 from fraudlab.metrics import SCORE
-from fraudlab.params import TrainParams
+from fraudlab.params import FeaturesParams, TrainParams
 from fraudlab.split import FOLD_COLUMN, ROLE_COLUMN
 
 log = logging.getLogger(__name__)
@@ -177,44 +182,53 @@ def library_versions() -> dict[str, str]:
     }
 
 
-def model_bundle(pipeline: Pipeline, features: list[str], *, params: TrainParams) -> dict:
-    """What the model file holds: the Pipeline plus what a loader needs to use it safely."""
-    return {
-        "pipeline": pipeline,
-        "features": list(features),
-        "model": params.model,
-        "params": params.model_dump(mode="json"),
-        "versions": library_versions(),
-    }
+@dataclass(frozen=True)
+class ModelArtifact:
+    """What the model file holds: the fitted Pipeline and everything a loader needs to score
+    exactly as training did, without reading today's params.yaml (which may have changed)."""
+
+    pipeline: Pipeline
+    features: tuple[str, ...]  # model input columns, in order
+    family: str  # train.model
+    train_params: dict  # params.yaml's train section as trained
+    feature_params: dict  # params.yaml's features section the features were computed with
+    versions: dict[str, str]  # libraries whose objects are pickled inside
+
+    @property
+    def features_config(self) -> FeaturesParams:
+        """The feature params the model was trained with (windows, label delay, night hour)."""
+        return FeaturesParams.model_validate(self.feature_params)
+
+
+def model_artifact(
+    pipeline: Pipeline, *, params: TrainParams, features: FeaturesParams
+) -> ModelArtifact:
+    return ModelArtifact(
+        pipeline=pipeline,
+        features=tuple(feature_names(features)),
+        family=params.model,
+        train_params=params.model_dump(mode="json"),
+        feature_params=features.model_dump(mode="json"),
+        versions=library_versions(),
+    )
 
 
 class ModelVersionError(UserError):
-    """The model file is not a model bundle, or was written by other library versions."""
+    """The model file is not a model artifact, or was written by other library versions."""
 
 
-_BUNDLE_KEYS = {"pipeline": Pipeline, "features": list, "model": str, "versions": dict}
-
-
-def check_bundle(bundle: object, *, source: str = "model file") -> dict:
-    """Refuse anything but a model bundle, and a model pickled by other library versions:
+def check_artifact(artifact: object, *, source: str = "model file") -> ModelArtifact:
+    """Refuse anything but a model artifact, and a model pickled by other library versions:
     unpickling across versions can give silently different predictions."""
-    wrong = (
-        [f"a {type(bundle).__name__}, not a dict"]
-        if not isinstance(bundle, dict)
-        else [
-            f"'{key}' {'missing' if key not in bundle else 'not a ' + kind.__name__}"
-            for key, kind in _BUNDLE_KEYS.items()
-            if not isinstance(bundle.get(key), kind)
-        ]
-    )
-    if wrong:
+    if not isinstance(artifact, ModelArtifact):
         raise ModelVersionError(
-            f"{source} is not a fraudlab model bundle ({'; '.join(wrong)}): rerun the train stage"
+            f"{source} is not a fraudlab model artifact (a {type(artifact).__name__}, not a "
+            "ModelArtifact): rerun the train stage"
         )
     installed = library_versions()
     mismatched = {
         name: (saved, installed.get(name))
-        for name, saved in bundle["versions"].items()
+        for name, saved in artifact.versions.items()
         if saved != installed.get(name)
     }
     if mismatched:
@@ -222,4 +236,10 @@ def check_bundle(bundle: object, *, source: str = "model file") -> dict:
             f"{source} was saved with other library versions (saved, installed): "
             f"{mismatched}; install requirements.lock or rerun the train stage"
         )
-    return bundle
+    return artifact
+
+
+def load_model(path: str | Path, *, lock_path: str | Path) -> ModelArtifact:
+    """The one way to load a model file: its hash is checked against dvc.lock before anything is
+    unpickled, then its type and library versions."""
+    return check_artifact(load_verified_pickle(path, lock_path=lock_path), source=str(path))

@@ -9,11 +9,10 @@ import pandas as pd
 from dvclive import Live
 
 from fraudlab import plots, schema
-from fraudlab.artifacts import load_verified_pickle
 from fraudlab.cli import run, stage_parser
 from fraudlab.io import atomic_path, read_parquet, write_parquet
 from fraudlab.metrics import SCORE, evaluation_metrics
-from fraudlab.models import check_bundle, feature_importance, score_frame
+from fraudlab.models import feature_importance, load_model, score_frame
 from fraudlab.params import EvaluateParams, load_params
 from fraudlab.split import FOLD_COLUMN
 
@@ -82,7 +81,7 @@ def _log_to_live(
 
 def evaluate(argv: list[str] | None = None) -> None:
     parser = stage_parser(__doc__)
-    parser.add_argument("model", help="fitted model bundle (joblib)")
+    parser.add_argument("model", help="fitted model artifact (joblib)")
     parser.add_argument("--test", required=True, help="test rows with features (Parquet)")
     parser.add_argument("--validation-scores", required=True, help="fold scores (Parquet)")
     parser.add_argument("--test-scores", required=True, help="test scores (Parquet)")
@@ -92,15 +91,16 @@ def evaluate(argv: list[str] | None = None) -> None:
     )
     args = parser.parse_args(argv)
     params: EvaluateParams = load_params(args.params, *SECTIONS)["evaluate"]
-    bundle = check_bundle(load_verified_pickle(args.model, lock_path=args.lock), source=args.model)
-    test = score_frame(bundle["pipeline"], read_parquet(args.test), features=bundle["features"])
+    model = load_model(args.model, lock_path=args.lock)
+    features = list(model.features)
+    test = score_frame(model.pipeline, read_parquet(args.test), features=features)
     metrics = evaluation_metrics(
         test,
         read_parquet(args.validation_scores),
         fold_column=FOLD_COLUMN,
         params=params,
     )
-    importance = feature_importance(bundle["pipeline"], bundle["features"])
+    importance = feature_importance(model.pipeline, features)
     with (
         atomic_path(args.live_dir, directory=True) as tmp,
         Live(str(tmp), dvcyaml=False, save_dvc_exp=False) as live,

@@ -9,7 +9,7 @@ import time
 from fraudlab.cli import run, stage_parser
 from fraudlab.features import feature_names
 from fraudlab.io import read_parquet, write_joblib, write_parquet
-from fraudlab.models import fit_pipeline, model_bundle, prequential_scores
+from fraudlab.models import fit_pipeline, model_artifact, prequential_scores
 from fraudlab.params import FeaturesParams, TrainParams, load_params
 
 log = logging.getLogger(__name__)
@@ -20,7 +20,7 @@ def train(argv: list[str] | None = None) -> None:
     parser = stage_parser(__doc__)
     parser.add_argument("train_rows", help="training rows with features (Parquet)")
     parser.add_argument("--folds", required=True, help="validation folds' rows (Parquet)")
-    parser.add_argument("--model", required=True, help="fitted model bundle (joblib)")
+    parser.add_argument("--model", required=True, help="fitted model artifact (joblib)")
     parser.add_argument("--validation-scores", required=True, help="fold scores (Parquet)")
     args = parser.parse_args(argv)
     loaded = load_params(args.params, *SECTIONS)
@@ -39,7 +39,7 @@ def train(argv: list[str] | None = None) -> None:
         time.perf_counter() - started,
     )
     write_parquet(scored, args.validation_scores)
-    write_joblib(model_bundle(pipeline, features, params=params), args.model)
+    write_joblib(model_artifact(pipeline, params=params, features=features_params), args.model)
 
 
 if __name__ == "__main__":
