@@ -137,8 +137,8 @@ def test_a_model_from_other_library_versions_is_refused(featured):
     params = _train_params("logistic_regression")
     artifact = model_artifact(fit_pipeline(frame, names, params=params), params=params, features=FP)
     assert check_artifact(artifact) is artifact
-    older = dataclasses.replace(artifact, versions=artifact.versions | {"scikit-learn": "0.0.1"})
-    with pytest.raises(ModelVersionError, match="scikit-learn"):
+    older = dataclasses.replace(artifact, versions=artifact.versions | {"sklearn": "0.0.1"})
+    with pytest.raises(ModelVersionError, match="sklearn"):
         check_artifact(older)
 
 

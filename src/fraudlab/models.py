@@ -42,17 +42,9 @@ PREDICTION_COLUMNS = [
     schema.TX_FRAUD,
 ]
 # Libraries whose objects are inside the pickle (fraudlab's own code is versioned by dvc.lock),
-# by the name the bundle records -> the module whose version is read. Versions come from the
-# imported module, not from the installed distribution's name, so an install of `xgboost`
-# instead of `xgboost-cpu` (the same library) compares cleanly; the recorded names stay as they
-# were, since they are part of the pickled bytes whose hash dvc.lock records.
-_VERSIONED_LIBRARIES = {
-    "scikit-learn": "sklearn",
-    "xgboost-cpu": "xgboost",
-    "numpy": "numpy",
-    "pandas": "pandas",
-    "joblib": "joblib",
-}
+# named by module: a version read from the imported module compares cleanly whichever install
+# provides it (`xgboost` or `xgboost-cpu`, the same library).
+_VERSIONED_LIBRARIES = ("sklearn", "xgboost", "numpy", "pandas", "joblib")
 
 
 def _estimator(params: TrainParams, *, scale_pos_weight: float) -> ClassifierMixin:
@@ -173,13 +165,7 @@ def feature_importance(pipeline: Pipeline, features: list[str]) -> pd.Series:
 def library_versions() -> dict[str, str]:
     # The Python version is left out on purpose: it would make the artifact's hash differ
     # between Python 3.11 and 3.12 installs of the same pinned libraries.
-    # encode/decode makes a string object of its own: pickle memoizes by identity, and
-    # scikit-learn pickles its own __version__ object, so sharing it would change the bytes
-    # (and dvc.lock's hash) of an otherwise identical model.
-    return {
-        name: importlib.import_module(module).__version__.encode().decode()
-        for name, module in _VERSIONED_LIBRARIES.items()
-    }
+    return {name: importlib.import_module(name).__version__ for name in _VERSIONED_LIBRARIES}
 
 
 @dataclass(frozen=True)
