@@ -117,6 +117,7 @@ def _evaluate_argv(root: Path) -> list[str]:
         *("--params", str(params), "--lock", str(root / "dvc.lock")),
         *("--test", str(root / "test.parquet"), "--validation-scores", str(root / "v.parquet")),
         *("--test-scores", str(out / "test.parquet"), "--live-dir", str(out / "live")),
+        *("--serving", str(out / "serving.json")),
     ]
 
 

@@ -121,6 +121,9 @@ def test_first_repro_writes_metrics_and_is_clean(repo):
     assert 0.5 < metrics["test"]["auc_roc"] <= 1
     assert set(metrics["validation"]["average_precision"]) == {"mean", "std"}
     assert (repo / "metrics/evaluate/plots/images/roc.png").stat().st_size > 1000
+    serving = json.loads((repo / "models/serving.json").read_text())
+    assert serving["model_md5"] == _output_md5(repo, "train", "models/model.joblib")
+    assert serving["threshold"] == metrics["test"]["at_threshold"]["threshold"]
     _assert_clean(repo)
 
 

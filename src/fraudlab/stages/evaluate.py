@@ -9,8 +9,9 @@ import pandas as pd
 from dvclive import Live
 
 from fraudlab import plots, schema
+from fraudlab.artifacts import file_md5
 from fraudlab.cli import run, stage_parser
-from fraudlab.io import atomic_path, read_parquet, write_parquet
+from fraudlab.io import atomic_path, read_parquet, write_json, write_parquet
 from fraudlab.metrics import SCORE, evaluation_metrics
 from fraudlab.models import feature_importance, load_model, score_frame
 from fraudlab.params import EvaluateParams, load_params
@@ -79,6 +80,16 @@ def _log_to_live(
         plots.save_png(figure, images / name)
 
 
+def serving_config(metrics: dict, *, model_md5: str, params: EvaluateParams) -> dict:
+    """The operating threshold chosen on validation, tied to the exact model it was chosen for
+    (its MD5, as dvc.lock records it): a service refuses a threshold of another model."""
+    return {
+        "model_md5": model_md5,
+        "threshold": metrics["test"]["at_threshold"]["threshold"],
+        "threshold_rule": params.threshold,
+    }
+
+
 def evaluate(argv: list[str] | None = None) -> None:
     parser = stage_parser(__doc__)
     parser.add_argument("model", help="fitted model artifact (joblib)")
@@ -86,6 +97,9 @@ def evaluate(argv: list[str] | None = None) -> None:
     parser.add_argument("--validation-scores", required=True, help="fold scores (Parquet)")
     parser.add_argument("--test-scores", required=True, help="test scores (Parquet)")
     parser.add_argument("--live-dir", required=True, help="dvclive directory: metrics and plots")
+    parser.add_argument(
+        "--serving", required=True, help="what a scoring service needs beside the model (JSON)"
+    )
     parser.add_argument(
         "--lock", default="dvc.lock", help="hashes the model must match (default: %(default)s)"
     )
@@ -107,6 +121,7 @@ def evaluate(argv: list[str] | None = None) -> None:
     ):
         _log_to_live(live, metrics=metrics, test=test, importance=importance, params=params)
     write_parquet(test, args.test_scores)
+    write_json(serving_config(metrics, model_md5=file_md5(args.model), params=params), args.serving)
     log.info(
         "threshold %.4f (by %s on validation); test: %s",
         metrics["test"]["at_threshold"]["threshold"],
