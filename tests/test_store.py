@@ -1,0 +1,149 @@
+"""The SQLite history store: a replay through it gives the batch features, writes are idempotent
+and durable through kill -9, and a key's rows are read through an index."""
+
+from __future__ import annotations
+
+import collections
+import signal
+import subprocess
+import sys
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from conftest import transactions
+from fraudlab import schema
+from fraudlab.errors import UserError
+from fraudlab.features import build_features, feature_names
+from fraudlab.store import (
+    ConflictError,
+    SQLiteHistory,
+    Transaction,
+    UnknownTransactionError,
+    features_from_store,
+    seed,
+    transactions_from_frame,
+)
+
+DAY = 86_400 * 10**9
+
+
+@pytest.fixture
+def store(tmp_path):
+    with SQLiteHistory(tmp_path / "history.db") as opened:
+        yield opened
+
+
+def test_a_replay_through_the_store_gives_every_batch_feature(
+    tmp_path, small_transactions, features_params
+):
+    """Seed the store with the days before a cut (labels known up to cut - delay), then replay
+    every later transaction in time order as a service would see it: a label arrives once the
+    clock has passed its transaction's time plus the delay, each transaction is scored from the
+    store, then stored. Every feature equals the batch's (counts exactly, means within 1e-9)."""
+    batch = build_features(small_transactions, features_params)
+    names = feature_names(features_params)
+    times = batch[schema.TX_DATETIME].to_numpy(dtype="datetime64[ns]").view(np.int64)
+    cut = times[0] + 30 * DAY
+    delay = features_params.label_delay_days * DAY
+    labels = batch[schema.TX_FRAUD].to_numpy()
+    with SQLiteHistory(tmp_path / "history.db") as store:
+        seed(store, batch[times < cut], labels_known_until=cut - delay)
+        ids = batch[schema.TRANSACTION_ID].to_numpy()
+        # rows whose label has not arrived yet, in time order (labels arrive in that order)
+        pending = collections.deque(np.flatnonzero((times < cut) & (times > cut - delay)))
+        replayed = np.flatnonzero(times >= cut)
+        online = []
+        for tx, i in zip(transactions_from_frame(batch.iloc[replayed]), replayed, strict=True):
+            due = []
+            while pending and times[pending[0]] + delay <= tx.time:
+                due.append(pending.popleft())
+            store.label((int(ids[j]), int(labels[j])) for j in due)
+            online.append(features_from_store(store, tx, params=features_params))
+            store.add([tx])
+            pending.append(i)
+    expected = batch.iloc[replayed][names].to_numpy(dtype=np.float64)
+    online = np.array(online)
+    exact = [k for k, name in enumerate(names) if "avg_amount" not in name and "risk" not in name]
+    assert len(replayed) > 1000
+    np.testing.assert_array_equal(online[:, exact], expected[:, exact])
+    np.testing.assert_allclose(online, expected, rtol=0, atol=1e-9)
+
+
+def _tx(tx_id: int, amount: float = 10.0, customer: int | str = 1) -> Transaction:
+    return Transaction(tx_id, 1_000 * DAY + tx_id, customer, 7, amount)
+
+
+def test_the_same_transaction_twice_is_accepted_and_stored_once(store):
+    assert store.add([_tx(1), _tx(2)]) == [True, True]
+    assert store.add([_tx(1)]) == [False]
+    assert store.count() == 2
+
+
+def test_a_conflicting_id_stores_nothing_of_its_batch(store):
+    store.add([_tx(1)])
+    with pytest.raises(ConflictError, match="transaction_id 1 is already stored with other"):
+        store.add([_tx(2), _tx(1, amount=99.0)])
+    assert store.count() == 1  # transaction 2 was rolled back with the batch
+
+
+def test_labels_need_a_known_transaction_and_a_0_or_1(store):
+    store.add([_tx(1)])
+    with pytest.raises(UnknownTransactionError, match="no stored transaction 5"):
+        store.label([(1, 1), (5, 0)])
+    with pytest.raises(UserError, match="tx_fraud 2 is not 0/1"):
+        store.label([(1, 2)])
+    assert store.terminal_rows(7, after=0, until=2_000 * DAY).values.tolist() == [0.0]
+    store.label([(1, 1)])
+    assert store.terminal_rows(7, after=0, until=2_000 * DAY).values.tolist() == [1.0]
+
+
+def test_text_ids_and_integer_ids_are_kept_apart(store):
+    store.add([_tx(1, customer=7), _tx(2, customer="7")])
+    assert store.customer_rows(7, after=0, until=2_000 * DAY).ids.tolist() == [1]
+    assert store.customer_rows("7", after=0, until=2_000 * DAY).ids.tolist() == [2]
+
+
+def test_rows_of_one_key_are_read_through_an_index(store):
+    for column in ("customer_id", "terminal_id"):
+        plan = store.query_plan(column)
+        assert "SEARCH history USING INDEX" in plan, plan
+        assert "SCAN" not in plan
+
+
+def test_pruning_drops_only_rows_older_than_the_windows(store):
+    frame = transactions(
+        [(1, "2018-04-01 10:00", 1, 1, 1.0, 0), (2, "2018-05-01 10:00", 1, 1, 2.0, 0)]
+    )
+    seed(store, frame, labels_known_until=None)
+    assert store.prune(before=pd.Timestamp("2018-04-15").value) == 1
+    assert store.customer_rows(1, after=0, until=pd.Timestamp("2019-01-01").value).ids.tolist() == [
+        2
+    ]
+
+
+WRITER = """
+import sys
+from fraudlab.store import SQLiteHistory, Transaction
+store = SQLiteHistory(sys.argv[1])
+for i in range(1, 100_000):
+    store.add([Transaction(i, i, i % 13, i % 7, float(i))])
+    print(i, flush=True)
+"""
+
+
+def test_every_acknowledged_write_survives_kill_9(tmp_path):
+    path = tmp_path / "history.db"
+    writer = subprocess.Popen(
+        [sys.executable, "-c", WRITER, str(path)], stdout=subprocess.PIPE, text=True
+    )
+    acknowledged = [int(writer.stdout.readline()) for _ in range(300)]
+    writer.send_signal(signal.SIGKILL)
+    writer.wait(timeout=30)
+    with SQLiteHistory(path) as reopened:
+        stored = reopened.count()
+        ids = reopened.customer_rows(0, after=-1, until=10**6).ids.tolist()
+        assert stored >= len(acknowledged)  # the last write may have landed unacknowledged
+        assert ids == [i for i in range(1, stored + 1) if i % 13 == 0]  # each once, in order
+        assert reopened.add([Transaction(10**6, 10**6, 0, 0, 1.0)]) == [True]  # and continues
