@@ -70,3 +70,29 @@ def test_the_pull_request_workflow_runs_the_tested_script():
     runs = [step.get("run", "") for job in workflow["jobs"].values() for step in job["steps"]]
     assert any("bash .github/scripts/pull-request-report.sh" in run for run in runs)
     assert not any("fraudlab.report" in run or "plots diff" in run for run in runs)
+
+
+def test_dvc_lock_records_the_committed_code_and_params():
+    """dvc.lock must be up to date in every commit: a code or params change committed without
+    `dvc repro` makes a fresh clone rerun stages and change dvc.lock (the full-size
+    reproducibility check would fail). Code and params need no data to compare."""
+    import hashlib
+
+    from ruamel.yaml import YAML
+
+    # YAML 1.2, as DVC reads and writes these files (PyYAML would read its unquoted `yes` as True)
+    yaml = YAML(typ="safe", pure=True)
+    lock = yaml.load((ROOT / "dvc.lock").read_text())
+    params = yaml.load((ROOT / "params.yaml").read_text())
+    stale = []
+    for name, stage in lock["stages"].items():
+        for dep in stage.get("deps", []):
+            path = ROOT / dep["path"]
+            if dep["path"].startswith("src/") and (
+                not path.is_file() or hashlib.md5(path.read_bytes()).hexdigest() != dep["md5"]
+            ):
+                stale.append(f"{name}: {dep['path']}")
+        for section, value in stage.get("params", {}).get("params.yaml", {}).items():
+            if params.get(section) != value:
+                stale.append(f"{name}: params {section}")
+    assert not stale, f"dvc.lock is stale (run dvc repro and commit it): {stale}"
