@@ -19,19 +19,10 @@ import numpy as np
 import pandas as pd
 
 from fraudlab import schema
-from fraudlab.features import History, feature_names, transaction_features
+from fraudlab.features import feature_names, histories, transaction_features
 from fraudlab.params import load_params
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def _histories(frame: pd.DataFrame, column: str, values: np.ndarray) -> dict:
-    times = frame[schema.TX_DATETIME].to_numpy(dtype="datetime64[ns]").view(np.int64)
-    ids = frame[schema.TRANSACTION_ID].to_numpy()
-    return {
-        key: History(times[rows], ids[rows], values[rows])
-        for key, rows in frame.groupby(column, sort=False).indices.items()
-    }
 
 
 def main() -> None:
@@ -41,8 +32,8 @@ def main() -> None:
     loaded = load_params(ROOT / "params.yaml", "features", "split")
     params, split = loaded["features"], loaded["split"]
     batch = pd.read_parquet(ROOT / "data" / "features" / "transactions.parquet")
-    customers = _histories(batch, schema.CUSTOMER_ID, batch[schema.TX_AMOUNT].to_numpy())
-    terminals = _histories(batch, schema.TERMINAL_ID, batch[schema.TX_FRAUD].to_numpy())
+    customers = histories(batch, schema.CUSTOMER_ID, batch[schema.TX_AMOUNT].to_numpy())
+    terminals = histories(batch, schema.TERMINAL_ID, batch[schema.TX_FRAUD].to_numpy())
     test_start = pd.Timestamp(split.train_start) + pd.Timedelta(
         days=split.train_days + params.label_delay_days
     )

@@ -9,9 +9,9 @@ import pytest
 from conftest import transactions
 from fraudlab import schema
 from fraudlab.features import (
-    History,
     build_features,
     feature_names,
+    histories,
     online_features,
     transaction_features,
 )
@@ -204,14 +204,8 @@ def test_every_transaction_scored_online_equals_batch(small_transactions, featur
     times = history["tx_datetime"].to_numpy(dtype="datetime64[ns]").view(np.int64)
     ids = history["transaction_id"].to_numpy()
     by = {
-        column: {
-            key: History(times[rows], ids[rows], values[rows])
-            for key, rows in history.groupby(column, sort=False).indices.items()
-        }
-        for column, values in (
-            ("customer_id", history["tx_amount"].to_numpy()),
-            ("terminal_id", history["tx_fraud"].to_numpy()),
-        )
+        "customer_id": histories(history, "customer_id", history["tx_amount"].to_numpy()),
+        "terminal_id": histories(history, "terminal_id", history["tx_fraud"].to_numpy()),
     }
     online = np.array(
         [

@@ -30,7 +30,6 @@ class LockedOutput:
     stage: str
     path: str  # relative to the directory of dvc.lock, as DVC writes it
     md5: str  # a directory's ends in ".dir"
-    size: int | None
     cached: bool  # False for outputs declared ``cache: false`` (metrics in Git)
 
 
@@ -49,7 +48,6 @@ def _outputs_of(stage: str, entries: list[dict], declared: dict[str, bool]) -> l
             stage=stage,
             path=entry["path"],
             md5=entry["md5"],
-            size=entry.get("size"),
             cached=declared.get(entry["path"], True),
         )
         for entry in entries
@@ -126,7 +124,8 @@ def load_verified_pickle(path: str | Path, *, lock_path: str | Path) -> Any:
     verify_file(path, lock_path=lock_path)
     try:
         return joblib.load(path)
-    except Exception as exc:  # noqa: BLE001: any unpickling failure means the same to the user
+    # any unpickling failure means the same to the user: the file is not a model
+    except Exception as exc:
         raise IntegrityError(
             f"{path}: not a loadable model file ({type(exc).__name__}: {exc}); "
             "rerun the stage that writes it"

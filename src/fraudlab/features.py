@@ -293,8 +293,9 @@ def transaction_features(
     )
 
 
-def _histories(frame: pd.DataFrame, column: str, values: np.ndarray) -> dict:
-    """Each group's History from a frame sorted by (time, id)."""
+def histories(frame: pd.DataFrame, column: str, values: np.ndarray) -> dict:
+    """Each group's History (``values`` aligned with the rows) from a frame sorted by
+    (time, id)."""
     times = frame[schema.TX_DATETIME].to_numpy(dtype="datetime64[ns]").view(np.int64)
     ids = frame[schema.TRANSACTION_ID].to_numpy(dtype=np.int64)
     return {
@@ -318,8 +319,8 @@ def online_features(
         else np.zeros(len(combined), dtype=np.int64)
     )
     amounts = combined[schema.TX_AMOUNT].to_numpy(dtype=np.float64)
-    customers = _histories(combined, schema.CUSTOMER_ID, amounts)
-    terminals = _histories(combined, schema.TERMINAL_ID, labels)
+    customers = histories(combined, schema.CUSTOMER_ID, amounts)
+    terminals = histories(combined, schema.TERMINAL_ID, labels)
     new = transaction.sort_values(schema.SORT_KEYS, kind="stable", ignore_index=True)
     columns = zip(
         new[schema.TX_DATETIME].to_numpy(dtype="datetime64[ns]").view(np.int64),

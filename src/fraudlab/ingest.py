@@ -242,6 +242,10 @@ def _parse_label(values: pd.Series, params: SourceParams) -> pd.Series:
 
 
 _ID_COLUMNS = (schema.TRANSACTION_ID, schema.CUSTOMER_ID, schema.TERMINAL_ID)
+# Reasons a value could not be read as its type; the contract (validate) uses them too.
+NOT_AN_INTEGER = "not an integer"
+LEADING_ZEROS = "with leading zeros"
+NON_FINITE_AMOUNT = "non-finite tx_amount"
 _INT64 = np.iinfo(np.int64)
 _EXACT_FLOAT_LIMIT = 2.0**53  # above it a float64 cannot hold every integer
 _SAFE_DIGITS = 18  # any number of up to 18 digits fits int64
@@ -274,14 +278,12 @@ def _integer_from_text(values: pd.Series, column: str) -> tuple[pd.Series, dict[
     parsed[readable], fits[readable] = _text_to_int64(text[readable])
     ok = readable & fits
     problems = {
-        f"{column} not an integer": present & ~integer,
+        f"{column} {NOT_AN_INTEGER}": present & ~integer,
         # "007" and "7" would become one id: never merge ids silently
-        f"{column} with leading zeros": padded,
+        f"{column} {LEADING_ZEROS}": padded,
         f"{column} outside the int64 range": readable & ~fits,
     }
-    return pd.Series(pd.array(np.where(ok, parsed, 0), dtype="Int64"), index=values.index).where(
-        ok
-    ), problems
+    return pd.Series(pd.array(parsed, dtype="Int64"), index=values.index).where(ok), problems
 
 
 def _parse_integer_id(values: pd.Series, column: str) -> tuple[pd.Series, dict[str, np.ndarray]]:
@@ -289,7 +291,7 @@ def _parse_integer_id(values: pd.Series, column: str) -> tuple[pd.Series, dict[s
     an unsigned or float column is checked for values int64 or float64 cannot hold exactly."""
     if pd.api.types.is_bool_dtype(values):
         return values.astype("Int64").where(False), {
-            f"{column} not an integer": values.notna().to_numpy()
+            f"{column} {NOT_AN_INTEGER}": values.notna().to_numpy()
         }
     if pd.api.types.is_integer_dtype(values):
         unsigned = pd.api.types.is_unsigned_integer_dtype(values)
@@ -320,7 +322,7 @@ def _parse_amount(values: pd.Series) -> tuple[pd.Series, dict[str, np.ndarray]]:
         return numbers, {}
     text = values.astype("string").str.strip().str.lower()
     written_nan = text.isin(["nan", "+nan", "-nan"]).fillna(False).to_numpy(dtype=bool)
-    return numbers, {"non-finite tx_amount": written_nan}
+    return numbers, {NON_FINITE_AMOUNT: written_nan}
 
 
 def _parse_text_id(values: pd.Series, column: str) -> tuple[pd.Series, dict[str, np.ndarray]]:

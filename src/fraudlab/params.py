@@ -241,17 +241,20 @@ def parse_section(name: str, raw: object) -> _Section:
         ) from None
 
 
-def _check_all(raw: dict, path: str | Path) -> None:
-    """Every section in the file valid, and no unknown section: one error listing them all."""
+def _parse_all(raw: dict, path: str | Path) -> dict[str, _Section]:
+    """Every section in the file, validated; unknown sections and every bad key of every
+    section in one error."""
     problems = [f"unknown section '{name}'" for name in raw if name not in SECTIONS]
+    parsed = {}
     for name, value in raw.items():
         if name in SECTIONS:
             try:
-                SECTIONS[name].model_validate(value)
+                parsed[name] = SECTIONS[name].model_validate(value)
             except ValidationError as exc:
                 problems += _problems(name, exc)
     if problems:
         raise ParamsError(f"{path}: invalid params: " + "; ".join(problems))
+    return parsed
 
 
 def load_params(path: str | Path, *sections: str) -> dict[str, _Section]:
@@ -262,5 +265,5 @@ def load_params(path: str | Path, *sections: str) -> dict[str, _Section]:
     missing = [s for s in sections if s not in raw]
     if missing:
         raise ParamsError(f"{path}: missing params section(s): {', '.join(missing)}")
-    _check_all(raw, path)
-    return {name: parse_section(name, raw[name]) for name in sections}
+    parsed = _parse_all(raw, path)
+    return {name: parsed[name] for name in sections}

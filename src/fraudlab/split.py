@@ -88,14 +88,12 @@ def train_test_split(
             f"no transactions in the {test_part} period{of}: {test_days} days from "
             f"{train_start + dt.timedelta(days=test_begin)}; {covered}"
         )
-    known = _known_compromised(frame, day=day, delay_days=delay_days)
-    keep_test = in_test & ~known
+    keep_test = in_test & ~_known_compromised(frame, day=day, delay_days=delay_days)
     if not keep_test.any():
         raise SplitError(
             f"no transactions left in the {test_part} period{of} ({test_period}): all "
-            f"{int(in_test.sum())} "
-            "belong to cards already known to be compromised; move split.train_start or "
-            "lengthen split.test_days"
+            f"{int(in_test.sum())} belong to cards already known to be compromised; move "
+            "split.train_start or lengthen split.test_days"
         )
     train = frame.loc[in_train].reset_index(drop=True)
     test = frame.loc[keep_test].reset_index(drop=True)

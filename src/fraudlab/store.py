@@ -28,8 +28,6 @@ from fraudlab.errors import UserError
 from fraudlab.features import History, history_needed, transaction_features
 from fraudlab.params import FeaturesParams
 
-_NS_PER_DAY = 86_400 * 10**9
-
 
 @dataclass(frozen=True)
 class Transaction:
@@ -244,7 +242,7 @@ def features_from_store(
     """One transaction's features (``feature_names`` order) from the rows its windows need:
     its customer's last days and its terminal's rows up to the label delay."""
     customer_span, terminal_span = (span.value for span in history_needed(params))
-    delay = params.label_delay_days * _NS_PER_DAY
+    delay = pd.Timedelta(days=params.label_delay_days).value
     return transaction_features(
         time=transaction.time,
         transaction_id=transaction.transaction_id,

@@ -19,7 +19,15 @@ from pandera.errors import SchemaErrors
 
 from fraudlab import schema
 from fraudlab.errors import DataContractError
-from fraudlab.ingest import Parsed, map_columns, parse_columns, require_canonical
+from fraudlab.ingest import (
+    LEADING_ZEROS,
+    NON_FINITE_AMOUNT,
+    NOT_AN_INTEGER,
+    Parsed,
+    map_columns,
+    parse_columns,
+    require_canonical,
+)
 from fraudlab.params import SourceParams, ValidateParams
 
 log = logging.getLogger(__name__)
@@ -65,7 +73,7 @@ def _value_checks(params: ValidateParams) -> dict[str, list[tuple[str, pa.Check]
         schema.TX_AMOUNT: [
             ("negative tx_amount", pa.Check.ge(0)),
             # inf, -inf and 1e999 parse as floats and would flow into the average amounts
-            ("non-finite tx_amount", pa.Check(np.isfinite, name="finite")),
+            (NON_FINITE_AMOUNT, pa.Check(np.isfinite, name="finite")),
         ],
         schema.TX_FRAUD: [("tx_fraud not 0/1", pa.Check.isin([0, 1]))],
     }
@@ -222,7 +230,7 @@ def _hints(violations: dict[str, Violation], params: ValidateParams) -> str:
             v.column
             for rule, v in violations.items()
             if v.column in (schema.CUSTOMER_ID, schema.TERMINAL_ID)
-            and rule.endswith(("not an integer", "with leading zeros"))
+            and rule.endswith((NOT_AN_INTEGER, LEADING_ZEROS))
         }
     )
     if text_like:

@@ -74,7 +74,6 @@ def dvc_file_outputs(root: Path) -> list[LockedOutput]:
                         stage=name,
                         path=path,
                         md5=out["md5"],
-                        size=out.get("size"),
                         cached=out.get("cache", True),
                     )
                 )
@@ -129,14 +128,11 @@ def plan(outputs: list[LockedOutput], *, root: Path, cache: Path) -> list[Check]
     return list(unique.values())
 
 
-def _inspect(check: Check) -> Finding:
-    if check.path.is_dir():
-        actual = directory_md5(check.path)
-    elif check.path.is_file():
-        actual = file_md5(check.path)
-    else:
-        return Finding(check, "missing")
-    return Finding(check, "ok" if actual == check.md5 else "damaged", actual)
+def _digest(path: Path) -> str | None:
+    """The MD5 DVC records for a file or a directory; None when there is nothing there."""
+    if path.is_dir():
+        return directory_md5(path)
+    return file_md5(path) if path.is_file() else None
 
 
 def _same_file_key(path: Path) -> tuple[int, int] | None:
@@ -155,14 +151,16 @@ def verify(checks: list[Check], *, jobs: int) -> list[Finding]:
         by_inode.setdefault(key if key is not None else (id(check), -1), []).append(check)
     # hashlib releases the GIL on large buffers, so threads use every core.
     with ThreadPoolExecutor(max_workers=jobs) as pool:
-        firsts = list(pool.map(_inspect, [group[0] for group in by_inode.values()]))
-    findings = []
-    for first, group in zip(firsts, by_inode.values(), strict=True):
-        for check in group:
-            same = first.actual == check.md5
-            status = first.status if first.status == "missing" else ("ok" if same else "damaged")
-            findings.append(Finding(check, status, first.actual))
-    return findings
+        digests = list(pool.map(_digest, [group[0].path for group in by_inode.values()]))
+    return [
+        Finding(
+            check,
+            "missing" if digest is None else "ok" if digest == check.md5 else "damaged",
+            digest,
+        )
+        for digest, group in zip(digests, by_inode.values(), strict=True)
+        for check in group
+    ]
 
 
 def tree_size(path: Path) -> int:
