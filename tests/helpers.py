@@ -2,9 +2,17 @@
 
 from __future__ import annotations
 
+import contextlib
+import http.client
+import json
 import logging
 import os
+import re
 import signal
+import subprocess
+import sys
+import threading
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -35,3 +43,117 @@ class Payload:
 
     def __reduce__(self):
         return (os.system, (f"touch '{self.marker}'",))
+
+
+class Server:
+    """A real ``fraudlab serve`` process on 127.0.0.1 (an ephemeral port), spoken to over HTTP."""
+
+    def __init__(self, args: list[str], *, env: dict[str, str] | None = None, cwd=None) -> None:
+        self.args = args
+        self.env = {**os.environ, **(env or {})}
+        self.cwd = cwd
+        self.process: subprocess.Popen | None = None
+        self.url = ""
+        self.log: list[str] = []
+
+    def start(self, *, timeout: float = 120) -> Server:
+        self.process = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "fraudlab.serve",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                "0",
+                *self.args,
+            ],
+            stderr=subprocess.PIPE,
+            stdout=subprocess.DEVNULL,
+            text=True,
+            env=self.env,
+            cwd=self.cwd,
+        )
+        deadline = time.monotonic() + timeout
+        for line in self.process.stderr:
+            self.log.append(line)
+            if match := re.search(r"listening on (http://\S+)", line):
+                self.url = match[1]
+                break
+        else:
+            raise RuntimeError(f"the server did not start: {''.join(self.log)}")
+        threading.Thread(target=self._drain, daemon=True).start()
+        while time.monotonic() < deadline:
+            with contextlib.suppress(OSError):
+                if self.request("GET", "/readyz")[0] == 200:
+                    return self
+            if self.process.poll() is not None:
+                raise RuntimeError(f"the server exited: {''.join(self.log)}")
+            time.sleep(0.1)
+        raise RuntimeError(f"the server never became ready: {''.join(self.log)}")
+
+    def _drain(self) -> None:
+        for line in self.process.stderr:
+            self.log.append(line)
+
+    def request(
+        self,
+        method: str,
+        path: str,
+        body: object = None,
+        *,
+        key: str | None = None,
+        raw: bytes | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> tuple[int, dict | str]:
+        """(status, JSON body or text) of one request on a new connection."""
+        host, port = self.url.removeprefix("http://").split(":")
+        connection = http.client.HTTPConnection(host, int(port), timeout=60)
+        sent = {"Content-Type": "application/json"} if body is not None or raw is not None else {}
+        if key is not None:
+            sent["Authorization"] = f"Bearer {key}"
+        sent.update(headers or {})
+        data = raw if raw is not None else (None if body is None else json.dumps(body).encode())
+        try:
+            connection.request(method, path, body=data, headers=sent)
+            response = connection.getresponse()
+            text = response.read().decode()
+        finally:
+            connection.close()
+        try:
+            return response.status, json.loads(text)
+        except ValueError:
+            return response.status, text
+
+    def stop(self) -> None:
+        if self.process and self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+
+    def kill(self) -> None:
+        self.process.send_signal(signal.SIGKILL)
+        self.process.wait(timeout=30)
+
+    def __enter__(self) -> Server:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+def refused_start(args: list[str], *, env: dict[str, str] | None = None, cwd=None):
+    """The exit status and log of a ``fraudlab serve`` that must stop before listening."""
+    done = subprocess.run(
+        [sys.executable, "-m", "fraudlab.serve", "--host", "127.0.0.1", "--port", "0", *args],
+        capture_output=True,
+        text=True,
+        env={**os.environ, **(env or {})},
+        cwd=cwd,
+        timeout=300,
+        check=False,
+    )
+    return done.returncode, done.stderr

@@ -17,7 +17,7 @@ rows, so they run unchanged per partition of a frame split by customer or by ter
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import NamedTuple
 
 import numpy as np
@@ -57,10 +57,10 @@ def feature_names(params: FeaturesParams) -> list[str]:
     ]
 
 
-def _window_bounds(groups: np.ndarray, times: np.ndarray) -> Callable[[int], np.ndarray]:
-    """Rows are sorted by (group, time). Return ``at_or_before(offset)`` giving, for each row i,
-    the number of rows with (group, time) <= (groups[i], times[i] - offset): the index of the
-    first row after that point.
+def _window_bounds(groups: np.ndarray, times: np.ndarray) -> Callable[..., np.ndarray]:
+    """Rows are sorted by (group, time). Return ``at_or_before(offset, rows=None)`` giving, for
+    each row i (of ``rows``, default all), the number of rows with
+    (group, time) <= (groups[i], times[i] - offset): the index of the first row after that point.
 
     Times are replaced by their rank among the distinct times, which makes
     ``group * stride + rank`` one sorted int64 key: exact for any times, and every lookup is a
@@ -83,8 +83,12 @@ def _window_bounds(groups: np.ndarray, times: np.ndarray) -> Callable[[int], np.
 
     row_keys = keys(0)
 
-    def at_or_before(offset: int) -> np.ndarray:
-        return np.searchsorted(row_keys, keys(offset), side="right")
+    def at_or_before(offset: int, rows: np.ndarray | None = None) -> np.ndarray:
+        if rows is None:
+            return np.searchsorted(row_keys, keys(offset), side="right")
+        # only the rows asked for (the online scorer's new transactions among stored ones)
+        ranks = np.searchsorted(distinct, times[rows] - offset, side="right")
+        return np.searchsorted(row_keys, groups[rows] * stride + ranks, side="right")
 
     return at_or_before
 
@@ -104,13 +108,15 @@ def customer_windows(
     amounts: np.ndarray,
     windows_days: list[int],
     cumulative: np.ndarray | None = None,
+    rows: np.ndarray | None = None,
 ) -> dict[str, np.ndarray]:
     """Count and mean amount over (t - n, t], current row included. Inputs sorted by
-    (group, time, transaction_id); outputs aligned with the inputs. ``cumulative`` (running sums
-    of ``amounts`` restarting at each group) may be given by a caller holding one group's few
-    rows, where pandas' grouped (compensated) sum costs far more than the arithmetic."""
-    position = np.arange(len(groups))
-    starts = _group_starts(groups)
+    (group, time, transaction_id); outputs aligned with the inputs, or with ``rows`` (positions)
+    when given: the online scorer asks for its new rows only. ``cumulative`` (running sums of
+    ``amounts`` restarting at each group) may be given by a caller holding one group's few rows,
+    where pandas' grouped (compensated) sum costs far more than the arithmetic."""
+    position = np.arange(len(groups)) if rows is None else rows
+    starts = _group_starts(groups)[position]
     at_or_before = _window_bounds(groups, times)
     if cumulative is None:
         # Restarting at each group makes a group's result depend on its rows alone.
@@ -118,11 +124,11 @@ def customer_windows(
     names = customer_feature_names(windows_days)
     out = {}
     for n, count_name, mean_name in zip(windows_days, names[::2], names[1::2], strict=True):
-        first = at_or_before(n * _NS_PER_DAY)
+        first = at_or_before(n * _NS_PER_DAY, rows)
         before_window = np.where(first > starts, cumulative[np.maximum(first - 1, 0)], 0.0)
         count = position - first + 1
         out[count_name] = count
-        out[mean_name] = (cumulative - before_window) / count
+        out[mean_name] = (cumulative[position] - before_window) / count
     return out
 
 
@@ -133,17 +139,19 @@ def terminal_windows(
     labels: np.ndarray,
     windows_days: list[int],
     delay_days: int,
+    rows: np.ndarray | None = None,
 ) -> dict[str, np.ndarray]:
     """Count and fraud rate over (t - d - n, t - d]; rate 0 for an empty window. Inputs sorted by
-    (group, time, transaction_id); outputs aligned with the inputs."""
+    (group, time, transaction_id); outputs aligned with the inputs, or with ``rows`` when
+    given."""
     at_or_before = _window_bounds(groups, times)
     delay = delay_days * _NS_PER_DAY
-    end = at_or_before(delay)
+    end = at_or_before(delay, rows)
     frauds_before = np.concatenate([[0], np.cumsum(labels, dtype=np.int64)])
     names = terminal_feature_names(windows_days)
     out = {}
     for n, count_name, risk_name in zip(windows_days, names[::2], names[1::2], strict=True):
-        begin = at_or_before(delay + n * _NS_PER_DAY)
+        begin = at_or_before(delay + n * _NS_PER_DAY, rows)
         count = end - begin
         frauds = frauds_before[end] - frauds_before[begin]
         out[count_name] = count
@@ -241,9 +249,130 @@ def _before(rows: History, time: int, transaction_id: int) -> History:
     return History(rows.times[:end], rows.ids[:end], rows.values[:end])
 
 
-def _weekday_and_hour(time: int) -> tuple[int, int]:
-    days, rest = divmod(time, _NS_PER_DAY)
-    return (days + 3) % 7, rest // (3600 * 10**9)  # 1970-01-01 was a Thursday (Monday = 0)
+class NewRows(NamedTuple):
+    """Transactions to score online, not yet in the stored histories."""
+
+    times: np.ndarray  # int64 nanoseconds, naive UTC
+    ids: np.ndarray  # int64 transaction ids
+    amounts: np.ndarray  # float64
+    customers: list  # customer id per row
+    terminals: list  # terminal id per row
+
+
+def _calendar(times: np.ndarray, night_end_hour: int) -> tuple[np.ndarray, np.ndarray]:
+    days, rest = np.divmod(times, _NS_PER_DAY)
+    weekday = (days + 3) % 7  # 1970-01-01 was a Thursday (Monday = 0)
+    return weekday >= _SATURDAY, rest // (3600 * 10**9) <= night_end_hour
+
+
+class Merged(NamedTuple):
+    """Stored rows of some groups merged with new rows, as the kernels take them: sorted by
+    (group, time, id); ``rows`` are the new rows' positions, in the order they were given."""
+
+    keys: list  # the group ids, by group code
+    groups: np.ndarray
+    times: np.ndarray
+    ids: np.ndarray
+    values: np.ndarray
+    rows: np.ndarray
+
+    def histories(self) -> dict:
+        """Each group's rows after the merge (views, no copies)."""
+        bounds = np.searchsorted(self.groups, np.arange(1, len(self.keys)))
+        return {
+            key: History(times, ids, values)
+            for key, times, ids, values in zip(
+                self.keys,
+                np.split(self.times, bounds),
+                np.split(self.ids, bounds),
+                np.split(self.values, bounds),
+                strict=True,
+            )
+        }
+
+
+def _is_sorted(groups: np.ndarray, times: np.ndarray, ids: np.ndarray) -> bool:
+    """Whether rows are in (group, time, id) order."""
+    g, t, i = np.diff(groups), np.diff(times), np.diff(ids)
+    return bool(np.all((g > 0) | ((g == 0) & ((t > 0) | ((t == 0) & (i > 0))))))
+
+
+def _merged(keys: list, new: History, stored: Mapping) -> Merged:
+    distinct = list(dict.fromkeys(keys))
+    code = {key: i for i, key in enumerate(distinct)}
+    new_groups = np.fromiter((code[key] for key in keys), dtype=np.int64, count=len(keys))
+    # each group's stored rows, then its new rows: already in order unless a new row arrived
+    # late (before a stored one), which the sort below then fixes
+    by_group = np.lexsort((new.ids, new.times, new_groups))
+    new_bounds = np.searchsorted(new_groups[by_group], np.arange(len(distinct) + 1))
+    empty = History(np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0, new.values.dtype))
+    parts = [stored.get(key) or empty for key in distinct]
+    lengths = np.array([len(part.times) for part in parts], dtype=np.int64) + np.diff(new_bounds)
+    pieces = [
+        [field[by_group[new_bounds[i] : new_bounds[i + 1]]] for field in new]
+        for i in range(len(distinct))
+    ]
+    times, ids, values = (
+        np.concatenate(
+            [a for part, piece in zip(parts, pieces, strict=True) for a in (part[f], piece[f])]
+        )
+        for f in range(3)
+    )
+    groups = np.repeat(np.arange(len(distinct), dtype=np.int64), lengths)
+    is_new = np.repeat(
+        np.tile(np.array([False, True]), len(distinct)),
+        np.column_stack([lengths - np.diff(new_bounds), np.diff(new_bounds)]).ravel(),
+    )
+    if not _is_sorted(groups, times, ids):
+        order = np.lexsort((ids, times, groups))
+        times, ids, values, is_new = times[order], ids[order], values[order], is_new[order]
+    # the new rows appear in merged order as ``by_group`` lists them (their ids are distinct)
+    rows = np.empty(len(keys), dtype=np.int64)
+    rows[by_group] = np.flatnonzero(is_new)
+    return Merged(distinct, groups, times, ids, values, rows)
+
+
+class OnlineFeatures(NamedTuple):
+    matrix: np.ndarray  # one row per new transaction, columns in ``feature_names`` order
+    customers: Merged  # the customers' stored rows with the new ones (amounts)
+    terminals: Merged  # the terminals' stored rows with the new ones (labels; 0 for new)
+
+
+def online_feature_matrix(
+    new: NewRows, *, customers: Mapping, terminals: Mapping, params: FeaturesParams
+) -> OnlineFeatures:
+    """Features of transactions not yet stored (rows in ``new``'s order), from their customers'
+    and terminals' stored rows (``History`` by id; rows after a new one in (time, id) order are
+    ignored, as the batch ignores the future). The new rows see each other in (time, id) order,
+    as if scored one by one. The batch kernels run on just these groups' rows and report only
+    the new rows."""
+    weekend, night = _calendar(new.times, params.night_end_hour)
+    by_customer = _merged(new.customers, History(new.times, new.ids, new.amounts), customers)
+    customer_values = customer_windows(
+        by_customer.groups,
+        by_customer.times,
+        amounts=by_customer.values,
+        windows_days=params.customer_windows_days,
+        # one group: a plain running sum (it differs from the batch's compensated sum by far
+        # less than 1e-9, which the parity tests bound)
+        cumulative=np.cumsum(by_customer.values) if len(by_customer.keys) == 1 else None,
+        rows=by_customer.rows,
+    )
+    # a new transaction's own label never enters its windows: 0 is a placeholder
+    unlabelled = np.zeros(len(new.ids), dtype=np.int64)
+    by_terminal = _merged(new.terminals, History(new.times, new.ids, unlabelled), terminals)
+    terminal_values = terminal_windows(
+        by_terminal.groups,
+        by_terminal.times,
+        labels=by_terminal.values.astype(np.int64, copy=False),
+        windows_days=params.terminal_windows_days,
+        delay_days=params.label_delay_days,
+        rows=by_terminal.rows,
+    )
+    matrix = np.column_stack(
+        [new.amounts, weekend, night, *customer_values.values(), *terminal_values.values()]
+    ).astype(np.float64)
+    return OnlineFeatures(matrix, by_customer, by_terminal)
 
 
 def transaction_features(
@@ -256,41 +385,21 @@ def transaction_features(
     params: FeaturesParams,
 ) -> np.ndarray:
     """One transaction's features, in ``feature_names`` order, from its customer's and its
-    terminal's stored rows (any rows at or after it are ignored), with the batch kernels run on
-    those few rows: what `build_features` gives the same row, without a frame in sight."""
-    weekday, hour = _weekday_and_hour(time)
-    past = _before(customer, time, transaction_id)
-    times = np.append(past.times, np.int64(time))
-    amounts = np.append(past.values, amount).astype(np.float64)
-    customer_values = customer_windows(
-        np.zeros(len(times), dtype=np.int64),
-        times,
-        amounts=amounts,
-        windows_days=params.customer_windows_days,
-        # one group: a plain running sum (it differs from the batch's compensated sum by far
-        # less than 1e-9, which the parity tests bound)
-        cumulative=np.cumsum(amounts),
+    terminal's stored rows (the transaction itself and any rows after it are ignored):
+    what `build_features` gives the same row, without a frame in sight."""
+    new = NewRows(
+        np.array([time], dtype=np.int64),
+        np.array([transaction_id], dtype=np.int64),
+        np.array([amount], dtype=np.float64),
+        [0],
+        [0],
     )
-    past = _before(terminal, time, transaction_id)
-    times = np.append(past.times, np.int64(time))
-    terminal_values = terminal_windows(
-        np.zeros(len(times), dtype=np.int64),
-        times,
-        # the transaction's own label never enters its windows: 0 is a placeholder
-        labels=np.append(past.values, 0).astype(np.int64),
-        windows_days=params.terminal_windows_days,
-        delay_days=params.label_delay_days,
-    )
-    return np.array(
-        [
-            amount,
-            weekday >= _SATURDAY,
-            hour <= params.night_end_hour,
-            *(values[-1] for values in customer_values.values()),
-            *(values[-1] for values in terminal_values.values()),
-        ],
-        dtype=np.float64,
-    )
+    return online_feature_matrix(
+        new,
+        customers={0: _before(customer, time, transaction_id)},
+        terminals={0: _before(terminal, time, transaction_id)},
+        params=params,
+    ).matrix[0]
 
 
 def histories(frame: pd.DataFrame, column: str, values: np.ndarray) -> dict:

@@ -1,24 +1,33 @@
 """The scoring service's history: the rows the online feature windows read, in an embedded SQLite
 database behind a small interface (``HistoryStore``), so a networked store can replace it.
 
-* A write is durable once the call returns: WAL journal with ``synchronous=FULL`` (a ``kill -9``
-  or a power cut loses nothing acknowledged), one transaction per call.
-* Several processes may share the file (WAL readers never block the writer; writers wait for
-  each other up to ``busy_timeout``).
-* A customer's or a terminal's rows in a time range are read through an index on
-  (customer or terminal, time, id): no scan, whatever the size of the history.
+* A write is durable once the call returns: WAL journal, one transaction per call. With
+  ``fsync=True`` (``synchronous=FULL``) every commit reaches the disk, so a power cut loses
+  nothing acknowledged; with ``fsync=False`` (``NORMAL``) a commit reaches the operating system
+  only, which survives a ``kill -9`` of the process but not a power cut.
+* Several processes may share the file. ``exclusive()`` (a lock file beside the database)
+  serialises whole read-compute-write cycles between them, so a transaction is scored with every
+  transaction committed before it, whichever process took it.
+* A customer's or a terminal's rows in a time range are read through a covering index on
+  (customer or terminal, time, id, value): no scan, whatever the size of the history.
 * Adding a transaction is idempotent: the same id with the same content is accepted again and
-  changes nothing (clients retry); with other content it is a ``ConflictError``.
+  changes nothing (clients retry); with other content it is a ``ConflictError``. The scoring
+  service's answer is kept with the transaction, so a retry gets the same answer.
+* Every row has a sequence number and every label change is logged, so a process keeping the
+  recent rows in memory (``RecentHistory``) catches up with other processes' writes cheaply.
 """
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import math
+import os
 import sqlite3
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
+from typing import NamedTuple, Protocol
 
 import numpy as np
 import pandas as pd
@@ -27,6 +36,9 @@ from fraudlab import schema
 from fraudlab.errors import UserError
 from fraudlab.features import History, history_needed, transaction_features
 from fraudlab.params import FeaturesParams
+
+# SQLite's default limit on bound variables is 32766; stay well below it.
+_CHUNK = 10_000
 
 
 @dataclass(frozen=True)
@@ -37,6 +49,9 @@ class Transaction:
     terminal_id: int | str
     amount: float
 
+    def content(self) -> tuple:
+        return (self.time, self.customer_id, self.terminal_id, self.amount)
+
 
 class ConflictError(UserError):
     """A transaction id already stored with other content."""
@@ -46,8 +61,25 @@ class UnknownTransactionError(UserError):
     """A label for a transaction the store has never seen."""
 
 
+class Stored(NamedTuple):
+    transaction: Transaction
+    answer: str | None  # the scoring service's answer (JSON), if it scored the transaction
+
+
+class Changes(NamedTuple):
+    """Rows and label changes committed after a cursor, and the cursor after them."""
+
+    rows: list[tuple]  # (transaction_id, time, customer_id, terminal_id, amount, fraud)
+    labels: list[tuple]  # (transaction_id, time, terminal_id, fraud)
+    cursor: tuple[int, int]  # (last row sequence, last label sequence)
+
+
 class HistoryStore(Protocol):
-    def add(self, transactions: Iterable[Transaction]) -> list[bool]: ...
+    def add(
+        self, transactions: Iterable[Transaction], answers: Iterable[str | None] | None = None
+    ) -> list[bool]: ...
+
+    def lookup(self, transaction_ids: Iterable[int]) -> dict[int, Stored]: ...
 
     def label(self, labels: Iterable[tuple[int, int]]) -> None: ...
 
@@ -55,48 +87,72 @@ class HistoryStore(Protocol):
 
     def terminal_rows(self, terminal_id: int | str, *, after: int, until: int) -> History: ...
 
+    def changes(self, cursor: tuple[int, int]) -> Changes: ...
+
+    def exclusive(self) -> contextlib.AbstractContextManager[None]: ...
+
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS history (
-    transaction_id INTEGER PRIMARY KEY,
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    transaction_id INTEGER NOT NULL UNIQUE,
     time INTEGER NOT NULL,
     customer_id NOT NULL,
     terminal_id NOT NULL,
     amount REAL NOT NULL,
-    fraud INTEGER CHECK (fraud IN (0, 1))
+    fraud INTEGER CHECK (fraud IN (0, 1)),
+    answer TEXT
 );
-CREATE INDEX IF NOT EXISTS by_customer ON history (customer_id, time, transaction_id);
-CREATE INDEX IF NOT EXISTS by_terminal ON history (terminal_id, time, transaction_id);
+CREATE INDEX IF NOT EXISTS by_customer ON history (customer_id, time, transaction_id, amount);
+CREATE INDEX IF NOT EXISTS by_terminal ON history (terminal_id, time, transaction_id, fraud);
+CREATE INDEX IF NOT EXISTS by_time ON history (time);
+CREATE TABLE IF NOT EXISTS label_log (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    transaction_id INTEGER NOT NULL
+);
+CREATE TRIGGER IF NOT EXISTS log_label AFTER UPDATE OF fraud ON history
+WHEN old.fraud IS NOT new.fraud
+BEGIN
+    INSERT INTO label_log (transaction_id) VALUES (new.transaction_id);
+END;
 """
 _ROWS = (
     "SELECT time, transaction_id, {value} FROM history INDEXED BY {index} "
     "WHERE {column} = ? AND time > ? AND time <= ? ORDER BY time, transaction_id"
 )
+_COLUMNS = "transaction_id, time, customer_id, terminal_id, amount"
 
 
-def _same(stored: tuple, transaction: Transaction) -> bool:
-    return stored == (
-        transaction.time,
-        transaction.customer_id,
-        transaction.terminal_id,
-        transaction.amount,
-    )
+def _chunks(values: list, size: int = _CHUNK) -> Iterator[list]:
+    for start in range(0, len(values), size):
+        yield values[start : start + size]
+
+
+def _placeholders(n: int) -> str:
+    return ",".join("?" * n)
 
 
 class SQLiteHistory:
     """``HistoryStore`` in one SQLite file."""
 
-    def __init__(self, path: str | Path, *, busy_timeout_ms: int = 10_000) -> None:
+    def __init__(
+        self, path: str | Path, *, fsync: bool = True, busy_timeout_ms: int = 10_000
+    ) -> None:
         self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
         # autocommit off by hand: each call is one explicit transaction
         self._db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
         self._db.execute(f"PRAGMA busy_timeout = {int(busy_timeout_ms)}")
         self._db.execute("PRAGMA journal_mode = WAL")
-        self._db.execute("PRAGMA synchronous = FULL")
-        self._db.executescript(_SCHEMA)
+        self._db.execute(f"PRAGMA synchronous = {'FULL' if fsync else 'NORMAL'}")
+        self._db.execute("PRAGMA cache_size = -131072")  # 128 MiB of pages, not SQLite's 2 MiB
+        self._lock = open(f"{self.path}.lock", "a+b")  # noqa: SIM115 (held until close)
+        with self.exclusive():
+            self._db.executescript(_SCHEMA)
 
     def close(self) -> None:
         self._db.close()
+        self._lock.close()
 
     def __enter__(self) -> SQLiteHistory:
         return self
@@ -104,55 +160,100 @@ class SQLiteHistory:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    def add(self, transactions: Iterable[Transaction]) -> list[bool]:
-        """Store transactions in one durable write; per transaction, True if new, False if it
-        was already stored with the same content. Nothing is stored if one conflicts."""
-        added = []
+    @contextlib.contextmanager
+    def exclusive(self) -> Iterator[None]:
+        """Hold the store's lock across processes (it wakes a waiter at once, where SQLite's
+        busy handler would sleep and retry)."""
+        fcntl.flock(self._lock, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(self._lock, fcntl.LOCK_UN)
+
+    @contextlib.contextmanager
+    def _transaction(self) -> Iterator[None]:
         self._db.execute("BEGIN IMMEDIATE")
         try:
-            for tx in transactions:
-                if not math.isfinite(tx.amount):
-                    raise UserError(f"transaction {tx.transaction_id}: amount {tx.amount}")
-                cursor = self._db.execute(
-                    "INSERT INTO history (transaction_id, time, customer_id, terminal_id, amount) "
-                    "VALUES (?, ?, ?, ?, ?) ON CONFLICT (transaction_id) DO NOTHING",
-                    (tx.transaction_id, tx.time, tx.customer_id, tx.terminal_id, tx.amount),
-                )
-                if cursor.rowcount == 0:
-                    stored = self._db.execute(
-                        "SELECT time, customer_id, terminal_id, amount FROM history "
-                        "WHERE transaction_id = ?",
-                        (tx.transaction_id,),
-                    ).fetchone()
-                    if not _same(stored, tx):
-                        raise ConflictError(
-                            f"transaction_id {tx.transaction_id} is already stored with other "
-                            "content"
-                        )
-                added.append(cursor.rowcount == 1)
-            self._db.execute("COMMIT")
+            yield
         except BaseException:
             self._db.execute("ROLLBACK")
             raise
+        self._db.execute("COMMIT")
+
+    def lookup(self, transaction_ids: Iterable[int]) -> dict[int, Stored]:
+        """The stored transactions among ``transaction_ids``, with their answers."""
+        found = {}
+        for chunk in _chunks(list(dict.fromkeys(transaction_ids))):
+            rows = self._db.execute(
+                f"SELECT {_COLUMNS}, answer FROM history "
+                f"WHERE transaction_id IN ({_placeholders(len(chunk))})",
+                chunk,
+            )
+            for *values, answer in rows:
+                found[values[0]] = Stored(Transaction(*values), answer)
+        return found
+
+    def add(
+        self, transactions: Iterable[Transaction], answers: Iterable[str | None] | None = None
+    ) -> list[bool]:
+        """Store transactions (and the service's answers) in one durable write; per
+        transaction, True if new, False if it was already stored with the same content. Nothing
+        is stored if one conflicts."""
+        transactions = list(transactions)
+        answers = [None] * len(transactions) if answers is None else list(answers)
+        for tx in transactions:
+            if not math.isfinite(tx.amount):
+                raise UserError(f"transaction {tx.transaction_id}: amount {tx.amount}")
+        with self._transaction():
+            known = {
+                tx_id: stored.transaction.content()
+                for tx_id, stored in self.lookup(tx.transaction_id for tx in transactions).items()
+            }
+            added, new = [], []
+            for tx, answer in zip(transactions, answers, strict=True):
+                stored = known.get(tx.transaction_id)
+                if stored is None:
+                    known[tx.transaction_id] = tx.content()
+                    new.append((tx, answer))
+                elif stored != tx.content():
+                    raise ConflictError(
+                        f"transaction_id {tx.transaction_id} is already stored with other content"
+                    )
+                added.append(stored is None)
+            self._db.executemany(
+                f"INSERT INTO history ({_COLUMNS}, answer) VALUES (?, ?, ?, ?, ?, ?)",
+                [(*_row(tx), answer) for tx, answer in new],
+            )
         return added
 
     def label(self, labels: Iterable[tuple[int, int]]) -> None:
-        """Record confirmed labels (transaction_id, 0 or 1) in one durable write."""
-        self._db.execute("BEGIN IMMEDIATE")
-        try:
-            for transaction_id, fraud in labels:
-                if fraud not in (0, 1):
-                    raise UserError(f"transaction {transaction_id}: tx_fraud {fraud} is not 0/1")
-                cursor = self._db.execute(
-                    "UPDATE history SET fraud = ? WHERE transaction_id = ?",
-                    (int(fraud), transaction_id),
+        """Record confirmed labels (transaction_id, 0 or 1) in one durable write; nothing is
+        recorded if one is invalid or unknown."""
+        labels = [(int(tx_id), fraud) for tx_id, fraud in labels]
+        for transaction_id, fraud in labels:
+            if fraud not in (0, 1) or isinstance(fraud, bool):
+                raise UserError(f"transaction {transaction_id}: tx_fraud {fraud} is not 0/1")
+        with self._transaction():
+            known = set()
+            for chunk in _chunks(list(dict.fromkeys(tx_id for tx_id, _ in labels))):
+                known.update(
+                    row[0]
+                    for row in self._db.execute(
+                        "SELECT transaction_id FROM history "
+                        f"WHERE transaction_id IN ({_placeholders(len(chunk))})",
+                        chunk,
+                    )
                 )
-                if cursor.rowcount == 0:
-                    raise UnknownTransactionError(f"no stored transaction {transaction_id}")
-            self._db.execute("COMMIT")
-        except BaseException:
-            self._db.execute("ROLLBACK")
-            raise
+            unknown = [tx_id for tx_id, _ in labels if tx_id not in known]
+            if unknown:
+                raise UnknownTransactionError(
+                    f"no stored transaction {unknown[0]}"
+                    + (f" (and {len(unknown) - 1} more unknown)" if len(unknown) > 1 else "")
+                )
+            self._db.executemany(
+                "UPDATE history SET fraud = ? WHERE transaction_id = ?",
+                [(int(fraud), tx_id) for tx_id, fraud in labels],
+            )
 
     def _rows(self, column: str, key: int | str, *, after: int, until: int, value: str) -> History:
         index = "by_customer" if column == "customer_id" else "by_terminal"
@@ -179,21 +280,73 @@ class SQLiteHistory:
             "terminal_id", terminal_id, after=after, until=until, value="coalesce(fraud, 0)"
         )
 
+    def changes(self, cursor: tuple[int, int]) -> Changes:
+        """Rows added and labels changed after ``cursor`` (read in one snapshot)."""
+        row_seq, label_seq = cursor
+        self._db.execute("BEGIN")
+        try:
+            rows = self._db.execute(
+                f"SELECT seq, {_COLUMNS}, coalesce(fraud, 0) FROM history WHERE seq > ? "
+                "ORDER BY seq",
+                (row_seq,),
+            ).fetchall()
+            labels = self._db.execute(
+                "SELECT log.seq, h.transaction_id, h.time, h.terminal_id, h.fraud "
+                "FROM label_log AS log JOIN history AS h USING (transaction_id) "
+                "WHERE log.seq > ? ORDER BY log.seq",
+                (label_seq,),
+            ).fetchall()
+            last_label = self._db.execute("SELECT max(seq) FROM label_log").fetchone()[0]
+        finally:
+            self._db.execute("COMMIT")
+        return Changes(
+            rows=[row[1:] for row in rows],
+            labels=[row[1:] for row in labels],
+            cursor=(rows[-1][0] if rows else row_seq, last_label or label_seq),
+        )
+
+    def cursor(self) -> tuple[int, int]:
+        """The change-log position after everything committed so far."""
+        rows = self._db.execute("SELECT max(seq) FROM history").fetchone()[0]
+        labels = self._db.execute("SELECT max(seq) FROM label_log").fetchone()[0]
+        return (rows or 0, labels or 0)
+
     def prune(self, *, before: int) -> int:
         """Delete rows at or before ``before`` (older than every window); the count deleted."""
-        self._db.execute("BEGIN IMMEDIATE")
-        deleted = self._db.execute("DELETE FROM history WHERE time <= ?", (before,)).rowcount
-        self._db.execute("COMMIT")
+        with self._transaction():
+            deleted = self._db.execute("DELETE FROM history WHERE time <= ?", (before,)).rowcount
+            self._db.execute(
+                "DELETE FROM label_log WHERE transaction_id NOT IN "
+                "(SELECT transaction_id FROM history)"
+            )
         return deleted
 
     def count(self) -> int:
         return self._db.execute("SELECT count(*) FROM history").fetchone()[0]
 
+    def newest_time(self) -> int | None:
+        return self._db.execute("SELECT max(time) FROM history").fetchone()[0]
+
     def query_plan(self, column: str) -> str:
-        """How SQLite reads one key's rows (for tests: an index search, never a scan)."""
-        index = "by_customer" if column == "customer_id" else "by_terminal"
-        sql = _ROWS.format(value="amount", index=index, column=column)
+        """How SQLite reads one key's rows (for tests: a covering index search, never a scan
+        nor a table lookup)."""
+        index, value = (
+            ("by_customer", "amount") if column == "customer_id" else ("by_terminal", "fraud")
+        )
+        sql = _ROWS.format(value=value, index=index, column=column)
         return " ".join(row[-1] for row in self._db.execute(f"EXPLAIN QUERY PLAN {sql}", (1, 0, 1)))
+
+    def disk_bytes(self) -> int:
+        """The database file and its write-ahead log, in bytes."""
+        return sum(
+            os.path.getsize(path)
+            for path in (self.path, Path(f"{self.path}-wal"))
+            if os.path.exists(path)
+        )
+
+
+def _row(tx: Transaction) -> tuple:
+    return (tx.transaction_id, tx.time, tx.customer_id, tx.terminal_id, tx.amount)
 
 
 def transactions_from_frame(frame: pd.DataFrame) -> list[Transaction]:
@@ -220,20 +373,21 @@ def _key(value: object) -> int | str:
 def seed(store: SQLiteHistory, frame: pd.DataFrame, *, labels_known_until: int | None) -> None:
     """Load canonical rows into the store; labels of rows at or before ``labels_known_until``
     (None: every label in the frame)."""
-    store.add(transactions_from_frame(frame))
-    if schema.TX_FRAUD not in frame:
-        return
-    times = frame[schema.TX_DATETIME].to_numpy(dtype="datetime64[ns]").view(np.int64)
-    known = frame[schema.TX_FRAUD].notna().to_numpy()
-    if labels_known_until is not None:
-        known = known & (times <= labels_known_until)
-    store.label(
-        zip(
-            frame.loc[known, schema.TRANSACTION_ID].astype("int64").tolist(),
-            frame.loc[known, schema.TX_FRAUD].astype("int64").tolist(),
-            strict=True,
+    with store.exclusive():
+        store.add(transactions_from_frame(frame))
+        if schema.TX_FRAUD not in frame:
+            return
+        times = frame[schema.TX_DATETIME].to_numpy(dtype="datetime64[ns]").view(np.int64)
+        known = frame[schema.TX_FRAUD].notna().to_numpy()
+        if labels_known_until is not None:
+            known = known & (times <= labels_known_until)
+        store.label(
+            zip(
+                frame.loc[known, schema.TRANSACTION_ID].astype("int64").tolist(),
+                frame.loc[known, schema.TX_FRAUD].astype("int64").tolist(),
+                strict=True,
+            )
         )
-    )
 
 
 def features_from_store(
@@ -259,3 +413,106 @@ def features_from_store(
         ),
         params=params,
     )
+
+
+def _group(keys: list, times: np.ndarray, ids: np.ndarray, values: np.ndarray) -> dict:
+    """Rows as one ``History`` per key, each sorted by (time, id)."""
+    if not keys:
+        return {}
+    order = np.lexsort((ids, times))
+    codes, distinct = pd.factorize(pd.Series(keys, dtype=object).iloc[order], sort=False)
+    by_key = np.argsort(codes, kind="stable")
+    bounds = np.flatnonzero(np.diff(codes[by_key])) + 1
+    rows = order[by_key]
+    return {
+        key: History(times[part], ids[part], values[part])
+        for key, part in zip(distinct, np.split(rows, bounds), strict=True)
+    }
+
+
+def _merge(old: History | None, new: History) -> History:
+    if old is None or not len(old.times):
+        return new
+    times = np.concatenate([old.times, new.times])
+    ids = np.concatenate([old.ids, new.ids])
+    values = np.concatenate([old.values, new.values])
+    order = np.lexsort((ids, times))
+    return History(times[order], ids[order], values[order])
+
+
+class RecentHistory:
+    """The store's recent rows in this process's memory, one ``History`` per customer (amounts)
+    and per terminal (labels known so far, 0 if not), kept current from the store's change log:
+    reading a few hundred rows from SQLite costs more than the features computed from them.
+    The store stays the truth; this copy is rebuilt from it at start and after any doubt."""
+
+    def __init__(self, store: HistoryStore | SQLiteHistory) -> None:
+        self.store = store
+        self.customers: dict = {}
+        self.terminals: dict = {}
+        self.cursor = (0, 0)
+        self.newest: int | None = None
+
+    def refresh(self) -> None:
+        """Take in every row and label committed since the last refresh (by any process)."""
+        changes = self.store.changes(self.cursor)
+        if changes.rows:
+            ids, times, customers, terminals, amounts, labels = zip(*changes.rows, strict=True)
+            ids = np.array(ids, dtype=np.int64)
+            times = np.array(times, dtype=np.int64)
+            self.update(
+                customers=_group(list(customers), times, ids, np.array(amounts, dtype=np.float64)),
+                terminals=_group(list(terminals), times, ids, np.array(labels, dtype=np.int64)),
+            )
+        for tx_id, time, terminal, fraud in changes.labels:
+            self._set_label(terminal, time=time, transaction_id=tx_id, fraud=fraud)
+        self.cursor = changes.cursor
+
+    def update(self, *, customers: Mapping, terminals: Mapping) -> None:
+        """Merge new rows (per key, sorted) into the copy."""
+        for key, rows in customers.items():
+            self.customers[key] = _merge(self.customers.get(key), rows)
+        for key, rows in terminals.items():
+            self.terminals[key] = _merge(self.terminals.get(key), rows)
+        for rows in customers.values():
+            if len(rows.times) and (self.newest is None or rows.times[-1] > self.newest):
+                self.newest = int(rows.times[-1])
+
+    def replace(self, *, customers: Mapping, terminals: Mapping, cursor: tuple[int, int]) -> None:
+        """Take whole per-key histories that already include this process's own new rows, and
+        the store's cursor after writing them (nothing else was written meanwhile: the writer
+        held ``exclusive()``)."""
+        self.customers.update(customers)
+        self.terminals.update(terminals)
+        for rows in customers.values():
+            if len(rows.times) and (self.newest is None or rows.times[-1] > self.newest):
+                self.newest = int(rows.times[-1])
+        self.cursor = cursor
+
+    def _set_label(
+        self, terminal: int | str, *, time: int, transaction_id: int, fraud: int
+    ) -> None:
+        rows = self.terminals.get(terminal)
+        if rows is None:
+            return  # pruned from memory: too old for any window
+        start = int(np.searchsorted(rows.times, time, side="left"))
+        end = int(np.searchsorted(rows.times, time, side="right"))
+        for i in range(start, end):
+            if rows.ids[i] == transaction_id:
+                rows.values[i] = 0 if fraud is None else fraud
+
+    def prune(self, *, before: int) -> None:
+        """Forget rows at or before ``before``."""
+        for histories in (self.customers, self.terminals):
+            for key in list(histories):
+                rows = histories[key]
+                first = int(np.searchsorted(rows.times, before, side="right"))
+                if first == len(rows.times):
+                    del histories[key]
+                elif first:
+                    histories[key] = History(
+                        rows.times[first:], rows.ids[first:], rows.values[first:]
+                    )
+
+    def size(self) -> int:
+        return sum(len(rows.times) for rows in self.customers.values())

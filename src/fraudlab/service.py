@@ -1,0 +1,465 @@
+"""The scoring service's HTTP API (FastAPI on uvicorn): requests in, ``Scorer`` calls, answers
+out, with authentication, request limits and Prometheus metrics.
+
+Decisions a client sees (README "Serve the model"):
+
+* Unknown fields are rejected (422), so a misspelt field is never silently ignored.
+* Ids are JSON integers (int64), or strings for the columns named in ``text_ids``; amounts are
+  JSON numbers, finite, >= 0 and at most ``max_amount``; ``tx_datetime`` is ISO 8601 text: with
+  an offset it is converted to UTC, without one it is read as UTC (the training data's zone),
+  with at most nanosecond precision (never rounded).
+* Concurrent requests are scored together (one history read, one model call, one durable
+  write): a request is answered once what it sent is stored.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hmac
+import logging
+import re
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Annotated, Any
+
+import orjson
+from fastapi import FastAPI, Request
+from fastapi.responses import Response
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    TypeAdapter,
+    ValidationError,
+    create_model,
+    field_validator,
+)
+
+from fraudlab.scoring import Refused, Scorer, load_scorer
+from fraudlab.store import SQLiteHistory, Transaction, UnknownTransactionError
+
+log = logging.getLogger(__name__)
+
+_INT64 = Annotated[int, Field(strict=True, ge=-(2**63), le=2**63 - 1)]
+_EPOCH = datetime(1970, 1, 1)
+_FRACTION = re.compile(r"^(?P<head>.*?\d{2}:\d{2}(?::\d{2})?)[.,](?P<digits>\d+)(?P<tail>.*)$")
+# /healthz and /readyz answer without a key: orchestrators probe them
+_OPEN_PATHS = frozenset({"/healthz", "/readyz"})
+_ENDPOINTS = frozenset(
+    {"/v1/score", "/v1/score/batch", "/v1/labels", "/healthz", "/readyz", "/metrics"}
+    | {"/docs", "/openapi.json", "/redoc"}
+)
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Everything a service process needs; ``api_keys`` empty means no authentication (only
+    allowed when the operator asked for it)."""
+
+    model: str = "models/model.joblib"
+    serving: str = "models/serving.json"
+    lock: str = "dvc.lock"
+    store: str = "data/serving/history.db"
+    fsync: bool = True
+    api_keys: tuple[str, ...] = ()
+    max_batch: int = 1000
+    max_body_bytes: int = 4 * 1024 * 1024
+    max_amount: float = 1e9
+    earliest: str = "2000-01-01"
+    max_ahead_hours: float = 24.0
+    text_ids: tuple[str, ...] = ()
+    metrics_dir: str | None = None  # Prometheus multiprocess directory (several workers)
+    extra: dict = field(default_factory=dict)
+
+
+def parse_time(text: str) -> int:
+    """ISO 8601 text as int64 nanoseconds since the epoch, naive UTC, exactly."""
+    extra_ns = 0
+    match = _FRACTION.match(text)
+    if match:
+        digits = match["digits"]
+        if len(digits) > 9:
+            raise ValueError("more than nanosecond precision")
+        # datetime keeps microseconds: the digits after the sixth are added back as nanoseconds
+        extra_ns = int(digits[6:9].ljust(3, "0")) if len(digits) > 6 else 0
+        text = f"{match['head']}.{digits[:6]}{match['tail']}"
+    try:
+        when = datetime.fromisoformat(text)
+    except ValueError:
+        raise ValueError("not an ISO 8601 date and time") from None
+    if when.tzinfo is not None:
+        when = when.astimezone(UTC).replace(tzinfo=None)
+    return (when - _EPOCH) // timedelta(microseconds=1) * 1000 + extra_ns
+
+
+class _Contract(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+
+_TRANSACTION_ID = Annotated[int, Field(strict=True, ge=0, le=2**63 - 1)]
+_TEXT_ID = Annotated[str, Field(strict=True, min_length=1, max_length=256)]
+
+
+def transaction_model(settings: Settings) -> type[BaseModel]:
+    """The request schema of one transaction under ``settings`` (id types, amount cap, dates)."""
+    earliest = parse_time(settings.earliest)
+    ahead = int(settings.max_ahead_hours * 3600 * 10**9)
+
+    def in_range(value: str) -> str:
+        ns = parse_time(value)
+        if ns < earliest:
+            raise ValueError(f"before {settings.earliest}")
+        if ns > time.time_ns() + ahead:
+            raise ValueError(f"more than {settings.max_ahead_hours:g} hours in the future")
+        return value
+
+    def id_type(column: str) -> Any:
+        return (_TEXT_ID if column in settings.text_ids else _INT64, ...)
+
+    return create_model(
+        "TransactionIn",
+        __base__=_Contract,
+        __validators__={"in_range": field_validator("tx_datetime")(in_range)},
+        transaction_id=(_TRANSACTION_ID, ...),
+        tx_datetime=(Annotated[str, Field(examples=["2018-09-01T12:34:56"])], ...),
+        customer_id=id_type("customer_id"),
+        terminal_id=id_type("terminal_id"),
+        tx_amount=(
+            Annotated[float, Field(ge=0, le=settings.max_amount, allow_inf_nan=False)],
+            ...,
+        ),
+    )
+
+
+def request_models(settings: Settings) -> dict[str, type[BaseModel]]:
+    transaction = transaction_model(settings)
+
+    class BatchIn(_Contract):
+        transactions: Annotated[
+            list[transaction], Field(min_length=1, max_length=settings.max_batch)
+        ]
+
+    class LabelIn(_Contract):
+        transaction_id: _TRANSACTION_ID
+        tx_fraud: Annotated[int, Field(strict=True, ge=0, le=1)]
+
+    class LabelsIn(_Contract):
+        labels: Annotated[list[LabelIn], Field(min_length=1, max_length=settings.max_batch)]
+
+    return {"score": transaction, "batch": BatchIn, "labels": LabelsIn}
+
+
+def to_transaction(item: BaseModel) -> Transaction:
+    return Transaction(
+        transaction_id=item.transaction_id,
+        time=parse_time(item.tx_datetime),
+        customer_id=item.customer_id,
+        terminal_id=item.terminal_id,
+        amount=item.tx_amount,
+    )
+
+
+class RequestError(Exception):
+    def __init__(self, status: int, message: str, details: list | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+        self.details = details or []
+
+
+def _problems(error: ValidationError) -> list[dict[str, str]]:
+    """Pydantic's errors as (field, problem) pairs a client can act on."""
+    problems = []
+    for item in error.errors(include_url=False):
+        location = ".".join(str(part) for part in item["loc"]) or "body"
+        problem = item["msg"]
+        if item["type"] == "extra_forbidden":
+            problem = "unknown field"
+        elif item["type"] == "missing":
+            problem = "missing"
+        elif item["type"] == "value_error":
+            problem = str(item.get("ctx", {}).get("error", problem))
+        problems.append({"field": location, "problem": problem})
+    return problems
+
+
+def parse_body(body: bytes, adapter: TypeAdapter, content_type: str | None) -> Any:
+    if not (content_type or "").split(";")[0].strip().lower() == "application/json":
+        raise RequestError(415, f"content type must be application/json, not {content_type!r}")
+    try:
+        return adapter.validate_json(body)
+    except ValidationError as error:
+        problems = _problems(error)
+        if any(item["type"] == "json_invalid" for item in error.errors(include_url=False)):
+            raise RequestError(400, f"malformed JSON: {error.errors()[0]['msg']}") from None
+        summary = "; ".join(f"{p['field']}: {p['problem']}" for p in problems[:5])
+        raise RequestError(422, f"invalid request: {summary}", problems) from None
+
+
+def error_response(status: int, message: str, details: list | None = None) -> Response:
+    body = {"error": message, **({"details": details} if details else {})}
+    headers = {"WWW-Authenticate": "Bearer"} if status == 401 else None
+    return Response(
+        orjson.dumps(body), status_code=status, media_type="application/json", headers=headers
+    )
+
+
+class Batcher:
+    """Collects the jobs of concurrent requests and scores them in one ``Scorer`` call."""
+
+    def __init__(self, scorer: Scorer, metrics: Any) -> None:
+        self.scorer = scorer
+        self.metrics = metrics
+        self._pending: list[tuple[list[Transaction], asyncio.Future]] = []
+        self._ready = asyncio.Event()
+        self._task: asyncio.Task | None = None
+
+    def start(self) -> None:
+        self._task = asyncio.get_running_loop().create_task(self._run())
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+
+    @property
+    def alive(self) -> bool:
+        return self._task is not None and not self._task.done()
+
+    async def submit(self, job: list[Transaction]) -> list[str] | Refused:
+        future = asyncio.get_running_loop().create_future()
+        self._pending.append((job, future))
+        self._ready.set()
+        return await future
+
+    async def _run(self) -> None:
+        while True:
+            await self._ready.wait()
+            await asyncio.sleep(0)  # let requests already read join this round
+            self._ready.clear()
+            taken, self._pending = self._pending, []
+            self.metrics.batch_size(sum(len(job) for job, _ in taken))
+            try:
+                outcomes = self.scorer.score([job for job, _ in taken])
+                self.metrics.scored(
+                    self.scorer.last_scores,
+                    threshold=self.scorer.config.threshold,
+                    late=self.scorer.last_late,
+                )
+            except Exception as exc:
+                log.exception("scoring failed")
+                outcomes = [exc] * len(taken)
+            for (_, future), outcome in zip(taken, outcomes, strict=True):
+                if future.done():
+                    continue
+                if isinstance(outcome, Exception):
+                    future.set_exception(outcome)
+                else:
+                    future.set_result(outcome)
+
+
+def _authorized(header: bytes | None, keys: tuple[bytes, ...]) -> bool:
+    if header is None or not header.startswith(b"Bearer "):
+        return False
+    given = header[len(b"Bearer ") :].strip()
+    # every key compared in full, whatever matches: the time taken says nothing about keys
+    matched = False
+    for key in keys:
+        matched |= hmac.compare_digest(given, key)
+    return matched
+
+
+class _BodyTooLargeError(Exception):
+    pass
+
+
+class Guard:
+    """ASGI middleware: request metrics, authentication and the body size limit, in front of
+    every route (the docs included)."""
+
+    def __init__(self, app: Any, *, settings: Settings, metrics: Any) -> None:
+        self.app = app
+        self.keys = tuple(key.encode() for key in settings.api_keys)
+        self.max_body = settings.max_body_bytes
+        self.metrics = metrics
+
+    async def __call__(self, scope: dict, receive: Callable, send: Callable) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = time.perf_counter()
+        path = scope["path"]
+        endpoint = path if path in _ENDPOINTS else "other"
+        status = 500
+        response_started = False
+
+        async def send_and_record(message: dict) -> None:
+            nonlocal status, response_started
+            if message["type"] == "http.response.start":
+                status = message["status"]
+                response_started = True
+            await send(message)
+
+        try:
+            refusal = self._refusal(scope, path)
+            if refusal is not None:
+                await refusal(scope, receive, send_and_record)
+                return
+            await self.app(scope, self._limited(receive), send_and_record)
+        except _BodyTooLargeError:
+            if not response_started:
+                await self._too_large()(scope, receive, send_and_record)
+        finally:
+            self.metrics.request(endpoint, status, time.perf_counter() - started)
+
+    def _refusal(self, scope: dict, path: str) -> Response | None:
+        headers = dict(scope["headers"])
+        if (
+            self.keys
+            and path not in _OPEN_PATHS
+            and not _authorized(headers.get(b"authorization"), self.keys)
+        ):
+            return error_response(401, "missing or wrong API key (Authorization: Bearer <key>)")
+        length = headers.get(b"content-length")
+        if length is not None and (not length.isdigit() or int(length) > self.max_body):
+            return self._too_large()
+        return None
+
+    def _too_large(self) -> Response:
+        return error_response(413, f"request body larger than {self.max_body} bytes")
+
+    def _limited(self, receive: Callable) -> Callable[[], Awaitable[dict]]:
+        seen = 0
+
+        async def limited() -> dict:
+            nonlocal seen
+            message = await receive()
+            seen += len(message.get("body", b""))
+            if seen > self.max_body:
+                raise _BodyTooLargeError
+            return message
+
+        return limited
+
+
+def create_app(settings: Settings) -> Any:
+    """The ASGI application of one service process."""
+    from fraudlab.service_metrics import ServiceMetrics  # prometheus_client reads its env here
+
+    models = request_models(settings)
+    adapters = {name: TypeAdapter(model) for name, model in models.items()}
+    metrics = ServiceMetrics(settings.metrics_dir)
+    state: dict[str, Any] = {}
+
+    @contextlib.asynccontextmanager
+    async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
+        store = SQLiteHistory(settings.store, fsync=settings.fsync)
+        scorer = load_scorer(
+            model_path=settings.model,
+            serving_path=settings.serving,
+            lock_path=settings.lock,
+            store=store,
+        )
+        metrics.describe_model(scorer)
+        batcher = Batcher(scorer, metrics)
+        batcher.start()
+        state.update(store=store, scorer=scorer, batcher=batcher)
+        log.info("serving model %s (%s)", scorer.model_version, scorer.model.family)
+        try:
+            yield
+        finally:
+            await batcher.stop()
+            store.close()
+            state.clear()
+
+    app = FastAPI(
+        title="fraudlab scoring service",
+        summary="Scores payment transactions with the model `dvc repro` produced.",
+        version=settings.extra.get("version", "1"),
+        lifespan=lifespan,
+    )
+
+    async def read(request: Request, name: str) -> Any:
+        return parse_body(await request.body(), adapters[name], request.headers.get("content-type"))
+
+    async def scored(job: list[Transaction]) -> list[str]:
+        outcome = await state["batcher"].submit(job)
+        if isinstance(outcome, Refused):
+            raise RequestError(outcome.status, outcome.message)
+        return outcome
+
+    schema = {name: model.model_json_schema() for name, model in models.items()}
+
+    def body_doc(name: str) -> dict:
+        return {
+            "requestBody": {
+                "required": True,
+                "content": {"application/json": {"schema": schema[name]}},
+            }
+        }
+
+    @app.post("/v1/score", openapi_extra=body_doc("score"))
+    async def score(request: Request) -> Response:
+        """Score one transaction; it then joins the history. The same transaction again gets
+        the same answer; the same id with other content is a 409."""
+        item = await read(request, "score")
+        (answer,) = await scored([to_transaction(item)])
+        return Response(answer, media_type="application/json")
+
+    @app.post("/v1/score/batch", openapi_extra=body_doc("batch"))
+    async def score_batch(request: Request) -> Response:
+        """Score up to the configured maximum of transactions in (time, id) order; answers in
+        the request's order. One conflicting id refuses the whole batch (409)."""
+        batch = await read(request, "batch")
+        answers = await scored([to_transaction(item) for item in batch.transactions])
+        return Response('{"results":[' + ",".join(answers) + "]}", media_type="application/json")
+
+    @app.post("/v1/labels", openapi_extra=body_doc("labels"))
+    async def labels(request: Request) -> Response:
+        """Confirmed labels; they enter terminal windows once older than the label delay.
+        A label for an unknown transaction refuses the whole request (404)."""
+        body = await read(request, "labels")
+        pairs = [(item.transaction_id, item.tx_fraud) for item in body.labels]
+        try:
+            state["scorer"].label(pairs)
+        except UnknownTransactionError as exc:
+            raise RequestError(404, str(exc)) from None
+        metrics.labels(pairs)
+        return Response(orjson.dumps({"recorded": len(pairs)}), media_type="application/json")
+
+    @app.get("/healthz")
+    async def healthz() -> dict:
+        """The process is alive."""
+        return {"status": "alive"}
+
+    @app.get("/readyz")
+    async def readyz() -> Response:
+        """The model is loaded, the store open and the scoring loop running."""
+        ready = "scorer" in state and state["batcher"].alive
+        body = {"status": "ready" if ready else "not ready"}
+        if ready:
+            body["model_version"] = state["scorer"].model_version
+        return Response(
+            orjson.dumps(body), status_code=200 if ready else 503, media_type="application/json"
+        )
+
+    @app.get("/metrics")
+    async def prometheus_metrics() -> Response:
+        """Prometheus text format."""
+        content, media_type = metrics.exposition(state.get("store"))
+        return Response(content, media_type=media_type)
+
+    @app.exception_handler(RequestError)
+    async def request_error(_request: Request, exc: RequestError) -> Response:
+        return error_response(exc.status, exc.message, exc.details)
+
+    return Guard(app, settings=settings, metrics=metrics)
+
+
+def settings_path(directory: str | Path) -> Path:
+    return Path(directory) / "settings.json"

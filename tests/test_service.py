@@ -1,0 +1,507 @@
+"""The scoring service as a client meets it: a real server process on 127.0.0.1, real HTTP.
+
+A small model is trained here on simulated data and recorded in a hand-written dvc.lock (the
+served files are hash-checked against it); `dvc status` is covered by the end-to-end tests."""
+
+from __future__ import annotations
+
+import collections
+import json
+import sqlite3
+import threading
+from pathlib import Path
+
+import joblib
+import numpy as np
+import pandas as pd
+import pytest
+import yaml
+from prometheus_client.parser import text_string_to_metric_families
+
+from fraudlab import schema
+from fraudlab.artifacts import file_md5
+from fraudlab.features import build_features, feature_names
+from fraudlab.models import fit_pipeline, model_artifact, predict_scores
+from fraudlab.params import load_params
+from helpers import Server, refused_start
+
+PARAMS = Path(__file__).resolve().parents[1] / "params.yaml"
+KEY = "test-key-1"
+OTHER_KEY = "test-key-2"
+DAY = pd.Timedelta(days=1)
+THRESHOLD = 0.3
+
+
+@pytest.fixture(scope="module")
+def batch(small_transactions, features_params_module):
+    """Every transaction with its batch features (the truth the service must match)."""
+    return build_features(small_transactions, features_params_module)
+
+
+@pytest.fixture(scope="module")
+def features_params_module():
+    return load_params(PARAMS, "features")["features"]
+
+
+@pytest.fixture(scope="module")
+def deployment(tmp_path_factory, batch, features_params_module):
+    """What `dvc repro` leaves for the service: model, serving.json, dvc.lock, clean data."""
+    root = tmp_path_factory.mktemp("deployment")
+    (root / "models").mkdir()
+    train_params = load_params(PARAMS, "train")["train"]
+    train_params = train_params.model_copy(
+        update={"xgboost": train_params.xgboost.model_copy(update={"n_estimators": 10})}
+    )
+    start = batch[schema.TX_DATETIME].min()
+    train = batch[batch[schema.TX_DATETIME] < start + 21 * DAY]
+    names = feature_names(features_params_module)
+    pipeline = fit_pipeline(train, names, params=train_params)
+    model = root / "models" / "model.joblib"
+    joblib.dump(
+        model_artifact(pipeline, params=train_params, features=features_params_module), model
+    )
+    serving = root / "models" / "serving.json"
+    serving.write_text(
+        json.dumps({"model_md5": file_md5(model), "threshold": THRESHOLD, "threshold_rule": "test"})
+    )
+    write_lock(root)
+    cut = start + 30 * DAY
+    batch[batch[schema.TX_DATETIME] < cut][list(schema.REQUIRED_COLUMNS)].to_parquet(
+        root / "history.parquet"
+    )
+    return {"root": root, "pipeline": pipeline, "cut": cut, "names": names}
+
+
+def write_lock(root) -> None:
+    lock = {
+        "schema": "2.0",
+        "stages": {
+            "train": {
+                "outs": [
+                    {
+                        "path": "models/model.joblib",
+                        "md5": file_md5(root / "models" / "model.joblib"),
+                    }
+                ]
+            },
+            "evaluate": {
+                "outs": [
+                    {
+                        "path": "models/serving.json",
+                        "md5": file_md5(root / "models" / "serving.json"),
+                    }
+                ]
+            },
+        },
+    }
+    (root / "dvc.lock").write_text(yaml.safe_dump(lock))
+
+
+def server_args(root, store: str = "history.db", *extra: str) -> list[str]:
+    return [
+        "--model", str(root / "models" / "model.joblib"),
+        "--serving", str(root / "models" / "serving.json"),
+        "--lock", str(root / "dvc.lock"),
+        "--store", str(root / store),
+        "--no-dvc-status",
+        *extra,
+    ]  # fmt: skip
+
+
+def tx_json(row) -> dict:
+    return {
+        "transaction_id": int(row.transaction_id),
+        "tx_datetime": pd.Timestamp(row.tx_datetime).isoformat(),
+        "customer_id": int(row.customer_id),
+        "terminal_id": int(row.terminal_id),
+        "tx_amount": float(row.tx_amount),
+    }
+
+
+@pytest.fixture(scope="module")
+def server(deployment):
+    """One server for the tests that only add transactions of their own."""
+    args = server_args(
+        deployment["root"], "shared.db", "--history", str(deployment["root"] / "history.parquet")
+    )
+    with Server(args, env={"FRAUDLAB_API_KEYS": f"{KEY},{OTHER_KEY}"}) as running:
+        yield running
+
+
+def test_a_replay_over_http_gives_the_batch_features_and_scores(deployment, batch):
+    """Seed the days before the cut, then post every later transaction in time order, one by one
+    and then in batches, each label once the clock has passed its transaction's time plus the
+    label delay: every feature and score equals the batch pipeline's."""
+    root, cut, names = deployment["root"], deployment["cut"], deployment["names"]
+    later = batch[(batch[schema.TX_DATETIME] >= cut) & (batch[schema.TX_DATETIME] < cut + 8 * DAY)]
+    delay = pd.Timedelta(days=7)
+    args = server_args(root, "replay.db", "--history", str(root / "history.parquet"))
+    online_features, online_scores = [], []
+    with Server(args, env={"FRAUDLAB_API_KEYS": KEY}) as running:
+        pending = collections.deque()
+        rows = list(later.itertuples(index=False))
+        singles, batched = rows[: len(rows) // 2], rows[len(rows) // 2 :]
+
+        def post_due_labels(now) -> None:
+            due = []
+            while pending and pending[0].tx_datetime + delay <= now:
+                due.append(pending.popleft())
+            if due:
+                status, body = running.request(
+                    "POST",
+                    "/v1/labels",
+                    {
+                        "labels": [
+                            {"transaction_id": int(r.transaction_id), "tx_fraud": int(r.tx_fraud)}
+                            for r in due
+                        ]
+                    },
+                    key=KEY,
+                )
+                assert status == 200, body
+
+        for row in singles:
+            post_due_labels(row.tx_datetime)
+            status, answer = running.request("POST", "/v1/score", tx_json(row), key=KEY)
+            assert status == 200, answer
+            online_features.append([answer["features"][name] for name in names])
+            online_scores.append(answer["score"])
+            pending.append(row)
+        for start in range(0, len(batched), 100):
+            chunk = batched[start : start + 100]
+            # every label due within the chunk: older than its first transaction, so known; a
+            # label enters a window only once older than the delay, so none arrives early
+            assert chunk[-1].tx_datetime - chunk[0].tx_datetime < delay
+            post_due_labels(chunk[-1].tx_datetime)
+            status, answer = running.request(
+                "POST", "/v1/score/batch", {"transactions": [tx_json(r) for r in chunk]}, key=KEY
+            )
+            assert status == 200, answer
+            for result in answer["results"]:
+                online_features.append([result["features"][name] for name in names])
+                online_scores.append(result["score"])
+            pending.extend(chunk)
+    expected = later[names].to_numpy(dtype=np.float64)
+    online = np.array(online_features)
+    exact = [k for k, name in enumerate(names) if "avg_amount" not in name and "risk" not in name]
+    assert len(later) > 1000
+    np.testing.assert_array_equal(online[:, exact], expected[:, exact])
+    np.testing.assert_allclose(online, expected, rtol=0, atol=1e-9)
+    batch_scores = predict_scores(deployment["pipeline"], later, features=names)
+    np.testing.assert_allclose(online_scores, batch_scores, rtol=0, atol=1e-9)
+    assert 0 < (batch_scores >= THRESHOLD).sum() < len(batch_scores)  # both decisions occur
+
+
+def _good(_server, n=[0]) -> dict:  # noqa: B006 (a counter across calls)
+    """A valid new transaction (a fresh id each call)."""
+    n[0] += 1
+    return {
+        "transaction_id": 10**12 + n[0],
+        "tx_datetime": "2018-06-01T12:00:00",
+        "customer_id": 3,
+        "terminal_id": 5,
+        "tx_amount": 12.5,
+    }
+
+
+BAD_SCORES = [
+    # (why, body or raw bytes, extra headers, status, words the message must hold)
+    ("malformed JSON", b'{"transaction_id": 1,', {}, 400, "malformed JSON"),
+    ("not JSON at all", b"transaction_id=1", {}, 400, "malformed JSON"),
+    ("wrong content type", b"{}", {"Content-Type": "text/plain"}, 415, "application/json"),
+    ("a list, not an object", [1, 2], {}, 422, "body"),
+    ("missing field", {"tx_datetime": ...}, {}, 422, "tx_datetime: missing"),
+    ("unknown field", {"extra": 1}, {}, 422, "extra: unknown field"),
+    (
+        "id as text",
+        {"transaction_id": "12"},
+        {},
+        422,
+        "transaction_id: Input should be a valid integer",
+    ),
+    ("id as float", {"transaction_id": 1.5}, {}, 422, "transaction_id"),
+    ("id as bool", {"transaction_id": True}, {}, 422, "transaction_id"),
+    ("id above int64", {"transaction_id": 2**63}, {}, 422, "transaction_id"),
+    ("negative id", {"transaction_id": -1}, {}, 422, "transaction_id"),
+    ("customer id as float", {"customer_id": 3.5}, {}, 422, "customer_id"),
+    ("terminal id as text", {"terminal_id": "T5"}, {}, 422, "terminal_id"),
+    ("amount as text", {"tx_amount": "12.5"}, {}, 422, "tx_amount"),
+    (
+        "negative amount",
+        {"tx_amount": -0.01},
+        {},
+        422,
+        "tx_amount: Input should be greater than or equal to 0",
+    ),
+    ("NaN amount", b"NaN", {}, 422, "tx_amount: Input should be a finite number"),
+    ("infinite amount", b"1e999", {}, 422, "tx_amount: Input should be a finite number"),
+    (
+        "absurd amount",
+        {"tx_amount": 1e15},
+        {},
+        422,
+        "tx_amount: Input should be less than or equal to",
+    ),
+    ("null amount", {"tx_amount": None}, {}, 422, "tx_amount"),
+    ("unparseable date", {"tx_datetime": "yesterday"}, {}, 422, "tx_datetime: not an ISO 8601"),
+    (
+        "impossible date",
+        {"tx_datetime": "2018-02-30T10:00:00"},
+        {},
+        422,
+        "tx_datetime: not an ISO 8601",
+    ),
+    (
+        "date too early",
+        {"tx_datetime": "1999-12-31T23:59:59"},
+        {},
+        422,
+        "tx_datetime: before 2000-01-01",
+    ),
+    ("date far ahead", {"tx_datetime": "2999-01-01T00:00:00"}, {}, 422, "hours in the future"),
+    (
+        "sub-nanosecond date",
+        {"tx_datetime": "2018-06-01T12:00:00.1234567891"},
+        {},
+        422,
+        "precision",
+    ),
+    ("date as number", {"tx_datetime": 1527854400}, {}, 422, "tx_datetime"),
+]
+
+
+@pytest.mark.parametrize(
+    ("why", "change", "headers", "status", "words"),
+    BAD_SCORES,
+    ids=[case[0] for case in BAD_SCORES],
+)
+def test_a_bad_score_request_gets_a_4xx_naming_the_problem_and_the_service_goes_on(
+    server, why, change, headers, status, words
+):
+    good = _good(server)
+    if isinstance(change, dict):  # a value of ... removes the field
+        changed = {k: v for k, v in (good | change).items() if v is not ...}
+        body = json.dumps(changed).encode()
+    elif isinstance(change, list):
+        body = json.dumps(change).encode()
+    elif change in (b"NaN", b"1e999"):
+        body = json.dumps(good).replace("12.5", change.decode()).encode()
+    else:
+        body = change
+    got, answer = server.request("POST", "/v1/score", raw=body, key=KEY, headers=headers)
+    assert got == status, (why, answer)
+    assert words in answer["error"], (why, answer)
+    again, answer = server.request("POST", "/v1/score", _good(server), key=KEY)
+    assert again == 200, answer
+
+
+def test_other_bad_requests_get_a_4xx_and_the_service_goes_on(server):
+    first = _good(server)
+    assert server.request("POST", "/v1/score", first, key=KEY)[0] == 200
+    conflicting = first | {"tx_amount": 1.0}
+    known = first["transaction_id"]
+
+    def labels(tx_id, fraud):
+        return {"labels": [{"transaction_id": tx_id, "tx_fraud": fraud}]}
+
+    cases = [
+        ("POST", "/v1/score", first | {"tx_amount": 99.0}, 409, "already stored with other"),
+        ("POST", "/v1/score/batch", {"transactions": []}, 422, "transactions"),
+        ("POST", "/v1/score/batch", {"transactions": [_good(0)] * 1001}, 422, "at most 1000"),
+        ("POST", "/v1/score/batch", {"transactions": [_good(0), conflicting]}, 409, "other"),
+        ("POST", "/v1/score/batch", {"transactions": [dict(_good(0), tx_amount=-1)]}, 422,
+         "transactions.0.tx_amount"),
+        ("POST", "/v1/labels", labels(987654321, 1), 404, "no stored transaction 987654321"),
+        ("POST", "/v1/labels", labels(known, 2), 422, "tx_fraud"),
+        ("POST", "/v1/labels", labels(known, True), 422, "tx_fraud"),
+        ("POST", "/v1/labels", {"labels": []}, 422, "labels"),
+        ("POST", "/v1/score", None, 400, "malformed JSON"),
+        ("GET", "/v1/score", None, 405, ""),
+        ("GET", "/nowhere", None, 404, ""),
+    ]  # fmt: skip
+    for method, path, body, status, words in cases:
+        if body is None and method == "POST":
+            got, answer = server.request(method, path, raw=b"", key=KEY)
+        else:
+            got, answer = server.request(method, path, body, key=KEY)
+        assert got == status, (path, body, answer)
+        if words:
+            assert words in answer["error"], answer
+        assert server.request("POST", "/v1/score", _good(server), key=KEY)[0] == 200
+    # the refused batch stored nothing: its valid transaction is still new
+    batch_good = cases[3][2]["transactions"][0]
+    status, answer = server.request("POST", "/v1/score", batch_good, key=KEY)
+    assert status == 200
+
+
+def test_an_oversize_body_is_refused_with_413(server):
+    huge = {"transactions": [_good(server) for _ in range(40_000)]}
+    status, answer = server.request("POST", "/v1/score/batch", huge, key=KEY)
+    assert status == 413
+    assert "larger than" in answer["error"]
+    assert server.request("POST", "/v1/score", _good(server), key=KEY)[0] == 200
+
+
+def test_a_retry_gets_the_same_answer_and_adds_nothing(server):
+    tx = _good(server)
+    first = server.request("POST", "/v1/score", tx, key=KEY)
+    again = server.request("POST", "/v1/score", tx, key=KEY)
+    assert first == again
+    assert first[0] == 200
+    as_batch = server.request("POST", "/v1/score/batch", {"transactions": [tx, tx]}, key=KEY)
+    assert as_batch[1]["results"] == [first[1], first[1]]
+
+
+def test_every_endpoint_but_health_needs_a_key(server):
+    for path in ("/healthz", "/readyz"):
+        assert server.request("GET", path)[0] == 200
+    for method, path in [
+        ("POST", "/v1/score"),
+        ("POST", "/v1/score/batch"),
+        ("POST", "/v1/labels"),
+        ("GET", "/metrics"),
+        ("GET", "/docs"),
+        ("GET", "/openapi.json"),
+    ]:
+        for key in (None, "wrong-key", KEY + "x", ""):
+            status, answer = server.request(method, path, {} if method == "POST" else None, key=key)
+            assert status == 401, (method, path, key, answer)
+            assert "API key" in answer["error"]
+    assert server.request("POST", "/v1/score", _good(server), key=KEY)[0] == 200
+    assert server.request("POST", "/v1/score", _good(server), key=OTHER_KEY)[0] == 200
+    status, docs = server.request("GET", "/openapi.json", key=KEY)
+    assert status == 200
+    assert "/v1/score/batch" in docs["paths"]
+    assert all(KEY not in line and OTHER_KEY not in line for line in server.log)
+
+
+def _samples(server) -> dict:
+    status, text = server.request("GET", "/metrics", key=KEY)
+    assert status == 200
+    return {
+        (sample.name, tuple(sorted(sample.labels.items()))): sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+    }
+
+
+def test_metrics_count_the_requests_sent(server):
+    before = _samples(server)
+    sent = collections.Counter()
+    for _ in range(7):
+        assert server.request("POST", "/v1/score", _good(server), key=KEY)[0] == 200
+        sent["/v1/score", "200"] += 1
+    for _ in range(3):
+        assert server.request("POST", "/v1/score", {"x": 1}, key=KEY)[0] == 422
+        sent["/v1/score", "422"] += 1
+    status, _ = server.request(
+        "POST", "/v1/score/batch", {"transactions": [_good(server) for _ in range(5)]}, key=KEY
+    )
+    assert status == 200
+    sent["/v1/score/batch", "200"] += 1
+    assert server.request("POST", "/v1/score", _good(server), key="wrong")[0] == 401
+    sent["/v1/score", "401"] += 1
+    after = _samples(server)
+
+    def delta(name: str, **labels: str) -> float:
+        key = (name, tuple(sorted(labels.items())))
+        return after.get(key, 0.0) - before.get(key, 0.0)
+
+    for (endpoint, status), count in sent.items():
+        assert delta("fraudlab_requests_total", endpoint=endpoint, status=status) == count
+    assert delta("fraudlab_request_duration_seconds_count", endpoint="/v1/score") == 11
+    decisions = delta("fraudlab_decisions_total", decision="fraud") + delta(
+        "fraudlab_decisions_total", decision="legit"
+    )
+    assert decisions == 12  # 7 single + 5 batched, each scored once
+    assert delta("fraudlab_score_count") == 12
+    assert after[("fraudlab_history_transactions", ())] >= 12
+    assert (
+        "fraudlab_request_duration_seconds_bucket",
+        (("endpoint", "/v1/score"), ("le", "0.0005")),
+    ) in after
+    (info,) = [key for key in after if key[0] == "fraudlab_model_info"]
+    assert dict(info[1])["family"] == "xgboost"
+
+
+def _numbered(n: int) -> dict:
+    return {
+        "transaction_id": n,
+        "tx_datetime": f"2018-06-01T10:{n // 60 % 60:02d}:{n % 60:02d}",
+        "customer_id": n % 5,
+        "terminal_id": n % 3,
+        "tx_amount": float(n),
+    }
+
+
+def test_a_kill_9_loses_no_acknowledged_transaction(deployment):
+    root = deployment["root"]
+    args = server_args(root, "durable.db")
+    acknowledged: dict[int, dict] = {}
+    running = Server(args, env={"FRAUDLAB_API_KEYS": KEY}).start()
+    stop = threading.Event()
+
+    def stream() -> None:
+        n = 0
+        while not stop.is_set():
+            n += 1
+            tx = _numbered(n)
+            try:
+                status, answer = running.request("POST", "/v1/score", tx, key=KEY)
+            except OSError:
+                return
+            if status == 200:
+                acknowledged[n] = answer
+
+    writers = [threading.Thread(target=stream) for _ in range(1)]
+    for writer in writers:
+        writer.start()
+    while len(acknowledged) < 200:
+        threading.Event().wait(0.01)
+    running.kill()
+    stop.set()
+    for writer in writers:
+        writer.join()
+    with sqlite3.connect(root / "durable.db") as db:
+        ids = [row[0] for row in db.execute("SELECT transaction_id FROM history")]
+    assert len(ids) == len(set(ids))
+    assert set(acknowledged) <= set(ids)
+    with Server(args, env={"FRAUDLAB_API_KEYS": KEY}) as restarted:
+        for n in list(acknowledged)[-20:]:
+            tx = _numbered(n)
+            assert restarted.request("POST", "/v1/score", tx, key=KEY) == (200, acknowledged[n])
+        assert restarted.request("POST", "/v1/score", _good(None), key=KEY)[0] == 200
+
+
+def test_no_key_configured_refuses_to_start_unless_asked(deployment, monkeypatch):
+    monkeypatch.delenv("FRAUDLAB_API_KEYS", raising=False)
+    status, log = refused_start(
+        server_args(deployment["root"], "nokey.db"), env={"FRAUDLAB_API_KEYS": ""}
+    )
+    assert status == 1
+    assert "no API key configured" in log
+    args = server_args(deployment["root"], "nokey.db", "--no-auth")
+    with Server(args, env={"FRAUDLAB_API_KEYS": ""}) as running:
+        assert running.request("POST", "/v1/score", _good(None))[0] == 200
+
+
+def test_a_tampered_or_missing_file_refuses_the_start(deployment, tmp_path):
+    root = deployment["root"]
+    copy = tmp_path / "copy"
+    (copy / "models").mkdir(parents=True)
+    for name in ("models/model.joblib", "models/serving.json", "dvc.lock"):
+        (copy / name).write_bytes((root / name).read_bytes())
+    env = {"FRAUDLAB_API_KEYS": KEY}
+    model = copy / "models" / "model.joblib"
+    model.write_bytes(model.read_bytes() + b"\0")
+    status, log = refused_start(server_args(copy), env=env)
+    assert status == 1
+    assert "model.joblib: MD5" in log
+    assert "dvc repro train" in log
+    model.write_bytes((root / "models" / "model.joblib").read_bytes())
+    (copy / "models" / "serving.json").unlink()
+    status, log = refused_start(server_args(copy), env=env)
+    assert status == 1
+    assert "serving.json: missing" in log
+    assert "dvc repro evaluate" in log
+    assert not (copy / "history.db").exists()  # nothing was started
