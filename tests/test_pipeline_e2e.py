@@ -25,7 +25,7 @@ import yaml
 
 from fraudlab import schema
 from fraudlab.check_reproducible import merge, stages_run
-from helpers import Payload
+from helpers import Payload, Server
 from test_params import ROOT, STAGES
 
 pytestmark = pytest.mark.e2e
@@ -260,6 +260,39 @@ def test_a_model_swapped_in_the_dvc_cache_is_refused_and_never_runs(repo, tmp_pa
         assert "refusing to unpickle" in done.stdout + done.stderr
         assert not marker.exists()
         model.unlink()
+
+
+def test_the_readme_serve_steps_serve_the_reproduced_model_and_refuse_stale_outputs(repo):
+    """`fraudlab serve` right after `dvc repro` serves the model dvc.lock records; once params
+    change, `dvc status` makes it refuse to start (the console script, as README runs it)."""
+    env = {"FRAUDLAB_API_KEYS": "e2e-key"}
+    model_md5 = _output_md5(repo, "train", "models/model.joblib")
+    args = ["--history", "data/clean/transactions.parquet", "--store", "serving.db"]
+    with Server(args, env=env, cwd=repo) as running:
+        tx = {
+            "transaction_id": 10**15,
+            "tx_datetime": "2018-06-01T10:00:00",
+            "customer_id": 1,
+            "terminal_id": 1,
+            "tx_amount": 42.0,
+        }
+        status, answer = running.request("POST", "/v1/score", tx, key="e2e-key")
+    assert status == 200, answer
+    assert answer["model_version"] == model_md5
+    _set_params(repo, {"train": {"xgboost": {"n_estimators": 11}}})
+    script = Path(sys.executable).parent / "fraudlab"
+    done = subprocess.run(
+        [str(script), "serve", "--port", "0", "--store", "serving.db"],
+        cwd=repo,
+        env={**_env(repo), **env},
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert done.returncode == 1
+    assert "`dvc status` reports changes in stage(s) train" in done.stderr
+    assert "run `dvc repro`" in done.stderr
 
 
 def test_verify_finds_a_flipped_bit_dvc_restores_and_calls_up_to_date(repo):

@@ -505,3 +505,38 @@ def test_a_tampered_or_missing_file_refuses_the_start(deployment, tmp_path):
     assert "serving.json: missing" in log
     assert "dvc repro evaluate" in log
     assert not (copy / "history.db").exists()  # nothing was started
+
+
+def test_several_workers_share_one_store_and_one_set_of_metrics(deployment):
+    """Two server processes: concurrent requests land on both, every transaction is stored once
+    and scored with every one acknowledged before it, and /metrics adds up both processes."""
+    args = server_args(deployment["root"], "workers.db", "--workers", "2")
+    answers: dict[int, dict] = {}
+
+    def post(first: int) -> None:
+        for n in range(first, first + 40):
+            status, answer = running.request("POST", "/v1/score", _numbered(n), key=KEY)
+            assert status == 200, answer
+            answers[n] = answer
+
+    with Server(args, env={"FRAUDLAB_API_KEYS": KEY}) as running:
+        threads = [threading.Thread(target=post, args=(1 + 40 * i,)) for i in range(4)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        samples = _samples(running)
+        pids = {line for line in running.log if "serving model" in line}
+    assert len(pids) == 2  # both workers loaded the model
+    score_200 = ("fraudlab_requests_total", (("endpoint", "/v1/score"), ("status", "200")))
+    assert samples[score_200] == 160
+    assert samples[("fraudlab_history_transactions", ())] == 160
+    with sqlite3.connect(deployment["root"] / "workers.db") as db:
+        stored = db.execute("SELECT count(*), count(DISTINCT transaction_id) FROM history")
+        assert stored.fetchone() == (160, 160)
+        order = [row[0] for row in db.execute("SELECT transaction_id FROM history ORDER BY seq")]
+    # whichever worker took it, each transaction saw exactly the same-customer transactions
+    # stored before it (and earlier in time): as if one process had scored them in store order
+    for position, n in enumerate(order):
+        before = [m for m in order[:position] if m % 5 == n % 5 and m < n]
+        assert answers[n]["features"]["customer_id_nb_tx_1day_window"] == len(before) + 1, n
