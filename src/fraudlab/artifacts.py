@@ -9,6 +9,7 @@ payload never runs. The hash is DVC's own: the MD5 of the file's bytes.
 from __future__ import annotations
 
 import hashlib
+import io
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -99,15 +100,21 @@ def recorded(path: str | Path, *, lock_path: str | Path) -> LockedOutput:
     )
 
 
-def verify_file(path: str | Path, *, lock_path: str | Path) -> LockedOutput:
-    """Check that ``path`` holds the bytes dvc.lock records for it; the entry, or IntegrityError."""
+def verify_file(
+    path: str | Path, *, lock_path: str | Path, content: bytes | None = None
+) -> LockedOutput:
+    """Check that ``path`` holds the bytes dvc.lock records for it (or, given ``content``, that
+    those bytes read from it are); the entry, or IntegrityError."""
     entry = recorded(path, lock_path=lock_path)
-    if not Path(path).is_file():
+    if content is None and not Path(path).is_file():
         raise IntegrityError(
             f"{path}: missing (recorded by stage {entry.stage} in {lock_path}): run "
             f"`dvc checkout {entry.path}` or `dvc repro {entry.stage}`"
         )
-    actual = file_md5(path)
+    if content is None:
+        actual = file_md5(path)
+    else:
+        actual = hashlib.md5(content, usedforsecurity=False).hexdigest()
     if actual != entry.md5:
         raise IntegrityError(
             f"{path}: MD5 {actual} differs from {entry.md5} recorded by stage {entry.stage} in "
@@ -120,10 +127,16 @@ def verify_file(path: str | Path, *, lock_path: str | Path) -> LockedOutput:
 
 def load_verified_pickle(path: str | Path, *, lock_path: str | Path) -> Any:
     """Unpickle ``path`` only after its hash matches dvc.lock; a file that then fails to load
-    (truncated, not a pickle) is a one-line error, not a traceback."""
-    verify_file(path, lock_path=lock_path)
+    (truncated, not a pickle) is a one-line error, not a traceback. The bytes hashed are the
+    bytes unpickled: the file is read once, so swapping it after the check changes nothing."""
+    recorded(path, lock_path=lock_path)  # an unrecorded path is refused before it is read
     try:
-        return joblib.load(path)
+        content = Path(path).read_bytes()
+    except FileNotFoundError:
+        content = None  # verify_file says which stage to rerun
+    verify_file(path, lock_path=lock_path, content=content)
+    try:
+        return joblib.load(io.BytesIO(content))
     # any unpickling failure means the same to the user: the file is not a model
     except Exception as exc:
         raise IntegrityError(
