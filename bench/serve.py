@@ -1,0 +1,315 @@
+"""Benchmark the scoring service on loopback, at the reference size, after `dvc repro`.
+
+Seeds a scratch history with the clean data before the test period, starts `fraudlab serve`,
+and sends the transactions from the test period on (real customers and terminals, each id new)
+with `wrk` (Debian's package, one thread) and an open-loop asyncio client (aiohttp), both on
+this machine. Prints:
+
+* single-transaction requests per second at saturation (wrk, 64 connections);
+* p50 / p99 latency at a fixed rate (default 1,000 req/s; latency counted from the scheduled
+  send time, so a stall is not hidden by the client waiting);
+* batch throughput (transactions per second, 1,000 per request);
+* model-only latency of one row; the store's disk and memory cost per million transactions;
+* with --parity: the test week replayed one transaction at a time over HTTP, labels posted once
+  due, every feature and score compared with the batch pipeline's.
+
+    dvc repro && python bench/serve.py [--workers 2] [--no-fsync] [--parity]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import collections
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+import tracemalloc
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from fraudlab import schema
+from fraudlab.features import feature_names
+from fraudlab.models import load_model, predict_scores
+from fraudlab.params import load_params
+from fraudlab.scoring import row_scorer
+from fraudlab.store import RecentHistory, SQLiteHistory, seed
+
+ROOT = Path(__file__).resolve().parents[1]
+KEY = "bench-key"
+WRK_SCRIPT = r"""
+local bodies = {}
+local next_body = 0
+local step = 1
+function init(args)
+  for line in io.lines(os.getenv("BENCH_BODIES")) do bodies[#bodies + 1] = line end
+  next_body = tonumber(os.getenv("BENCH_OFFSET"))
+end
+wrk.method = "POST"
+wrk.headers["Content-Type"] = "application/json"
+wrk.headers["Authorization"] = "Bearer " .. os.getenv("BENCH_KEY")
+function request()
+  next_body = next_body + 1
+  return wrk.format(nil, os.getenv("BENCH_PATH"), nil, bodies[next_body])
+end
+"""
+
+
+def tx_json(row) -> dict:
+    return {
+        "transaction_id": int(row.transaction_id),
+        "tx_datetime": pd.Timestamp(row.tx_datetime).isoformat(),
+        "customer_id": int(row.customer_id),
+        "terminal_id": int(row.terminal_id),
+        "tx_amount": float(row.tx_amount),
+    }
+
+
+class Service:
+    def __init__(self, workdir: Path, args: list[str]) -> None:
+        self.log = open(workdir / "server.log", "w")  # noqa: SIM115 (closed in stop)
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "fraudlab.serve", "--port", "0", *args],
+            cwd=ROOT,
+            env={**os.environ, "FRAUDLAB_API_KEYS": KEY},
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for line in self.process.stderr:
+            self.log.write(line)
+            if match := re.search(r"listening on (http://\S+)", line):
+                self.url = match[1]
+                break
+        else:
+            self.log.close()
+            log = (workdir / "server.log").read_text()
+            raise SystemExit(f"the server did not start:\n{log[-2000:]}")
+        self._wait_ready()
+
+    def _wait_ready(self) -> None:
+        import urllib.request
+
+        while True:
+            try:
+                with urllib.request.urlopen(f"{self.url}/readyz", timeout=5) as response:
+                    if response.status == 200:
+                        return
+            except OSError:
+                time.sleep(0.2)
+
+    def stop(self) -> None:
+        self.process.terminate()
+        self.process.wait(timeout=60)
+        self.log.close()
+
+
+def run_wrk(url: str, *, path: str, bodies: Path, offset: int, seconds: int, connections: int):
+    script = bodies.with_suffix(".lua")
+    script.write_text(WRK_SCRIPT)
+    env = {**os.environ, "BENCH_BODIES": str(bodies), "BENCH_OFFSET": str(offset),
+           "BENCH_KEY": KEY, "BENCH_PATH": path}  # fmt: skip
+    done = subprocess.run(
+        ["wrk", "-t1", f"-c{connections}", f"-d{seconds}s", "--latency", "-s", str(script), url],
+        capture_output=True,
+        text=True,
+        env=env,
+        check=True,
+    )
+    rate = float(re.search(r"Requests/sec:\s+([\d.]+)", done.stdout)[1])
+    total = int(re.search(r"(\d+) requests in", done.stdout)[1])
+    errors = re.search(r"Non-2xx or 3xx responses: (\d+)", done.stdout)
+    latency = dict(re.findall(r"(50|99)%\s+([\d.]+\w+)", done.stdout))
+    return rate, total, int(errors[1]) if errors else 0, latency
+
+
+async def open_loop(url: str, bodies: list[str], *, rate: float) -> tuple[np.ndarray, int]:
+    """Send ``bodies`` at ``rate`` per second whatever the answers' pace; latencies from each
+    request's scheduled time."""
+    import aiohttp
+
+    latencies = np.zeros(len(bodies))
+    failures = 0
+    headers = {"Content-Type": "application/json", "Authorization": f"Bearer {KEY}"}
+    connector = aiohttp.TCPConnector(limit=256)
+    async with aiohttp.ClientSession(connector=connector, headers=headers) as session:
+        start = time.perf_counter() + 0.1
+
+        async def one(i: int, body: str) -> None:
+            nonlocal failures
+            scheduled = start + i / rate
+            await asyncio.sleep(max(0.0, scheduled - time.perf_counter()))
+            async with session.post(f"{url}/v1/score", data=body) as response:
+                await response.read()
+                failures += response.status != 200
+            latencies[i] = time.perf_counter() - scheduled
+
+        await asyncio.gather(*(one(i, body) for i, body in enumerate(bodies)))
+    return latencies, failures
+
+
+def store_cost(clean: pd.DataFrame, workdir: Path, n: int = 1_000_000) -> tuple[float, float]:
+    """Disk and memory (the in-process copy) per million transactions of history."""
+    rows = clean.tail(n)
+    path = workdir / "cost.db"
+    with SQLiteHistory(path, fsync=False) as store:
+        seed(store, rows, labels_known_until=None)
+        store._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        disk = store.disk_bytes()
+        tracemalloc.start()
+        recent = RecentHistory(store)
+        recent.refresh()
+        memory = tracemalloc.get_traced_memory()[0]
+        tracemalloc.stop()
+    return disk / len(rows) * 1e6, memory / len(rows) * 1e6
+
+
+def model_latency() -> float:
+    model = load_model(ROOT / "models" / "model.joblib", lock_path=ROOT / "dvc.lock")
+    predict = row_scorer(model.pipeline)
+    row = np.random.default_rng(0).random((1, len(model.features)))
+    for _ in range(200):
+        predict(row)
+    started = time.perf_counter()
+    for _ in range(2000):
+        predict(row)
+    return (time.perf_counter() - started) / 2000
+
+
+def parity(url: str, later: pd.DataFrame, delay: pd.Timedelta) -> None:
+    """Replay ``later`` one transaction at a time and compare with the batch pipeline."""
+    import urllib.request
+
+    features = load_params(ROOT / "params.yaml", "features")["features"]
+    names = feature_names(features)
+    batch = pd.read_parquet(ROOT / "data" / "features" / "transactions.parquet")
+    batch = batch.set_index(schema.TRANSACTION_ID).loc[later[schema.TRANSACTION_ID]]
+    model = load_model(ROOT / "models" / "model.joblib", lock_path=ROOT / "dvc.lock")
+    expected_scores = predict_scores(model.pipeline, batch, features=names)
+
+    def post(path: str, body: dict) -> dict:
+        request = urllib.request.Request(
+            f"{url}{path}",
+            data=json.dumps(body).encode(),
+            headers={"Content-Type": "application/json", "Authorization": f"Bearer {KEY}"},
+        )
+        with urllib.request.urlopen(request, timeout=30) as response:
+            return json.loads(response.read())
+
+    pending = collections.deque()
+    online, scores = [], []
+    started = time.perf_counter()
+    for row in later.itertuples(index=False):
+        due = []
+        while pending and pending[0].tx_datetime + delay <= row.tx_datetime:
+            due.append(pending.popleft())
+        if due:
+            labels = [{"transaction_id": int(r.transaction_id), "tx_fraud": int(r.tx_fraud)}
+                      for r in due]  # fmt: skip
+            post("/v1/labels", {"labels": labels})
+        answer = post("/v1/score", tx_json(row))
+        online.append([answer["features"][name] for name in names])
+        scores.append(answer["score"])
+        pending.append(row)
+    seconds = time.perf_counter() - started
+    difference = np.abs(np.array(online) - batch[names].to_numpy(dtype=np.float64))
+    score_difference = np.abs(np.array(scores) - expected_scores)
+    print(f"parity: {len(later):,} transactions replayed one by one in {seconds:.0f} s")
+    print(f"  largest feature difference from the batch: {difference.max():.3g} "
+          f"(in {names[int(difference.max(axis=0).argmax())]})")  # fmt: skip
+    threshold = json.loads((ROOT / "models" / "serving.json").read_text())["threshold"]
+    differing = int(((np.array(scores) >= threshold) != (expected_scores >= threshold)).sum())
+    print(f"  largest score difference: {score_difference.max():.3g}; "
+          f"decisions differing: {differing}")  # fmt: skip
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--no-fsync", action="store_true")
+    parser.add_argument("--seconds", type=int, default=10, help="per wrk run")
+    parser.add_argument("--rate", type=float, default=1000.0, help="fixed-rate run, req/s")
+    parser.add_argument("--parity", action="store_true", help="replay the test week over HTTP")
+    args = parser.parse_args()
+    if shutil.which("wrk") is None:
+        raise SystemExit("wrk not found: apt-get install wrk")
+    params = load_params(ROOT / "params.yaml", "split", "features")
+    split, features = params["split"], params["features"]
+    test_start = pd.Timestamp(split.train_start) + pd.Timedelta(
+        days=split.train_days + features.label_delay_days
+    )
+    clean = pd.read_parquet(ROOT / "data" / "clean" / "transactions.parquet")
+    clean = clean.sort_values(schema.SORT_KEYS, ignore_index=True)
+    workdir = Path(tempfile.mkdtemp(prefix="fraudlab-bench-serve-"))
+    try:
+        history = workdir / "history.parquet"
+        clean[clean[schema.TX_DATETIME] < test_start].to_parquet(history)
+        later = clean[clean[schema.TX_DATETIME] >= test_start]
+        print(f"machine: {os.cpu_count()} cores; load generators on the same machine")
+        if args.parity:
+            week = later[later[schema.TX_DATETIME] < test_start + pd.Timedelta(days=7)]
+            service = Service(workdir, ["--history", str(history), "--store",
+                                        str(workdir / "parity.db"), "--no-fsync"])  # fmt: skip
+            try:
+                parity(service.url, week, pd.Timedelta(days=features.label_delay_days))
+            finally:
+                service.stop()
+        bodies = workdir / "single.jsonl"
+        singles = [json.dumps(tx_json(row)) for row in later.itertuples(index=False)]
+        bodies.write_text("\n".join(singles) + "\n")
+        options = ["--workers", str(args.workers)] + (["--no-fsync"] if args.no_fsync else [])
+        started = time.perf_counter()
+        service = Service(workdir, ["--history", str(history), "--store",
+                                    str(workdir / "history.db"), *options])  # fmt: skip
+        print(f"server: {args.workers} worker(s), fsync {'off' if args.no_fsync else 'on'}; "
+              f"seeded and ready in {time.perf_counter() - started:.0f} s")  # fmt: skip
+        try:
+            rate, used, errors, latency = run_wrk(
+                service.url, path="/v1/score", bodies=bodies, offset=0,
+                seconds=args.seconds, connections=64,
+            )  # fmt: skip
+            print(
+                f"single, saturation (wrk, 64 connections): {rate:,.0f} req/s, "
+                f"p50 {latency.get('50')}, p99 {latency.get('99')}, non-2xx {errors}"
+            )
+            used += 1000  # requests still in flight when wrk stopped
+            n = int(args.rate * args.seconds)
+            latencies, failures = asyncio.run(
+                open_loop(service.url, singles[used : used + n], rate=args.rate)
+            )
+            used += n
+            ms = latencies * 1e3
+            print(f"single, {args.rate:,.0f} req/s for {args.seconds} s (aiohttp, open loop): "
+                  f"p50 {np.percentile(ms, 50):.2f} ms, p99 {np.percentile(ms, 99):.2f} ms, "
+                  f"max {ms.max():.1f} ms, failures {failures}")  # fmt: skip
+            batch_rows = [singles[i : i + 1000] for i in range(used, len(singles) - 999, 1000)]
+            batch_file = workdir / "batch.jsonl"
+            batch_file.write_text(
+                "\n".join('{"transactions":[' + ",".join(b) + "]}" for b in batch_rows) + "\n"
+            )
+            rate, done, errors, latency = run_wrk(
+                service.url, path="/v1/score/batch", bodies=batch_file, offset=0,
+                seconds=args.seconds, connections=4,
+            )  # fmt: skip
+            if done > len(batch_rows):
+                print("  (ran out of batch bodies: retries were measured too)")
+            print(f"batch of 1,000 (wrk, 4 connections): {rate * 1000:,.0f} transactions/s, "
+                  f"p50 {latency.get('50')} per request, non-2xx {errors}")  # fmt: skip
+        finally:
+            service.stop()
+        print(f"model only, one row: {model_latency() * 1e6:.0f} us")
+        disk, memory = store_cost(clean, workdir)
+        print(f"history store per million transactions: {disk / 2**20:.0f} MiB on disk, "
+              f"{memory / 2**20:.0f} MiB in each worker's memory")  # fmt: skip
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
