@@ -13,7 +13,7 @@ this machine. Prints:
 * with --parity: the test week replayed one transaction at a time over HTTP, labels posted once
   due, every feature and score compared with the batch pipeline's.
 
-    dvc repro && python bench/serve.py [--workers 2] [--no-fsync] [--parity]
+    dvc repro && python bench/serve.py [--workers 2] [--fsync] [--parity]
 """
 
 from __future__ import annotations
@@ -232,7 +232,7 @@ def parity(url: str, later: pd.DataFrame, delay: pd.Timedelta) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--workers", type=int, default=2)
-    parser.add_argument("--no-fsync", action="store_true")
+    parser.add_argument("--fsync", action="store_true", help="fsync every commit")
     parser.add_argument("--seconds", type=int, default=10, help="per wrk run")
     parser.add_argument("--rate", type=float, default=1000.0, help="fixed-rate run, req/s")
     parser.add_argument("--parity", action="store_true", help="replay the test week over HTTP")
@@ -255,7 +255,7 @@ def main() -> None:
         if args.parity:
             week = later[later[schema.TX_DATETIME] < test_start + pd.Timedelta(days=7)]
             service = Service(workdir, ["--history", str(history), "--store",
-                                        str(workdir / "parity.db"), "--no-fsync"])  # fmt: skip
+                                        str(workdir / "parity.db")])  # fmt: skip
             try:
                 parity(service.url, week, pd.Timedelta(days=features.label_delay_days))
             finally:
@@ -263,11 +263,11 @@ def main() -> None:
         bodies = workdir / "single.jsonl"
         singles = [json.dumps(tx_json(row)) for row in later.itertuples(index=False)]
         bodies.write_text("\n".join(singles) + "\n")
-        options = ["--workers", str(args.workers)] + (["--no-fsync"] if args.no_fsync else [])
+        options = ["--workers", str(args.workers)] + (["--fsync"] if args.fsync else [])
         started = time.perf_counter()
         service = Service(workdir, ["--history", str(history), "--store",
                                     str(workdir / "history.db"), *options])  # fmt: skip
-        print(f"server: {args.workers} worker(s), fsync {'off' if args.no_fsync else 'on'}; "
+        print(f"server: {args.workers} worker(s), fsync {'on' if args.fsync else 'off'}; "
               f"seeded and ready in {time.perf_counter() - started:.0f} s")  # fmt: skip
         try:
             rate, used, errors, latency = run_wrk(

@@ -15,13 +15,13 @@ import pytest
 from conftest import transactions
 from fraudlab import schema
 from fraudlab.errors import UserError
-from fraudlab.features import build_features, feature_names
+from fraudlab.features import History, build_features, feature_names, transaction_features
 from fraudlab.store import (
     ConflictError,
+    RecentHistory,
     SQLiteHistory,
     Transaction,
     UnknownTransactionError,
-    features_from_store,
     seed,
     transactions_from_frame,
 )
@@ -50,6 +50,7 @@ def test_a_replay_through_the_store_gives_every_batch_feature(
     labels = batch[schema.TX_FRAUD].to_numpy()
     with SQLiteHistory(tmp_path / "history.db") as store:
         seed(store, batch[times < cut], labels_known_until=cut - delay)
+        recent = RecentHistory(store)
         ids = batch[schema.TRANSACTION_ID].to_numpy()
         # rows whose label has not arrived yet, in time order (labels arrive in that order)
         pending = collections.deque(np.flatnonzero((times < cut) & (times > cut - delay)))
@@ -60,7 +61,7 @@ def test_a_replay_through_the_store_gives_every_batch_feature(
             while pending and times[pending[0]] + delay <= tx.time:
                 due.append(pending.popleft())
             store.label((int(ids[j]), int(labels[j])) for j in due)
-            online.append(features_from_store(store, tx, params=features_params))
+            online.append(_from_store(recent, tx, features_params))
             store.add([tx])
             pending.append(i)
     expected = batch.iloc[replayed][names].to_numpy(dtype=np.float64)
@@ -69,6 +70,26 @@ def test_a_replay_through_the_store_gives_every_batch_feature(
     assert len(replayed) > 1000
     np.testing.assert_array_equal(online[:, exact], expected[:, exact])
     np.testing.assert_allclose(online, expected, rtol=0, atol=1e-9)
+
+
+def _from_store(recent: RecentHistory, tx: Transaction, params) -> np.ndarray:
+    """One transaction's features from the in-memory copy of the store, brought up to date."""
+    recent.refresh()
+    empty = History(np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0))
+    return transaction_features(
+        time=tx.time,
+        transaction_id=tx.transaction_id,
+        amount=tx.amount,
+        customer=recent.customers.get(tx.customer_id, empty),
+        terminal=recent.terminals.get(tx.terminal_id, empty),
+        params=params,
+    )
+
+
+def _recent(store: SQLiteHistory) -> RecentHistory:
+    recent = RecentHistory(store)
+    recent.refresh()
+    return recent
 
 
 def _tx(tx_id: int, amount: float = 10.0, customer: int | str = 1) -> Transaction:
@@ -94,22 +115,36 @@ def test_labels_need_a_known_transaction_and_a_0_or_1(store):
         store.label([(1, 1), (5, 0)])
     with pytest.raises(UserError, match="tx_fraud 2 is not 0/1"):
         store.label([(1, 2)])
-    assert store.terminal_rows(7, after=0, until=2_000 * DAY).values.tolist() == [0.0]
+    recent = _recent(store)
+    assert recent.terminals[7].values.tolist() == [0]
     store.label([(1, 1)])
-    assert store.terminal_rows(7, after=0, until=2_000 * DAY).values.tolist() == [1.0]
+    recent.refresh()  # the label arrives through the change log
+    assert recent.terminals[7].values.tolist() == [1]
+    assert _recent(store).terminals[7].values.tolist() == [1]
 
 
 def test_text_ids_and_integer_ids_are_kept_apart(store):
     store.add([_tx(1, customer=7), _tx(2, customer="7")])
-    assert store.customer_rows(7, after=0, until=2_000 * DAY).ids.tolist() == [1]
-    assert store.customer_rows("7", after=0, until=2_000 * DAY).ids.tolist() == [2]
+    recent = _recent(store)
+    assert recent.customers[7].ids.tolist() == [1]
+    assert recent.customers["7"].ids.tolist() == [2]
 
 
-def test_rows_of_one_key_are_read_through_an_index(store):
-    for column in ("customer_id", "terminal_id"):
-        plan = store.query_plan(column)
-        assert "SEARCH history USING COVERING INDEX" in plan, plan
-        assert "SCAN" not in plan
+def test_the_service_queries_search_an_index_and_never_scan(store):
+    for name, plan in store.query_plans().items():
+        assert "SEARCH" in plan, (name, plan)
+        assert "SCAN" not in plan, (name, plan)
+
+
+def test_another_connection_writes_reach_the_copy_in_memory(store, tmp_path):
+    recent = _recent(store)
+    with SQLiteHistory(tmp_path / "history.db") as other:  # as another process would
+        other.add([_tx(1), _tx(2, customer=2)])
+        other.label([(1, 1)])
+    recent.refresh()
+    assert recent.customers[1].ids.tolist() == [1]
+    assert recent.terminals[7].values.tolist() == [1, 0]
+    assert recent.cursor == store.cursor()
 
 
 def test_pruning_drops_only_rows_older_than_the_windows(store):
@@ -117,10 +152,11 @@ def test_pruning_drops_only_rows_older_than_the_windows(store):
         [(1, "2018-04-01 10:00", 1, 1, 1.0, 0), (2, "2018-05-01 10:00", 1, 1, 2.0, 0)]
     )
     seed(store, frame, labels_known_until=None)
-    assert store.prune(before=pd.Timestamp("2018-04-15").value) == 1
-    assert store.customer_rows(1, after=0, until=pd.Timestamp("2019-01-01").value).ids.tolist() == [
-        2
-    ]
+    assert store.prune(before=pd.Timestamp("2018-04-15").value, limit=10) == 1
+    assert sorted(store.lookup([1, 2])) == [2]
+    recent = _recent(store)
+    recent.prune(before=pd.Timestamp("2018-04-15").value, budget=1)
+    assert recent.customers[1].ids.tolist() == [2]
 
 
 WRITER = """
@@ -143,7 +179,7 @@ def test_every_acknowledged_write_survives_kill_9(tmp_path):
     writer.wait(timeout=30)
     with SQLiteHistory(path) as reopened:
         stored = reopened.count()
-        ids = reopened.customer_rows(0, after=-1, until=10**6).ids.tolist()
+        ids = _recent(reopened).customers[0].ids.tolist()
         assert stored >= len(acknowledged)  # the last write may have landed unacknowledged
         assert ids == [i for i in range(1, stored + 1) if i % 13 == 0]  # each once, in order
         assert reopened.add([Transaction(10**6, 10**6, 0, 0, 1.0)]) == [True]  # and continues

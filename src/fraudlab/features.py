@@ -278,16 +278,10 @@ class Merged(NamedTuple):
 
     def histories(self) -> dict:
         """Each group's rows after the merge (views, no copies)."""
-        bounds = np.searchsorted(self.groups, np.arange(1, len(self.keys)))
+        bounds = np.searchsorted(self.groups, np.arange(len(self.keys) + 1)).tolist()
         return {
-            key: History(times, ids, values)
-            for key, times, ids, values in zip(
-                self.keys,
-                np.split(self.times, bounds),
-                np.split(self.ids, bounds),
-                np.split(self.values, bounds),
-                strict=True,
-            )
+            key: History(self.times[start:end], self.ids[start:end], self.values[start:end])
+            for key, start, end in zip(self.keys, bounds[:-1], bounds[1:], strict=True)
         }
 
 
@@ -301,28 +295,33 @@ def _merged(keys: list, new: History, stored: Mapping) -> Merged:
     distinct = list(dict.fromkeys(keys))
     code = {key: i for i, key in enumerate(distinct)}
     new_groups = np.fromiter((code[key] for key in keys), dtype=np.int64, count=len(keys))
-    # each group's stored rows, then its new rows: already in order unless a new row arrived
-    # late (before a stored one), which the sort below then fixes
     by_group = np.lexsort((new.ids, new.times, new_groups))
-    new_bounds = np.searchsorted(new_groups[by_group], np.arange(len(distinct) + 1))
-    empty = History(np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0, new.values.dtype))
-    parts = [stored.get(key) or empty for key in distinct]
-    lengths = np.array([len(part.times) for part in parts], dtype=np.int64) + np.diff(new_bounds)
-    pieces = [
-        [field[by_group[new_bounds[i] : new_bounds[i + 1]]] for field in new]
-        for i in range(len(distinct))
-    ]
-    times, ids, values = (
-        np.concatenate(
-            [a for part, piece in zip(parts, pieces, strict=True) for a in (part[f], piece[f])]
-        )
-        for f in range(3)
-    )
-    groups = np.repeat(np.arange(len(distinct), dtype=np.int64), lengths)
-    is_new = np.repeat(
-        np.tile(np.array([False, True]), len(distinct)),
-        np.column_stack([lengths - np.diff(new_bounds), np.diff(new_bounds)]).ravel(),
-    )
+    new_counts = np.bincount(new_groups, minlength=len(distinct))
+    parts = [stored.get(key) for key in distinct]
+    parts = [(i, part) for i, part in enumerate(parts) if part is not None and len(part.times)]
+    stored_counts = np.zeros(len(distinct), dtype=np.int64)
+    stored_counts[[i for i, _ in parts]] = [len(part.times) for _, part in parts]
+    # each group's block: its stored rows, then its new rows (in order unless a new row
+    # arrived late, before a stored one, which the sort below fixes)
+    block_start = np.concatenate([[0], np.cumsum(stored_counts + new_counts)[:-1]])
+    total = int(stored_counts.sum() + new_counts.sum())
+    into_stored = np.repeat(block_start - np.concatenate([[0], np.cumsum(stored_counts)[:-1]]),
+                            stored_counts) + np.arange(int(stored_counts.sum()))  # fmt: skip
+    into_new = np.repeat(
+        block_start + stored_counts - np.concatenate([[0], np.cumsum(new_counts)[:-1]]),
+        new_counts,
+    ) + np.arange(len(keys))
+    fields = []
+    for f in range(3):
+        merged = np.empty(total, dtype=np.result_type(new[f], *(part[f] for _, part in parts[:1])))
+        if parts:
+            merged[into_stored] = np.concatenate([part[f] for _, part in parts])
+        merged[into_new] = new[f][by_group]
+        fields.append(merged)
+    times, ids, values = fields
+    groups = np.repeat(np.arange(len(distinct), dtype=np.int64), stored_counts + new_counts)
+    is_new = np.zeros(total, dtype=bool)
+    is_new[into_new] = True
     if not _is_sorted(groups, times, ids):
         order = np.lexsort((ids, times, groups))
         times, ids, values, is_new = times[order], ids[order], values[order], is_new[order]

@@ -32,6 +32,11 @@ from fraudlab.store import ConflictError, RecentHistory, SQLiteHistory, Transact
 log = logging.getLogger(__name__)
 
 _DAY = 86_400 * 10**9
+# Pruning per scoring round, in proportion to the transactions it added: stored rows deleted
+# (at most) and in-memory keys swept, each per new transaction. The history then stays within
+# the windows' reach plus what a few rounds add, and no round stalls on a sweep.
+_PRUNE_ROWS_PER_TX = 2
+_PRUNE_KEYS_PER_TX = 4
 
 
 @dataclass(frozen=True)
@@ -137,7 +142,6 @@ class Scorer:
             max(span.value for span in spans) + _DAY if keep_days is None else (keep_days * _DAY)
         )
         self.recent = RecentHistory(store)
-        self._pruned_at: int | None = None
         # what the last ``score`` call scored anew, for the service's metrics
         self.last_scores = np.zeros(0)
         self.last_late = 0  # of those, older than their customer's newest stored transaction
@@ -247,21 +251,17 @@ class Scorer:
             terminals=online.terminals.histories(),
             cursor=cursor,
         )
-        self._maybe_prune()
+        self._prune(len(new))
         self.last_scores = scores
         return answers
 
-    def _maybe_prune(self) -> None:
-        newest = self.recent.newest
-        if newest is None:
+    def _prune(self, added: int) -> None:
+        """Drop rows no window can reach any more, a little per round (no stall)."""
+        if self.recent.newest is None:
             return
-        if self._pruned_at is None or newest - self._pruned_at >= _DAY:
-            before = newest - self.keep
-            deleted = self.store.prune(before=before)
-            self.recent.prune(before=before)
-            self._pruned_at = newest
-            if deleted:
-                log.info("pruned %d transactions older than the windows need", deleted)
+        before = self.recent.newest - self.keep
+        self.store.prune(before=before, limit=_PRUNE_ROWS_PER_TX * added)
+        self.recent.prune(before=before, budget=_PRUNE_KEYS_PER_TX * added)
 
     def label(self, labels: Sequence[tuple[int, int]]) -> None:
         """Record confirmed labels durably (UnknownTransactionError: none recorded)."""

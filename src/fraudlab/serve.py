@@ -58,10 +58,11 @@ def parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--history-until", help="seed only transactions at or before this date and time")
     p.add_argument(
-        "--no-fsync",
+        "--fsync",
         action="store_true",
-        help="commit to the operating system only: survives a crash of the server, not a power "
-        "cut (default: fsync every commit)",
+        help="fsync every commit, so an acknowledged write also survives a power cut or an "
+        "operating-system crash (default: a commit reaches the operating system, which "
+        "survives a crash or kill -9 of the server; ~10x fewer writes per second)",
     )
     p.add_argument(
         "--api-key-file", help=f"file with one API key per line (default: ${KEYS_VARIABLE})"
@@ -190,7 +191,7 @@ def serve(argv: list[str] | None = None) -> None:
             "or pass --no-auth to serve without authentication"
         )
     version = check_integrity(args)
-    with SQLiteHistory(args.store, fsync=not args.no_fsync) as store:
+    with SQLiteHistory(args.store, fsync=args.fsync) as store:
         if args.history:
             seed_history(args, store)
         log.info("history: %d transactions in %s", store.count(), store.path)
@@ -206,7 +207,7 @@ def start_server(args: argparse.Namespace, *, keys: tuple[str, ...], version: st
         serving=args.serving,
         lock=args.lock,
         store=args.store,
-        fsync=not args.no_fsync,
+        fsync=args.fsync,
         api_keys=keys,
         max_batch=args.max_batch,
         max_body_bytes=args.max_body_bytes,

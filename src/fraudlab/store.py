@@ -8,8 +8,12 @@ database behind a small interface (``HistoryStore``), so a networked store can r
 * Several processes may share the file. ``exclusive()`` (a lock file beside the database)
   serialises whole read-compute-write cycles between them, so a transaction is scored with every
   transaction committed before it, whichever process took it.
-* A customer's or a terminal's rows in a time range are read through a covering index on
-  (customer or terminal, time, id, value): no scan, whatever the size of the history.
+* Rows are kept in arrival order (a sequence number), indexed by transaction id and by time.
+  The windows' reads go to ``RecentHistory``, this process's copy of the recent rows keyed by
+  customer and by terminal (a hash lookup, no scan), kept current from the store's change log.
+  Per-customer and per-terminal SQL indexes would serve no query and cost most of a write:
+  random leaf pages made a 1,000-transaction commit 7.6x slower (69 us against 9 us per
+  transaction, measured at the reference size).
 * Adding a transaction is idempotent: the same id with the same content is accepted again and
   changes nothing (clients retry); with other content it is a ``ConflictError``. The scoring
   service's answer is kept with the transaction, so a retry gets the same answer.
@@ -34,8 +38,7 @@ import pandas as pd
 
 from fraudlab import schema
 from fraudlab.errors import UserError
-from fraudlab.features import History, history_needed, transaction_features
-from fraudlab.params import FeaturesParams
+from fraudlab.features import History
 
 # SQLite's default limit on bound variables is 32766; stay well below it.
 _CHUNK = 10_000
@@ -70,11 +73,13 @@ class Changes(NamedTuple):
     """Rows and label changes committed after a cursor, and the cursor after them."""
 
     rows: list[tuple]  # (transaction_id, time, customer_id, terminal_id, amount, fraud)
-    labels: list[tuple]  # (transaction_id, time, terminal_id, fraud)
+    labels: list[tuple]  # (row sequence, transaction_id, time, terminal_id, fraud)
     cursor: tuple[int, int]  # (last row sequence, last label sequence)
 
 
 class HistoryStore(Protocol):
+    """What the scoring service needs of a store (a networked one can provide the same)."""
+
     def add(
         self, transactions: Iterable[Transaction], answers: Iterable[str | None] | None = None
     ) -> list[bool]: ...
@@ -83,11 +88,13 @@ class HistoryStore(Protocol):
 
     def label(self, labels: Iterable[tuple[int, int]]) -> None: ...
 
-    def customer_rows(self, customer_id: int | str, *, after: int, until: int) -> History: ...
-
-    def terminal_rows(self, terminal_id: int | str, *, after: int, until: int) -> History: ...
-
     def changes(self, cursor: tuple[int, int]) -> Changes: ...
+
+    def cursor(self) -> tuple[int, int]: ...
+
+    def prune(self, *, before: int, limit: int | None = None) -> int: ...
+
+    def count(self) -> int: ...
 
     def exclusive(self) -> contextlib.AbstractContextManager[None]: ...
 
@@ -103,23 +110,28 @@ CREATE TABLE IF NOT EXISTS history (
     fraud INTEGER CHECK (fraud IN (0, 1)),
     answer TEXT
 );
-CREATE INDEX IF NOT EXISTS by_customer ON history (customer_id, time, transaction_id, amount);
-CREATE INDEX IF NOT EXISTS by_terminal ON history (terminal_id, time, transaction_id, fraud);
 CREATE INDEX IF NOT EXISTS by_time ON history (time);
 CREATE TABLE IF NOT EXISTS label_log (
     seq INTEGER PRIMARY KEY AUTOINCREMENT,
-    transaction_id INTEGER NOT NULL
+    transaction_id INTEGER NOT NULL,
+    time INTEGER NOT NULL
 );
+CREATE INDEX IF NOT EXISTS label_log_by_time ON label_log (time);
 CREATE TRIGGER IF NOT EXISTS log_label AFTER UPDATE OF fraud ON history
 WHEN old.fraud IS NOT new.fraud
 BEGIN
-    INSERT INTO label_log (transaction_id) VALUES (new.transaction_id);
+    INSERT INTO label_log (transaction_id, time) VALUES (new.transaction_id, new.time);
 END;
 """
-_ROWS = (
-    "SELECT time, transaction_id, {value} FROM history INDEXED BY {index} "
-    "WHERE {column} = ? AND time > ? AND time <= ? ORDER BY time, transaction_id"
+# the queries the service runs, each an index search (tests check the plans)
+_LOOKUP = "SELECT {columns}, answer FROM history WHERE transaction_id IN ({marks})"
+_NEW_ROWS = "SELECT seq, {columns}, coalesce(fraud, 0) FROM history WHERE seq > ? ORDER BY seq"
+_NEW_LABELS = (
+    "SELECT log.seq, h.seq, h.transaction_id, h.time, h.terminal_id, h.fraud "
+    "FROM label_log AS log JOIN history AS h USING (transaction_id) "
+    "WHERE log.seq > ? ORDER BY log.seq"
 )
+_OLDEST = "SELECT seq FROM history INDEXED BY by_time WHERE time <= ? ORDER BY time LIMIT ?"
 _COLUMNS = "transaction_id, time, customer_id, terminal_id, amount"
 
 
@@ -185,9 +197,7 @@ class SQLiteHistory:
         found = {}
         for chunk in _chunks(list(dict.fromkeys(transaction_ids))):
             rows = self._db.execute(
-                f"SELECT {_COLUMNS}, answer FROM history "
-                f"WHERE transaction_id IN ({_placeholders(len(chunk))})",
-                chunk,
+                _LOOKUP.format(columns=_COLUMNS, marks=_placeholders(len(chunk))), chunk
             )
             for *values, answer in rows:
                 found[values[0]] = Stored(Transaction(*values), answer)
@@ -255,47 +265,13 @@ class SQLiteHistory:
                 [(int(fraud), tx_id) for tx_id, fraud in labels],
             )
 
-    def _rows(self, column: str, key: int | str, *, after: int, until: int, value: str) -> History:
-        index = "by_customer" if column == "customer_id" else "by_terminal"
-        found = self._db.execute(
-            _ROWS.format(value=value, index=index, column=column), (key, after, until)
-        ).fetchall()
-        if not found:
-            empty = np.zeros(0, dtype=np.int64)
-            return History(empty, empty, np.zeros(0, dtype=np.float64))
-        times, ids, values = zip(*found, strict=True)
-        return History(
-            np.array(times, dtype=np.int64),
-            np.array(ids, dtype=np.int64),
-            np.array(values, dtype=np.float64),
-        )
-
-    def customer_rows(self, customer_id: int | str, *, after: int, until: int) -> History:
-        """The customer's rows with after < time <= until, amounts as values."""
-        return self._rows("customer_id", customer_id, after=after, until=until, value="amount")
-
-    def terminal_rows(self, terminal_id: int | str, *, after: int, until: int) -> History:
-        """The terminal's rows with after < time <= until, labels known so far (0 if not)."""
-        return self._rows(
-            "terminal_id", terminal_id, after=after, until=until, value="coalesce(fraud, 0)"
-        )
-
     def changes(self, cursor: tuple[int, int]) -> Changes:
         """Rows added and labels changed after ``cursor`` (read in one snapshot)."""
         row_seq, label_seq = cursor
         self._db.execute("BEGIN")
         try:
-            rows = self._db.execute(
-                f"SELECT seq, {_COLUMNS}, coalesce(fraud, 0) FROM history WHERE seq > ? "
-                "ORDER BY seq",
-                (row_seq,),
-            ).fetchall()
-            labels = self._db.execute(
-                "SELECT log.seq, h.transaction_id, h.time, h.terminal_id, h.fraud "
-                "FROM label_log AS log JOIN history AS h USING (transaction_id) "
-                "WHERE log.seq > ? ORDER BY log.seq",
-                (label_seq,),
-            ).fetchall()
+            rows = self._db.execute(_NEW_ROWS.format(columns=_COLUMNS), (row_seq,)).fetchall()
+            labels = self._db.execute(_NEW_LABELS, (label_seq,)).fetchall()
             last_label = self._db.execute("SELECT max(seq) FROM label_log").fetchone()[0]
         finally:
             self._db.execute("COMMIT")
@@ -311,13 +287,20 @@ class SQLiteHistory:
         labels = self._db.execute("SELECT max(seq) FROM label_log").fetchone()[0]
         return (rows or 0, labels or 0)
 
-    def prune(self, *, before: int) -> int:
-        """Delete rows at or before ``before`` (older than every window); the count deleted."""
+    def prune(self, *, before: int, limit: int | None = None) -> int:
+        """Delete rows at or before ``before`` (older than every window), at most ``limit`` of
+        them (the oldest first: a service prunes a little per round, never stalling); the
+        count deleted."""
+        limit = -1 if limit is None else limit  # SQLite: a negative LIMIT is no limit
         with self._transaction():
-            deleted = self._db.execute("DELETE FROM history WHERE time <= ?", (before,)).rowcount
+            deleted = self._db.execute(
+                f"DELETE FROM history WHERE seq IN ({_OLDEST})", (before, limit)
+            ).rowcount
             self._db.execute(
-                "DELETE FROM label_log WHERE transaction_id NOT IN "
-                "(SELECT transaction_id FROM history)"
+                "DELETE FROM label_log WHERE seq IN "
+                "(SELECT seq FROM label_log INDEXED BY label_log_by_time WHERE time <= ? "
+                "ORDER BY time LIMIT ?)",
+                (before, limit),
             )
         return deleted
 
@@ -327,14 +310,18 @@ class SQLiteHistory:
     def newest_time(self) -> int | None:
         return self._db.execute("SELECT max(time) FROM history").fetchone()[0]
 
-    def query_plan(self, column: str) -> str:
-        """How SQLite reads one key's rows (for tests: a covering index search, never a scan
-        nor a table lookup)."""
-        index, value = (
-            ("by_customer", "amount") if column == "customer_id" else ("by_terminal", "fraud")
-        )
-        sql = _ROWS.format(value=value, index=index, column=column)
-        return " ".join(row[-1] for row in self._db.execute(f"EXPLAIN QUERY PLAN {sql}", (1, 0, 1)))
+    def query_plans(self) -> dict[str, str]:
+        """How SQLite runs the service's queries (for tests: index searches, never a scan)."""
+        queries = {
+            "lookup": (_LOOKUP.format(columns=_COLUMNS, marks="?, ?"), (1, 2)),
+            "new rows": (_NEW_ROWS.format(columns=_COLUMNS), (0,)),
+            "new labels": (_NEW_LABELS, (0,)),
+            "oldest": (_OLDEST, (0, 10)),
+        }
+        return {
+            name: " ".join(row[-1] for row in self._db.execute(f"EXPLAIN QUERY PLAN {sql}", args))
+            for name, (sql, args) in queries.items()
+        }
 
     def disk_bytes(self) -> int:
         """The database file and its write-ahead log, in bytes."""
@@ -390,31 +377,6 @@ def seed(store: SQLiteHistory, frame: pd.DataFrame, *, labels_known_until: int |
         )
 
 
-def features_from_store(
-    store: HistoryStore, transaction: Transaction, *, params: FeaturesParams
-) -> np.ndarray:
-    """One transaction's features (``feature_names`` order) from the rows its windows need:
-    its customer's last days and its terminal's rows up to the label delay."""
-    customer_span, terminal_span = (span.value for span in history_needed(params))
-    delay = pd.Timedelta(days=params.label_delay_days).value
-    return transaction_features(
-        time=transaction.time,
-        transaction_id=transaction.transaction_id,
-        amount=transaction.amount,
-        customer=store.customer_rows(
-            transaction.customer_id,
-            after=transaction.time - customer_span,
-            until=transaction.time,
-        ),
-        terminal=store.terminal_rows(
-            transaction.terminal_id,
-            after=transaction.time - terminal_span,
-            until=transaction.time - delay,
-        ),
-        params=params,
-    )
-
-
 def _group(keys: list, times: np.ndarray, ids: np.ndarray, values: np.ndarray) -> dict:
     """Rows as one ``History`` per key, each sorted by (time, id)."""
     if not keys:
@@ -452,6 +414,8 @@ class RecentHistory:
         self.terminals: dict = {}
         self.cursor = (0, 0)
         self.newest: int | None = None
+        self._customer_sweep: list = []
+        self._terminal_sweep: list = []
 
     def refresh(self) -> None:
         """Take in every row and label committed since the last refresh (by any process)."""
@@ -464,8 +428,10 @@ class RecentHistory:
                 customers=_group(list(customers), times, ids, np.array(amounts, dtype=np.float64)),
                 terminals=_group(list(terminals), times, ids, np.array(labels, dtype=np.int64)),
             )
-        for tx_id, time, terminal, fraud in changes.labels:
-            self._set_label(terminal, time=time, transaction_id=tx_id, fraud=fraud)
+        for row_seq, tx_id, time, terminal, fraud in changes.labels:
+            # a row read in this refresh already carries its label (the same snapshot)
+            if row_seq <= self.cursor[0]:
+                self._set_label(terminal, time=time, transaction_id=tx_id, fraud=fraud)
         self.cursor = changes.cursor
 
     def update(self, *, customers: Mapping, terminals: Mapping) -> None:
@@ -501,11 +467,21 @@ class RecentHistory:
             if rows.ids[i] == transaction_id:
                 rows.values[i] = 0 if fraud is None else fraud
 
-    def prune(self, *, before: int) -> None:
-        """Forget rows at or before ``before``."""
-        for histories in (self.customers, self.terminals):
-            for key in list(histories):
-                rows = histories[key]
+    def prune(self, *, before: int, budget: int | None = None) -> None:
+        """Forget rows at or before ``before``: in every key, or (``budget``) in the next
+        ``budget`` keys of a round-robin sweep, so that a service spreads the work."""
+        for histories, sweep in ((self.customers, self._customer_sweep),
+                                 (self.terminals, self._terminal_sweep)):  # fmt: skip
+            if budget is None:
+                keys = list(histories)
+            else:
+                if not sweep:
+                    sweep.extend(histories)
+                keys = [sweep.pop() for _ in range(min(budget, len(sweep)))]
+            for key in keys:
+                rows = histories.get(key)
+                if rows is None or rows.times[0] > before:
+                    continue
                 first = int(np.searchsorted(rows.times, before, side="right"))
                 if first == len(rows.times):
                     del histories[key]
