@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import hmac
 import logging
 import re
@@ -40,7 +41,7 @@ from pydantic import (
 )
 
 from fraudlab.scoring import Refused, Scorer, load_scorer
-from fraudlab.store import SQLiteHistory, Transaction, UnknownTransactionError
+from fraudlab.store import Checkpointer, SQLiteHistory, Transaction, UnknownTransactionError
 
 log = logging.getLogger(__name__)
 
@@ -359,7 +360,8 @@ def create_app(settings: Settings) -> Any:
 
     @contextlib.asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
-        store = SQLiteHistory(settings.store, fsync=settings.fsync)
+        store = SQLiteHistory(settings.store, fsync=settings.fsync, autocheckpoint=False)
+        checkpointer = Checkpointer(settings.store).start()
         scorer = load_scorer(
             model_path=settings.model,
             serving_path=settings.serving,
@@ -369,12 +371,17 @@ def create_app(settings: Settings) -> Any:
         metrics.describe_model(scorer)
         batcher = Batcher(scorer, metrics)
         batcher.start()
+        # what was loaded lives as long as the process: keep it out of every garbage
+        # collection, whose full passes over it would otherwise pause scoring
+        gc.collect()
+        gc.freeze()
         state.update(store=store, scorer=scorer, batcher=batcher)
         log.info("serving model %s (%s)", scorer.model_version, scorer.model.family)
         try:
             yield
         finally:
             await batcher.stop()
+            checkpointer.stop()
             store.close()
             state.clear()
 
