@@ -7,6 +7,7 @@ import collections
 import signal
 import subprocess
 import sys
+import time
 
 import numpy as np
 import pandas as pd
@@ -17,6 +18,7 @@ from fraudlab import schema
 from fraudlab.errors import UserError
 from fraudlab.features import History, build_features, feature_names, transaction_features
 from fraudlab.store import (
+    Checkpointer,
     ConflictError,
     RecentHistory,
     SQLiteHistory,
@@ -183,3 +185,21 @@ def test_every_acknowledged_write_survives_kill_9(tmp_path):
         assert stored >= len(acknowledged)  # the last write may have landed unacknowledged
         assert ids == [i for i in range(1, stored + 1) if i % 13 == 0]  # each once, in order
         assert reopened.add([Transaction(10**6, 10**6, 0, 0, 1.0)]) == [True]  # and continues
+
+
+def test_the_checkpointer_moves_the_log_into_the_database(tmp_path):
+    path = tmp_path / "history.db"
+    with SQLiteHistory(path, fsync=False, autocheckpoint=False) as store:
+        empty = path.stat().st_size
+        for start in range(1, 3_000, 100):  # many commits, far past SQLite's 1,000-page default
+            store.add([_tx(i, amount=float(i)) for i in range(start, start + 100)])
+        assert path.stat().st_size == empty  # everything still in the log
+        checkpointer = Checkpointer(path, every_seconds=0.01).start()
+        try:
+            deadline = time.monotonic() + 30
+            while path.stat().st_size == empty and time.monotonic() < deadline:
+                time.sleep(0.01)
+        finally:
+            checkpointer.stop()
+        assert path.stat().st_size > empty
+        assert store.count() == 3_000
