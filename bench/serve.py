@@ -5,8 +5,9 @@ and sends the transactions from the test period on (real customers and terminals
 with `wrk` (Debian's package, one thread, on this machine). Prints:
 
 * single-transaction requests per second at saturation (wrk, 64 connections);
-* p50 / p99 latency at ~1,000 req/s (wrk paced: 100 connections each pausing 100 ms after every
-  answer; latency is each request's own, so a stall also slows the pace, which is printed);
+* p50 / p99 latency at ~1,000 req/s (wrk paced: 100 connections each pausing a random 0-200 ms
+  after every answer; latency is each request's own, so a stall also slows the pace, which is
+  printed);
 * batch throughput (transactions per second, 1,000 per request);
 * model-only latency of one row; the store's disk and memory cost per million transactions;
 * with --parity: the test week replayed one transaction at a time over HTTP, labels posted once
@@ -60,7 +61,8 @@ function request()
 end
 local pause = tonumber(os.getenv("BENCH_DELAY_MS"))
 if pause > 0 then
-  function delay() return pause end
+  -- uniform in [0, 2 x pause]: the same mean rate, without the connections falling into step
+  function delay() return math.random(0, 2 * pause) end
 end
 """
 
@@ -269,9 +271,9 @@ def main() -> None:
                 f"p50 {latency.get('50')}, p99 {latency.get('99')}, non-2xx {errors}"
             )
             used += 1000  # requests still in flight when wrk stopped
-            # paced: 100 connections, each waiting 100 ms after every answer, ~1,000 req/s
-            # (closed loop: a slow answer delays that connection's next request, so the rate
-            # achieved is printed with the latencies)
+            # paced: 100 connections, each waiting 0-200 ms (100 on average) after every answer,
+            # ~1,000 req/s (closed loop: a slow answer delays that connection's next request, so
+            # the rate achieved is printed with the latencies)
             paced, n, errors, latency = run_wrk(
                 service.url, path="/v1/score", bodies=bodies, offset=used,
                 seconds=args.seconds, connections=100, delay_ms=int(100_000 / args.rate),

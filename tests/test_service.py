@@ -540,3 +540,35 @@ def test_several_workers_share_one_store_and_one_set_of_metrics(deployment):
     for position, n in enumerate(order):
         before = [m for m in order[:position] if m % 5 == n % 5 and m < n]
         assert answers[n]["features"]["customer_id_nb_tx_1day_window"] == len(before) + 1, n
+
+
+def test_a_history_file_that_cannot_seed_refuses_the_start(deployment, tmp_path):
+    env = {"FRAUDLAB_API_KEYS": KEY}
+    text_times = tmp_path / "text_times.parquet"
+    row = {
+        "transaction_id": [1],
+        "tx_datetime": ["2018-06-01"],
+        "customer_id": [1],
+        "terminal_id": [1],
+        "tx_amount": [1.0],
+    }
+    pd.DataFrame(row).to_parquet(text_times)
+    no_amount = tmp_path / "no_amount.parquet"
+    pd.read_parquet(deployment["root"] / "history.parquet").drop(columns="tx_amount").to_parquet(
+        no_amount
+    )
+    not_parquet = tmp_path / "history.csv"
+    not_parquet.write_text("transaction_id\n1\n")
+    cases = [
+        (tmp_path / "missing.parquet", "no such file"),
+        (not_parquet, "not a readable Parquet file"),
+        (no_amount, "missing ['tx_amount']"),
+        (text_times, "tx_datetime is"),
+    ]
+    for path, words in cases:
+        args = server_args(deployment["root"], "never.db", "--history", str(path))
+        status, log = refused_start(args, env=env)
+        assert status == 1, log
+        assert f"--history {path}: " in log
+        assert words in log
+        assert "Traceback" not in log

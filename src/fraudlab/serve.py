@@ -20,6 +20,7 @@ import tempfile
 from pathlib import Path
 
 import pandas as pd
+import pyarrow as pa
 
 from fraudlab import schema
 from fraudlab.artifacts import IntegrityError, verify_file
@@ -146,10 +147,20 @@ def check_integrity(args: argparse.Namespace) -> str:
 def seed_history(args: argparse.Namespace, store: SQLiteHistory) -> None:
     """Store the rows of ``--history`` the windows can still need (and their labels)."""
     model = load_model(args.model, lock_path=args.lock)
-    frame = pd.read_parquet(args.history)
+    if not Path(args.history).is_file():
+        raise UserError(f"--history {args.history}: no such file")
+    try:
+        frame = pd.read_parquet(args.history)
+    except (pa.ArrowException, OSError) as exc:
+        raise UserError(f"--history {args.history}: not a readable Parquet file ({exc})") from None
     missing = [c for c in schema.REQUIRED_COLUMNS[:-1] if c not in frame.columns]
     if missing:
-        raise UserError(f"{args.history}: not in the canonical schema, missing {missing}")
+        raise UserError(f"--history {args.history}: not in the canonical schema, missing {missing}")
+    if not pd.api.types.is_datetime64_dtype(frame[schema.TX_DATETIME]):
+        raise UserError(
+            f"--history {args.history}: {schema.TX_DATETIME} is {frame[schema.TX_DATETIME].dtype}, "
+            "not a datetime column (use the clean data the validate stage writes)"
+        )
     times = frame[schema.TX_DATETIME]
     if args.history_until:
         frame = frame[times <= pd.Timestamp(args.history_until)]
