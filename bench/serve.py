@@ -145,7 +145,7 @@ def run_wrk(
     return rate, total, int(errors[1]) if errors else 0, latency
 
 
-def store_cost(clean: pd.DataFrame, workdir: Path, n: int = 1_000_000) -> tuple[float, float]:
+def store_cost(clean: pd.DataFrame, workdir: Path, *, n: int = 1_000_000) -> tuple[float, float]:
     """Disk and memory (the in-process copy) per million transactions of history."""
     rows = clean.tail(n)
     path = workdir / "cost.db"
@@ -173,7 +173,7 @@ def model_latency() -> float:
     return (time.perf_counter() - started) / 2000
 
 
-def parity(url: str, later: pd.DataFrame, delay: pd.Timedelta) -> None:
+def parity(url: str, later: pd.DataFrame, *, delay: pd.Timedelta) -> None:
     """Replay ``later`` one transaction at a time and compare with the batch pipeline."""
     import urllib.request
 
@@ -248,7 +248,7 @@ def main() -> None:
             service = Service(workdir, ["--history", str(history), "--store",
                                         str(workdir / "parity.db")])  # fmt: skip
             try:
-                parity(service.url, week, pd.Timedelta(days=features.label_delay_days))
+                parity(service.url, week, delay=pd.Timedelta(days=features.label_delay_days))
             finally:
                 service.stop()
         bodies = workdir / "single.jsonl"

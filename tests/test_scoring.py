@@ -83,7 +83,7 @@ def scorer(trained, tmp_path):
     pipeline = fit_pipeline(built.head(8000), names, params=params)
     artifact = model_artifact(pipeline, params=params, features=features)
     store = SQLiteHistory(tmp_path / "history.db", fsync=False)
-    yield Scorer(artifact, ServingConfig("md5", 0.5, "test"), store)
+    yield Scorer(artifact, config=ServingConfig("md5", 0.5, "test"), store=store)
     store.close()
 
 

@@ -285,13 +285,13 @@ class Merged(NamedTuple):
         }
 
 
-def _is_sorted(groups: np.ndarray, times: np.ndarray, ids: np.ndarray) -> bool:
+def _is_sorted(groups: np.ndarray, *, times: np.ndarray, ids: np.ndarray) -> bool:
     """Whether rows are in (group, time, id) order."""
     g, t, i = np.diff(groups), np.diff(times), np.diff(ids)
     return bool(np.all((g > 0) | ((g == 0) & ((t > 0) | ((t == 0) & (i > 0))))))
 
 
-def _merged(keys: list, new: History, stored: Mapping) -> Merged:
+def _merged(keys: list, *, new: History, stored: Mapping) -> Merged:
     distinct = list(dict.fromkeys(keys))
     code = {key: i for i, key in enumerate(distinct)}
     new_groups = np.fromiter((code[key] for key in keys), dtype=np.int64, count=len(keys))
@@ -322,7 +322,7 @@ def _merged(keys: list, new: History, stored: Mapping) -> Merged:
     groups = np.repeat(np.arange(len(distinct), dtype=np.int64), stored_counts + new_counts)
     is_new = np.zeros(total, dtype=bool)
     is_new[into_new] = True
-    if not _is_sorted(groups, times, ids):
+    if not _is_sorted(groups, times=times, ids=ids):
         order = np.lexsort((ids, times, groups))
         times, ids, values, is_new = times[order], ids[order], values[order], is_new[order]
     # the new rows appear in merged order as ``by_group`` lists them (their ids are distinct)
@@ -331,7 +331,7 @@ def _merged(keys: list, new: History, stored: Mapping) -> Merged:
     return Merged(distinct, groups, times, ids, values, rows)
 
 
-def _running_sums(groups: np.ndarray, values: np.ndarray, n_groups: int) -> np.ndarray | None:
+def _running_sums(groups: np.ndarray, values: np.ndarray, *, n_groups: int) -> np.ndarray | None:
     """Running sums restarting at each group, for the few groups of a scoring round: a plain
     sum per group (it differs from the batch's compensated sum by far less than 1e-9, which the
     parity tests bound). None (pandas' grouped sum) for many groups, where one call is cheaper
@@ -357,18 +357,24 @@ def online_feature_matrix(
     as if scored one by one. The batch kernels run on just these groups' rows and report only
     the new rows."""
     weekend, night = _calendar(new.times, params.night_end_hour)
-    by_customer = _merged(new.customers, History(new.times, new.ids, new.amounts), customers)
+    by_customer = _merged(
+        new.customers, new=History(new.times, new.ids, new.amounts), stored=customers
+    )
     customer_values = customer_windows(
         by_customer.groups,
         by_customer.times,
         amounts=by_customer.values,
         windows_days=params.customer_windows_days,
-        cumulative=_running_sums(by_customer.groups, by_customer.values, len(by_customer.keys)),
+        cumulative=_running_sums(
+            by_customer.groups, by_customer.values, n_groups=len(by_customer.keys)
+        ),
         rows=by_customer.rows,
     )
     # a new transaction's own label never enters its windows: 0 is a placeholder
     unlabelled = np.zeros(len(new.ids), dtype=np.int64)
-    by_terminal = _merged(new.terminals, History(new.times, new.ids, unlabelled), terminals)
+    by_terminal = _merged(
+        new.terminals, new=History(new.times, new.ids, unlabelled), stored=terminals
+    )
     terminal_values = terminal_windows(
         by_terminal.groups,
         by_terminal.times,

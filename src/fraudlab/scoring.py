@@ -119,9 +119,9 @@ class Scorer:
     def __init__(
         self,
         model: ModelArtifact,
+        *,
         config: ServingConfig,
         store: SQLiteHistory,
-        *,
         keep_days: int | None = None,
     ) -> None:
         self.model = model
@@ -152,7 +152,7 @@ class Scorer:
     def model_version(self) -> str:
         return self.config.model_md5
 
-    def _answer(self, tx: Transaction, score: float, features: np.ndarray) -> str:
+    def _answer(self, tx: Transaction, *, score: float, features: np.ndarray) -> str:
         return orjson.dumps(
             {
                 "transaction_id": tx.transaction_id,
@@ -174,7 +174,7 @@ class Scorer:
             accepted: dict[int, Transaction] = {}
             outcomes: list[list[int] | Refused] = []
             for job in jobs:
-                outcomes.append(self._admit(job, stored, accepted))
+                outcomes.append(self._admit(job, stored=stored, accepted=accepted))
             new = sorted(
                 (tx for tx in accepted.values() if tx.transaction_id not in stored),
                 key=lambda tx: (tx.time, tx.transaction_id),
@@ -188,7 +188,7 @@ class Scorer:
         ]
 
     def _admit(
-        self, job: Sequence[Transaction], stored: dict, accepted: dict[int, Transaction]
+        self, job: Sequence[Transaction], *, stored: dict, accepted: dict[int, Transaction]
     ) -> list[int] | Refused:
         """The job's ids if none conflicts with a stored transaction, an earlier job's or
         another of its own; the job's new transactions join ``accepted``."""
@@ -235,7 +235,7 @@ class Scorer:
         )
         scores = self.predict(online.matrix)
         answers = {
-            tx.transaction_id: self._answer(tx, score, features)
+            tx.transaction_id: self._answer(tx, score=score, features=features)
             for tx, score, features in zip(new, scores.tolist(), online.matrix, strict=True)
         }
         try:
@@ -280,7 +280,7 @@ def load_scorer(
     model_md5 = verify_file(model_path, lock_path=lock_path).md5
     model = load_model(model_path, lock_path=lock_path)
     config = read_serving_config(serving_path, lock_path=lock_path, model_md5=model_md5)
-    return Scorer(model, config, store)
+    return Scorer(model, config=config, store=store)
 
 
 __all__ = ["ConflictError", "Refused", "Scorer", "ServingConfig", "load_scorer", "row_scorer"]

@@ -166,7 +166,7 @@ def to_transaction(item: BaseModel) -> Transaction:
 
 
 class RequestError(Exception):
-    def __init__(self, status: int, message: str, details: list | None = None) -> None:
+    def __init__(self, status: int, message: str, *, details: list | None = None) -> None:
         super().__init__(message)
         self.status = status
         self.message = message
@@ -189,7 +189,7 @@ def _problems(error: ValidationError) -> list[dict[str, str]]:
     return problems
 
 
-def parse_body(body: bytes, adapter: TypeAdapter, content_type: str | None) -> Any:
+def parse_body(body: bytes, *, adapter: TypeAdapter, content_type: str | None) -> Any:
     if not (content_type or "").split(";")[0].strip().lower() == "application/json":
         raise RequestError(415, f"content type must be application/json, not {content_type!r}")
     try:
@@ -199,10 +199,10 @@ def parse_body(body: bytes, adapter: TypeAdapter, content_type: str | None) -> A
         if any(item["type"] == "json_invalid" for item in error.errors(include_url=False)):
             raise RequestError(400, f"malformed JSON: {error.errors()[0]['msg']}") from None
         summary = "; ".join(f"{p['field']}: {p['problem']}" for p in problems[:5])
-        raise RequestError(422, f"invalid request: {summary}", problems) from None
+        raise RequestError(422, f"invalid request: {summary}", details=problems) from None
 
 
-def error_response(status: int, message: str, details: list | None = None) -> Response:
+def error_response(status: int, message: str, *, details: list | None = None) -> Response:
     body = {"error": message, **({"details": details} if details else {})}
     headers = {"WWW-Authenticate": "Bearer"} if status == 401 else None
     return Response(
@@ -317,7 +317,7 @@ class Guard:
             if not response_started:
                 await self._too_large()(scope, receive, send_and_record)
         finally:
-            self.metrics.request(endpoint, status, time.perf_counter() - started)
+            self.metrics.request(endpoint, status=status, seconds=time.perf_counter() - started)
 
     def _refusal(self, scope: dict, path: str) -> Response | None:
         headers = dict(scope["headers"])
@@ -393,7 +393,11 @@ def create_app(settings: Settings) -> Any:
     )
 
     async def read(request: Request, name: str) -> Any:
-        return parse_body(await request.body(), adapters[name], request.headers.get("content-type"))
+        return parse_body(
+            await request.body(),
+            adapter=adapters[name],
+            content_type=request.headers.get("content-type"),
+        )
 
     async def scored(job: list[Transaction]) -> list[str]:
         outcome = await state["batcher"].submit(job)
@@ -464,7 +468,7 @@ def create_app(settings: Settings) -> Any:
 
     @app.exception_handler(RequestError)
     async def request_error(_request: Request, exc: RequestError) -> Response:
-        return error_response(exc.status, exc.message, exc.details)
+        return error_response(exc.status, exc.message, details=exc.details)
 
     return Guard(app, settings=settings, metrics=metrics)
 

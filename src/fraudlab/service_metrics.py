@@ -111,7 +111,7 @@ class ServiceMetrics:
             "threshold_rule": scorer.config.threshold_rule,
         }
 
-    def request(self, endpoint: str, status: int, seconds: float) -> None:
+    def request(self, endpoint: str, *, status: int, seconds: float) -> None:
         self._requests.labels(endpoint, str(status)).inc()
         self._latency.labels(endpoint).observe(seconds)
 

@@ -421,7 +421,7 @@ def seed(store: SQLiteHistory, frame: pd.DataFrame, *, labels_known_until: int |
         )
 
 
-def _group(keys: list, times: np.ndarray, ids: np.ndarray, values: np.ndarray) -> dict:
+def _group(keys: list, *, times: np.ndarray, ids: np.ndarray, values: np.ndarray) -> dict:
     """Rows as one ``History`` per key, each sorted by (time, id)."""
     if not keys:
         return {}
@@ -469,8 +469,15 @@ class RecentHistory:
             ids = np.array(ids, dtype=np.int64)
             times = np.array(times, dtype=np.int64)
             self.update(
-                customers=_group(list(customers), times, ids, np.array(amounts, dtype=np.float64)),
-                terminals=_group(list(terminals), times, ids, np.array(labels, dtype=np.int64)),
+                customers=_group(
+                    list(customers),
+                    times=times,
+                    ids=ids,
+                    values=np.array(amounts, dtype=np.float64),
+                ),
+                terminals=_group(
+                    list(terminals), times=times, ids=ids, values=np.array(labels, dtype=np.int64)
+                ),
             )
         for row_seq, tx_id, time, terminal, fraud in changes.labels:
             # a row read in this refresh already carries its label (the same snapshot)
