@@ -141,3 +141,16 @@ def test_old_rows_are_pruned_from_store_and_memory(scorer):
     scorer.score([[_tx(2, seconds=60 * 86_400)]])  # 60 days later: the first is out of reach
     assert sorted(scorer.store.lookup([1, 2])) == [2]
     assert scorer.recent.size() == 1
+
+
+def test_a_late_transaction_is_scored_without_the_later_ones_and_counted(scorer):
+    scorer.score([[_tx(2, seconds=60)], [_tx(3, seconds=120)]])
+    (answer,), (other,) = scorer.score([[_tx(1, seconds=0)], [_tx(4, seconds=90, customer=2)]])
+    assert json.loads(answer)["features"]["customer_id_nb_tx_1day_window"] == 1
+    assert json.loads(answer)["features"]["customer_id_avg_amount_1day_window"] == 10.0
+    assert json.loads(other)["features"]["customer_id_nb_tx_1day_window"] == 1
+    assert scorer.last_late == 1
+    # and the one after it still sees both earlier ones: the copy in memory is in order
+    (after,) = scorer.score([[_tx(5, seconds=30)]])[0]
+    assert json.loads(after)["features"]["customer_id_nb_tx_1day_window"] == 2
+    assert scorer.recent.customers[1].ids.tolist() == [1, 5, 2, 3]

@@ -293,6 +293,8 @@ def _is_sorted(groups: np.ndarray, *, times: np.ndarray, ids: np.ndarray) -> boo
 
 def _merged(keys: list, *, new: History, stored: Mapping) -> Merged:
     distinct = list(dict.fromkeys(keys))
+    if len(distinct) == 1:
+        return _merged_one(distinct, new=new, stored=stored.get(distinct[0]))
     code = {key: i for i, key in enumerate(distinct)}
     new_groups = np.fromiter((code[key] for key in keys), dtype=np.int64, count=len(keys))
     by_group = np.lexsort((new.ids, new.times, new_groups))
@@ -336,10 +338,33 @@ def _running_sums(groups: np.ndarray, values: np.ndarray, *, n_groups: int) -> n
     sum per group (it differs from the batch's compensated sum by far less than 1e-9, which the
     parity tests bound). None (pandas' grouped sum) for many groups, where one call is cheaper
     than a call per group."""
+    if n_groups == 1:
+        return np.cumsum(values)
     if n_groups > 256:
         return None
     starts = np.flatnonzero(np.diff(groups)) + 1
     return np.concatenate([np.cumsum(part) for part in np.split(values, starts)])
+
+
+def _merged_one(keys: list, *, new: History, stored: History | None) -> Merged:
+    """``_merged`` for one group (a round of one transaction): the same result, with a few
+    array operations instead of the general bookkeeping."""
+    by_time = np.lexsort((new.ids, new.times)) if len(new.ids) > 1 else np.zeros(1, np.int64)
+    n_stored = 0 if stored is None else len(stored.times)
+    times, ids, values = (
+        np.concatenate([stored[f], new[f][by_time]]) if n_stored else new[f][by_time]
+        for f in range(3)
+    )
+    is_new = np.zeros(len(times), dtype=bool)
+    is_new[n_stored:] = True
+    # stored rows and new rows are each in order: only a late new row needs a sort
+    if n_stored and (times[n_stored - 1], ids[n_stored - 1]) > (times[n_stored], ids[n_stored]):
+        order = np.lexsort((ids, times))
+        times, ids, values, is_new = times[order], ids[order], values[order], is_new[order]
+    rows = np.empty(len(new.ids), dtype=np.int64)
+    rows[by_time] = np.flatnonzero(is_new)
+    groups = np.zeros(len(times), dtype=np.int64)
+    return Merged(keys, groups, times, ids, values, rows)
 
 
 class OnlineFeatures(NamedTuple):
