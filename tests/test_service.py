@@ -9,6 +9,7 @@ import collections
 import json
 import sqlite3
 import threading
+import time
 from pathlib import Path
 
 import joblib
@@ -520,14 +521,17 @@ def test_several_workers_share_one_store_and_one_set_of_metrics(deployment):
             answers[n] = answer
 
     with Server(args, env={"FRAUDLAB_API_KEYS": KEY}) as running:
+        # ready means one worker has loaded; wait for the other too
+        deadline = time.monotonic() + 120
+        while sum("serving model" in line for line in running.log) < 2:
+            assert time.monotonic() < deadline, "".join(running.log)
+            time.sleep(0.1)
         threads = [threading.Thread(target=post, args=(1 + 40 * i,)) for i in range(4)]
         for thread in threads:
             thread.start()
         for thread in threads:
             thread.join()
         samples = _samples(running)
-        pids = {line for line in running.log if "serving model" in line}
-    assert len(pids) == 2  # both workers loaded the model
     score_200 = ("fraudlab_requests_total", (("endpoint", "/v1/score"), ("status", "200")))
     assert samples[score_200] == 160
     assert samples[("fraudlab_history_transactions", ())] == 160
