@@ -301,8 +301,9 @@ def main() -> None:
             service.stop()
         print(f"model only, one row: {model_latency() * 1e6:.0f} us")
         disk, memory = store_cost(clean, workdir)
-        print(f"history store per million transactions: {disk / 2**20:.0f} MiB on disk, "
-              f"{memory / 2**20:.0f} MiB in each worker's memory")  # fmt: skip
+        print(f"history store per million seeded transactions: {disk / 2**20:.0f} MiB on disk, "
+              f"{memory / 2**20:.0f} MiB in each worker's memory (a scored one also keeps its "
+              "answer for retries, ~725 bytes)")  # fmt: skip
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
 
