@@ -40,6 +40,7 @@ from fraudlab.features import feature_names
 from fraudlab.models import load_model, predict_scores
 from fraudlab.params import load_params
 from fraudlab.scoring import row_scorer
+from fraudlab.service import request_fields
 from fraudlab.store import RecentHistory, SQLiteHistory, seed
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -65,16 +66,6 @@ if pause > 0 then
   function delay() return math.random(0, 2 * pause) end
 end
 """
-
-
-def tx_json(row) -> dict:
-    return {
-        "transaction_id": int(row.transaction_id),
-        "tx_datetime": pd.Timestamp(row.tx_datetime).isoformat(),
-        "customer_id": int(row.customer_id),
-        "terminal_id": int(row.terminal_id),
-        "tx_amount": float(row.tx_amount),
-    }
 
 
 class Service:
@@ -204,7 +195,7 @@ def parity(url: str, later: pd.DataFrame, *, delay: pd.Timedelta) -> None:
             labels = [{"transaction_id": int(r.transaction_id), "tx_fraud": int(r.tx_fraud)}
                       for r in due]  # fmt: skip
             post("/v1/labels", {"labels": labels})
-        answer = post("/v1/score", tx_json(row))
+        answer = post("/v1/score", request_fields(row))
         online.append([answer["features"][name] for name in names])
         scores.append(answer["score"])
         pending.append(row)
@@ -252,7 +243,7 @@ def main() -> None:
             finally:
                 service.stop()
         bodies = workdir / "single.jsonl"
-        singles = [json.dumps(tx_json(row)) for row in later.itertuples(index=False)]
+        singles = [json.dumps(request_fields(row)) for row in later.itertuples(index=False)]
         bodies.write_text("\n".join(singles) + "\n")
         options = ["--workers", str(args.workers)] + (["--fsync"] if args.fsync else [])
         started = time.perf_counter()

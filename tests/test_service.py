@@ -24,6 +24,7 @@ from fraudlab.artifacts import file_md5
 from fraudlab.features import build_features, feature_names
 from fraudlab.models import fit_pipeline, model_artifact, predict_scores
 from fraudlab.params import load_params
+from fraudlab.service import request_fields
 from helpers import Server, refused_start
 
 PARAMS = Path(__file__).resolve().parents[1] / "params.yaml"
@@ -109,16 +110,6 @@ def server_args(root, store: str = "history.db", *extra: str) -> list[str]:
     ]  # fmt: skip
 
 
-def tx_json(row) -> dict:
-    return {
-        "transaction_id": int(row.transaction_id),
-        "tx_datetime": pd.Timestamp(row.tx_datetime).isoformat(),
-        "customer_id": int(row.customer_id),
-        "terminal_id": int(row.terminal_id),
-        "tx_amount": float(row.tx_amount),
-    }
-
-
 @pytest.fixture(scope="module")
 def server(deployment):
     """One server for the tests that only add transactions of their own."""
@@ -163,7 +154,7 @@ def test_a_replay_over_http_gives_the_batch_features_and_scores(deployment, batc
 
         for row in singles:
             post_due_labels(row.tx_datetime)
-            status, answer = running.request("POST", "/v1/score", tx_json(row), key=KEY)
+            status, answer = running.request("POST", "/v1/score", request_fields(row), key=KEY)
             assert status == 200, answer
             online_features.append([answer["features"][name] for name in names])
             online_scores.append(answer["score"])
@@ -175,7 +166,10 @@ def test_a_replay_over_http_gives_the_batch_features_and_scores(deployment, batc
             assert chunk[-1].tx_datetime - chunk[0].tx_datetime < delay
             post_due_labels(chunk[-1].tx_datetime)
             status, answer = running.request(
-                "POST", "/v1/score/batch", {"transactions": [tx_json(r) for r in chunk]}, key=KEY
+                "POST",
+                "/v1/score/batch",
+                {"transactions": [request_fields(r) for r in chunk]},
+                key=KEY,
             )
             assert status == 200, answer
             for result in answer["results"]:

@@ -23,11 +23,11 @@ from sklearn.preprocessing import StandardScaler
 from threadpoolctl import threadpool_limits
 from xgboost import XGBClassifier
 
-from fraudlab.artifacts import IntegrityError, verify_file
+from fraudlab.artifacts import IntegrityError, recorded, verify_file
 from fraudlab.features import NewRows, feature_names, history_needed, online_feature_matrix
 from fraudlab.models import ModelArtifact, load_model
 from fraudlab.params import FeaturesParams
-from fraudlab.store import ConflictError, RecentHistory, SQLiteHistory, Transaction
+from fraudlab.store import RecentHistory, SQLiteHistory, Transaction
 
 log = logging.getLogger(__name__)
 
@@ -122,7 +122,6 @@ class Scorer:
         *,
         config: ServingConfig,
         store: SQLiteHistory,
-        keep_days: int | None = None,
     ) -> None:
         self.model = model
         self.config = config
@@ -138,9 +137,7 @@ class Scorer:
         spans = history_needed(self.params)
         # a day beyond the longest window: a transaction arriving a little late still finds
         # every row its windows cover
-        self.keep = (
-            max(span.value for span in spans) + _DAY if keep_days is None else (keep_days * _DAY)
-        )
+        self.keep = max(span.value for span in spans) + _DAY
         self.recent = RecentHistory(store)
         # what the last ``score`` call scored anew, for the service's metrics
         self.last_scores = np.zeros(0)
@@ -277,10 +274,7 @@ def load_scorer(
     store: SQLiteHistory,
 ) -> Scorer:
     """Everything the service serves, each file checked against dvc.lock before use."""
-    model_md5 = verify_file(model_path, lock_path=lock_path).md5
-    model = load_model(model_path, lock_path=lock_path)
+    model = load_model(model_path, lock_path=lock_path)  # its bytes matched this entry
+    model_md5 = recorded(model_path, lock_path=lock_path).md5
     config = read_serving_config(serving_path, lock_path=lock_path, model_md5=model_md5)
     return Scorer(model, config=config, store=store)
-
-
-__all__ = ["ConflictError", "Refused", "Scorer", "ServingConfig", "load_scorer", "row_scorer"]

@@ -23,7 +23,7 @@ import pandas as pd
 import pyarrow as pa
 
 from fraudlab import schema
-from fraudlab.artifacts import IntegrityError, verify_file
+from fraudlab.artifacts import IntegrityError, recorded, verify_file
 from fraudlab.cli import run
 from fraudlab.errors import UserError
 from fraudlab.features import history_needed
@@ -137,7 +137,7 @@ def check_integrity(args: argparse.Namespace) -> str:
     """Hash checks and dvc status; the model version (its MD5) on success."""
     lock = Path(args.lock)
     model = verify_file(args.model, lock_path=lock)
-    config = verify_file(args.serving, lock_path=lock)
+    config = recorded(args.serving, lock_path=lock)  # hashed by read_serving_config below
     if not args.no_dvc_status:
         check_dvc_status(lock, sorted({model.stage, config.stage}))
     read_serving_config(args.serving, lock_path=lock, model_md5=model.md5)
@@ -227,7 +227,7 @@ def start_server(args: argparse.Namespace, *, keys: tuple[str, ...], version: st
         max_ahead_hours=args.max_ahead_hours,
         text_ids=tuple(args.text_ids),
         metrics_dir=metrics_dir,
-        extra={"version": version},
+        model_version=version,
     )
     sock = listening_socket(args.host, args.port)
     host, port = sock.getsockname()[:2]

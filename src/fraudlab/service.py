@@ -22,12 +22,13 @@ import logging
 import re
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Annotated, Any
 
 import orjson
+import pandas as pd
 from fastapi import FastAPI, Request
 from fastapi.responses import Response
 from pydantic import (
@@ -41,7 +42,13 @@ from pydantic import (
 )
 
 from fraudlab.scoring import Refused, Scorer, load_scorer
-from fraudlab.store import Checkpointer, SQLiteHistory, Transaction, UnknownTransactionError
+from fraudlab.store import (
+    Checkpointer,
+    SQLiteHistory,
+    Transaction,
+    UnknownTransactionError,
+    id_value,
+)
 
 log = logging.getLogger(__name__)
 
@@ -74,7 +81,7 @@ class Settings:
     max_ahead_hours: float = 24.0
     text_ids: tuple[str, ...] = ()
     metrics_dir: str | None = None  # Prometheus multiprocess directory (several workers)
-    extra: dict = field(default_factory=dict)
+    model_version: str = ""  # the model's MD5, shown as the API's version
 
 
 def parse_time(text: str) -> int:
@@ -155,6 +162,18 @@ def request_models(settings: Settings) -> dict[str, type[BaseModel]]:
     return {"score": transaction, "batch": BatchIn, "labels": LabelsIn}
 
 
+def request_fields(row: Any) -> dict:
+    """A canonical row (e.g. from ``DataFrame.itertuples``) as the JSON object ``/v1/score``
+    takes: what a client sends, and the inverse of ``to_transaction``."""
+    return {
+        "transaction_id": int(row.transaction_id),
+        "tx_datetime": pd.Timestamp(row.tx_datetime).isoformat(),
+        "customer_id": id_value(row.customer_id),
+        "terminal_id": id_value(row.terminal_id),
+        "tx_amount": float(row.tx_amount),
+    }
+
+
 def to_transaction(item: BaseModel) -> Transaction:
     return Transaction(
         transaction_id=item.transaction_id,
@@ -195,9 +214,9 @@ def parse_body(body: bytes, *, adapter: TypeAdapter, content_type: str | None) -
     try:
         return adapter.validate_json(body)
     except ValidationError as error:
-        problems = _problems(error)
         if any(item["type"] == "json_invalid" for item in error.errors(include_url=False)):
             raise RequestError(400, f"malformed JSON: {error.errors()[0]['msg']}") from None
+        problems = _problems(error)
         summary = "; ".join(f"{p['field']}: {p['problem']}" for p in problems[:5])
         raise RequestError(422, f"invalid request: {summary}", details=problems) from None
 
@@ -388,7 +407,7 @@ def create_app(settings: Settings) -> Any:
     app = FastAPI(
         title="fraudlab scoring service",
         summary="Scores payment transactions with the model `dvc repro` produced.",
-        version=settings.extra.get("version", "1"),
+        version=settings.model_version or "unversioned",
         lifespan=lifespan,
     )
 
