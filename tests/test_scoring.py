@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import json
 
 import numpy as np
@@ -12,7 +13,7 @@ from fraudlab.features import build_features, feature_names
 from fraudlab.models import fit_pipeline, model_artifact, predict_scores
 from fraudlab.params import load_params
 from fraudlab.scoring import Refused, Scorer, ServingConfig, row_scorer
-from fraudlab.service import parse_time
+from fraudlab.service import IdleCollector, parse_time
 from fraudlab.store import SQLiteHistory, Transaction
 from test_service import PARAMS
 
@@ -154,3 +155,27 @@ def test_a_late_transaction_is_scored_without_the_later_ones_and_counted(scorer)
     (after,) = scorer.score([[_tx(5, seconds=30)]])[0]
     assert json.loads(after)["features"]["customer_id_nb_tx_1day_window"] == 2
     assert scorer.recent.customers[1].ids.tolist() == [1, 5, 2, 3]
+
+
+def test_garbage_is_collected_between_rounds_only_when_idle_or_past_the_limit():
+    class Cycle:
+        def __init__(self) -> None:
+            self.me = self
+
+    with IdleCollector(young=100, busy_limit=5_000) as collector:
+        assert not gc.isenabled()
+        assert gc.get_freeze_count() > 0  # what was loaded is out of every collection
+        for _ in range(1_000):
+            Cycle()
+        pending = gc.get_count()[0]
+        assert pending >= 1_000
+        collector.after_round(idle=False)  # busy, below the limit: no pause
+        assert gc.get_count()[0] >= pending
+        collector.after_round(idle=True)
+        assert gc.get_count()[0] < 100
+        for _ in range(6_000):
+            Cycle()
+        collector.after_round(idle=False)  # busy past the limit: collected anyway
+        assert gc.get_count()[0] < 100
+    assert gc.isenabled()
+    assert gc.get_freeze_count() == 0

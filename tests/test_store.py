@@ -203,3 +203,34 @@ def test_the_checkpointer_moves_the_log_into_the_database(tmp_path):
             checkpointer.stop()
         assert path.stat().st_size > empty
         assert store.count() == 3_000
+
+
+def test_the_change_log_is_skipped_only_while_no_one_else_wrote(store, tmp_path):
+    recent = _recent(store)
+    with store.exclusive():
+        cursor = store.add_scored([_tx(1)], ['{"a": 1}'], prune_before=0, prune_limit=10)
+    assert cursor == store.cursor()
+    recent.replace(customers={}, terminals={}, cursor=cursor)
+    assert store.changes(cursor).rows == []  # its own write, already in the copy
+    store.label([(1, 1)])  # the same connection: the label log grew, and must be read
+    labelled = store.changes(cursor)
+    assert [row[1] for row in labelled.labels] == [1]
+    assert store.changes(labelled.cursor) == ([], [], labelled.cursor)
+    with SQLiteHistory(tmp_path / "history.db") as other:
+        other.add([_tx(2, customer=2)])
+    changes = store.changes(labelled.cursor)
+    assert [row[0] for row in changes.rows] == [2]  # another connection's row is never missed
+
+
+def test_a_scored_write_that_conflicts_stores_nothing(store):
+    store.add([_tx(1)])
+    with store.exclusive(), pytest.raises(ConflictError, match="already stored"):
+        store.add_scored([_tx(2), _tx(1)], ["{}", "{}"], prune_before=0, prune_limit=10)
+    assert store.count() == 1
+
+
+def test_a_scored_write_prunes_in_the_same_transaction(store):
+    store.add([_tx(1), _tx(2), _tx(3)])  # at times 1000 days + 1, 2 and 3 ns
+    with store.exclusive():
+        store.add_scored([_tx(4)], ["{}"], prune_before=1_000 * DAY + 2, prune_limit=5)
+    assert sorted(store.lookup([1, 2, 3, 4])) == [3, 4]

@@ -170,6 +170,10 @@ class SQLiteHistory:
             # the owner runs ``Checkpointer``: a commit never waits for a checkpoint's fsyncs
             self._db.execute("PRAGMA wal_autocheckpoint = 0")
         self._lock = open(f"{self.path}.lock", "a+b")  # noqa: SIM115 (held until close)
+        # the change-log end this connection knows, and SQLite's data_version then: while no
+        # other connection commits, ``changes`` from that end has nothing to read
+        self._known_end: tuple[int, int] | None = None
+        self._data_version = -1
         with self.exclusive():
             self._db.executescript(_SCHEMA)
 
@@ -275,22 +279,30 @@ class SQLiteHistory:
                 "UPDATE history SET fraud = ? WHERE transaction_id = ?",
                 [(int(fraud), tx_id) for tx_id, fraud in labels],
             )
+            self._known_end = None  # the label log grew
 
     def changes(self, cursor: tuple[int, int]) -> Changes:
         """Rows added and labels changed after ``cursor`` (read in one snapshot)."""
+        if cursor == self._known_end and self._data_version == self._version():
+            return Changes(rows=[], labels=[], cursor=cursor)
         row_seq, label_seq = cursor
         self._db.execute("BEGIN")
         try:
+            version = self._version()
             rows = self._db.execute(_NEW_ROWS.format(columns=_COLUMNS), (row_seq,)).fetchall()
             labels = self._db.execute(_NEW_LABELS, (label_seq,)).fetchall()
             last_label = self._db.execute("SELECT max(seq) FROM label_log").fetchone()[0]
         finally:
             self._db.execute("COMMIT")
+        end = (rows[-1][0] if rows else row_seq, last_label or label_seq)
+        self._known_end, self._data_version = end, version
         return Changes(
-            rows=[row[1:] for row in rows],
-            labels=[row[1:] for row in labels],
-            cursor=(rows[-1][0] if rows else row_seq, last_label or label_seq),
+            rows=[row[1:] for row in rows], labels=[row[1:] for row in labels], cursor=end
         )
+
+    def _version(self) -> int:
+        # changes when another connection commits, never for this one's own commits
+        return self._db.execute("PRAGMA data_version").fetchone()[0]
 
     def cursor(self) -> tuple[int, int]:
         """The change-log position after everything committed so far."""
@@ -298,21 +310,54 @@ class SQLiteHistory:
         labels = self._db.execute("SELECT max(seq) FROM label_log").fetchone()[0]
         return (rows or 0, labels or 0)
 
+    def add_scored(
+        self,
+        transactions: list[Transaction],
+        answers: list[str],
+        *,
+        prune_before: int,
+        prune_limit: int,
+    ) -> tuple[int, int]:
+        """The scorer's write: new transactions with their answers, and the oldest rows at or
+        before ``prune_before`` (at most ``prune_limit``) deleted, in one durable transaction;
+        the change-log position after it. The caller holds ``exclusive()`` and has looked the
+        ids up: a stored one still fails (ConflictError) and nothing is written."""
+        for tx in transactions:
+            if not math.isfinite(tx.amount):
+                raise UserError(f"transaction {tx.transaction_id}: amount {tx.amount}")
+        rows = [(*_row(tx), answer) for tx, answer in zip(transactions, answers, strict=True)]
+        with self._transaction():
+            try:
+                self._db.executemany(
+                    f"INSERT INTO history ({_COLUMNS}, answer) VALUES (?, ?, ?, ?, ?, ?)", rows
+                )
+            except sqlite3.IntegrityError as exc:
+                raise ConflictError(f"a transaction_id is already stored ({exc})") from None
+            self._delete_oldest(before=prune_before, limit=prune_limit)
+            end = self.cursor()
+        if self._known_end is not None and self._known_end[1] == end[1]:
+            # no one else wrote meanwhile (the caller holds ``exclusive()``): only ours moved it
+            self._known_end = end
+        return end
+
     def prune(self, *, before: int, limit: int | None = None) -> int:
         """Delete rows at or before ``before`` (older than every window), at most ``limit`` of
         them (the oldest first: a service prunes a little per round, never stalling); the
         count deleted."""
         limit = -1 if limit is None else limit  # SQLite: a negative LIMIT is no limit
         with self._transaction():
-            deleted = self._db.execute(
-                f"DELETE FROM history WHERE seq IN ({_OLDEST})", (before, limit)
-            ).rowcount
-            self._db.execute(
-                "DELETE FROM label_log WHERE seq IN "
-                "(SELECT seq FROM label_log INDEXED BY label_log_by_time WHERE time <= ? "
-                "ORDER BY time LIMIT ?)",
-                (before, limit),
-            )
+            return self._delete_oldest(before=before, limit=limit)
+
+    def _delete_oldest(self, *, before: int, limit: int) -> int:
+        deleted = self._db.execute(
+            f"DELETE FROM history WHERE seq IN ({_OLDEST})", (before, limit)
+        ).rowcount
+        self._db.execute(
+            "DELETE FROM label_log WHERE seq IN "
+            "(SELECT seq FROM label_log INDEXED BY label_log_by_time WHERE time <= ? "
+            "ORDER BY time LIMIT ?)",
+            (before, limit),
+        )
         return deleted
 
     def count(self) -> int:
