@@ -144,6 +144,15 @@ def test_old_rows_are_pruned_from_store_and_memory(scorer):
     assert scorer.recent.size() == 1
 
 
+def test_a_transaction_older_than_every_window_leaves_nothing_in_memory(scorer):
+    scorer.score([[_tx(1, seconds=60 * 86_400)]])
+    # 60 days late, on another card and terminal: scored, stored, then out of reach at once
+    (answer,) = scorer.score([[Transaction(2, pd.Timestamp("2018-06-01").value, 9, 9, 5.0)]])[0]
+    assert json.loads(answer)["features"]["customer_id_nb_tx_1day_window"] == 1
+    assert 9 not in scorer.recent.customers
+    assert 9 not in scorer.recent.terminals
+
+
 def test_a_late_transaction_is_scored_without_the_later_ones_and_counted(scorer):
     scorer.score([[_tx(2, seconds=60)], [_tx(3, seconds=120)]])
     (answer,), (other,) = scorer.score([[_tx(1, seconds=0)], [_tx(4, seconds=90, customer=2)]])

@@ -276,11 +276,16 @@ class Merged(NamedTuple):
     values: np.ndarray
     rows: np.ndarray
 
-    def histories(self) -> dict:
-        """Each group's rows after the merge (views, no copies)."""
-        bounds = np.searchsorted(self.groups, np.arange(len(self.keys) + 1)).tolist()
+    def histories(self, *, after: int | None = None) -> dict:
+        """Each group's rows after the merge, only those later than ``after`` when given (a
+        group may be left empty)."""
+        groups, times, ids, values = self.groups, self.times, self.ids, self.values
+        if after is not None:
+            later = times > after
+            groups, times, ids, values = groups[later], times[later], ids[later], values[later]
+        bounds = np.searchsorted(groups, np.arange(len(self.keys) + 1)).tolist()
         return {
-            key: History(self.times[start:end], self.ids[start:end], self.values[start:end])
+            key: History(times[start:end], ids[start:end], values[start:end])
             for key, start, end in zip(self.keys, bounds[:-1], bounds[1:], strict=True)
         }
 

@@ -33,11 +33,12 @@ from fraudlab.treepredict import compile_booster
 log = logging.getLogger(__name__)
 
 _DAY = 86_400 * 10**9
-# Pruning per scoring round, in proportion to the transactions it added: stored rows deleted
-# (at most) and in-memory keys swept, each per new transaction. The history then stays within
-# the windows' reach plus what a few rounds add, and no round stalls on a sweep.
+# Pruning per scoring round: stored rows deleted (at most) per new transaction, so the store
+# stays within the windows' reach plus what a few rounds add, and no round stalls on a sweep.
+# In memory, the keys a round touches are trimmed as they are merged; a sweep of a key per new
+# transaction, at most a few dozen per round, finds the idle ones.
 _PRUNE_ROWS_PER_TX = 2
-_PRUNE_KEYS_PER_TX = 4
+_SWEEP_KEYS_PER_ROUND = 64
 # up to this many rows the compiled trees beat one Booster call (~0.35 ms whatever the rows)
 _COMPILED_ROWS = 32
 
@@ -262,11 +263,11 @@ class Scorer:
             self.recent.refresh()
             raise
         self.recent.replace(
-            customers=online.customers.histories(),
-            terminals=online.terminals.histories(),
+            customers=online.customers.histories(after=before),
+            terminals=online.terminals.histories(after=before),
             cursor=cursor,
         )
-        self.recent.prune(before=before, budget=_PRUNE_KEYS_PER_TX * len(new))
+        self.recent.prune(before=before, budget=min(len(new), _SWEEP_KEYS_PER_ROUND))
         self.last_scores = scores
         return answers
 

@@ -540,9 +540,11 @@ class RecentHistory:
     def replace(self, *, customers: Mapping, terminals: Mapping, cursor: tuple[int, int]) -> None:
         """Take whole per-key histories that already include this process's own new rows, and
         the store's cursor after writing them (nothing else was written meanwhile: the writer
-        held ``exclusive()``)."""
-        self.customers.update(customers)
-        self.terminals.update(terminals)
+        held ``exclusive()``); a key given no rows is forgotten."""
+        for histories, given in ((self.customers, customers), (self.terminals, terminals)):
+            histories.update(given)
+            for key in [key for key, rows in given.items() if not len(rows.times)]:
+                del histories[key]
         self._note_newest(customers)
         self.cursor = cursor
 
