@@ -8,8 +8,12 @@ with `wrk` (Debian's package, one thread, on this machine). Prints:
 * p50 / p99 latency at ~1,000 req/s (wrk paced: 100 connections each pausing a random 0-200 ms
   after every answer; latency is each request's own, so a stall also slows the pace, which is
   printed);
+* the same paced load of requests answered from the store (each a retry of an earlier one):
+  the HTTP, validation and lookup path without scoring, the floor under the latencies above;
 * batch throughput (transactions per second, 1,000 per request);
 * model-only latency of one row; the store's disk and memory cost per million transactions;
+* in process, without HTTP: ``Scorer.score`` rounds of 1, 4 and 1,000 transactions (median
+  time per round), and of a round of 1,000 the features and the model call alone;
 * with --parity: the test week replayed one transaction at a time over HTTP, labels posted once
   due, every feature and score compared with the batch pipeline's.
 
@@ -36,12 +40,12 @@ import numpy as np
 import pandas as pd
 
 from fraudlab import schema
-from fraudlab.features import feature_names
+from fraudlab.features import NewRows, feature_names, history_needed, online_feature_matrix
 from fraudlab.models import load_model, predict_scores
 from fraudlab.params import load_params
-from fraudlab.scoring import row_scorer
+from fraudlab.scoring import load_scorer, row_scorer
 from fraudlab.service import request_fields
-from fraudlab.store import RecentHistory, SQLiteHistory, seed
+from fraudlab.store import Checkpointer, RecentHistory, SQLiteHistory, seed, transactions_from_frame
 
 ROOT = Path(__file__).resolve().parents[1]
 KEY = "bench-key"
@@ -164,6 +168,51 @@ def model_latency() -> float:
     return (time.perf_counter() - started) / 2000
 
 
+def in_process(history: pd.DataFrame, later: pd.DataFrame, workdir: Path) -> None:
+    """Scoring rounds timed without HTTP, on a store seeded as `fraudlab serve` seeds it."""
+    model = load_model(ROOT / "models" / "model.joblib", lock_path=ROOT / "dvc.lock")
+    times = history[schema.TX_DATETIME]
+    keep = max(history_needed(model.features_config)) + pd.Timedelta(days=1)
+    path = workdir / "rounds.db"
+    with SQLiteHistory(path, fsync=False, autocheckpoint=False) as store:
+        seed(store, history[times > times.max() - keep], labels_known_until=None)
+        checkpointer = Checkpointer(path).start()
+        scorer = load_scorer(model_path=ROOT / "models" / "model.joblib",
+                             serving_path=ROOT / "models" / "serving.json",
+                             lock_path=ROOT / "dvc.lock", store=store)  # fmt: skip
+        pending = iter(transactions_from_frame(later))
+        for size, rounds in ((1, 2000), (4, 1000), (1000, 20)):
+            elapsed = []
+            for _ in range(rounds):
+                jobs = [[next(pending)] for _ in range(size)]
+                if size == 1000:  # a batch request is one job
+                    jobs = [[tx for (tx,) in jobs]]
+                started = time.perf_counter()
+                scorer.score(jobs)
+                elapsed.append(time.perf_counter() - started)
+            print(f"  round of {size:,}: {np.median(elapsed) * 1e3:.2f} ms "
+                  f"({np.median(elapsed) / size * 1e6:,.0f} us per transaction)")  # fmt: skip
+        batch = [next(pending) for _ in range(1000)]
+        rows = NewRows(
+            np.array([tx.time for tx in batch]), np.array([tx.transaction_id for tx in batch]),
+            np.array([tx.amount for tx in batch]), [tx.customer_id for tx in batch],
+            [tx.terminal_id for tx in batch],
+        )  # fmt: skip
+        started = time.perf_counter()
+        online = online_feature_matrix(rows, customers=scorer.recent.customers,
+                                       terminals=scorer.recent.terminals,
+                                       params=scorer.params)  # fmt: skip
+        features = time.perf_counter() - started
+        merged = len(online.customers.times) + len(online.terminals.times)
+        started = time.perf_counter()
+        scorer.predict(online.matrix)
+        predict = time.perf_counter() - started
+        print(f"  of a round of 1,000: the features {features * 1e3:.1f} ms (over {merged:,} "
+              f"stored and new rows of their cards and terminals), the model call "
+              f"{predict * 1e3:.1f} ms")  # fmt: skip
+        checkpointer.stop()
+
+
 def parity(url: str, later: pd.DataFrame, *, delay: pd.Timedelta) -> None:
     """Replay ``later`` one transaction at a time and compare with the batch pipeline."""
     import urllib.request
@@ -213,7 +262,8 @@ def parity(url: str, later: pd.DataFrame, *, delay: pd.Timedelta) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--workers", type=int, default=2)
+    # one: on these 2 cores the load generator needs the other (two measured slower)
+    parser.add_argument("--workers", type=int, default=1)
     parser.add_argument("--fsync", action="store_true", help="fsync every commit")
     parser.add_argument("--seconds", type=int, default=10, help="per wrk run")
     parser.add_argument("--rate", type=float, default=1000.0, help="paced run, req/s")
@@ -275,6 +325,15 @@ def main() -> None:
                 f"{paced:,.0f} req/s achieved, p50 {latency.get('50')}, "
                 f"p99 {latency.get('99')}, non-2xx {errors}"
             )
+            retried, _, errors, latency = run_wrk(
+                service.url, path="/v1/score", bodies=bodies, offset=0,
+                seconds=args.seconds, connections=100, delay_ms=int(100_000 / args.rate),
+            )  # fmt: skip
+            print(
+                f"  the same load answered from the store (retries, no scoring): "
+                f"{retried:,.0f} req/s, p50 {latency.get('50')}, p99 {latency.get('99')}, "
+                f"non-2xx {errors}"
+            )
             batch_rows = [singles[i : i + 1000] for i in range(used, len(singles) - 999, 1000)]
             batch_file = workdir / "batch.jsonl"
             batch_file.write_text(
@@ -291,6 +350,8 @@ def main() -> None:
         finally:
             service.stop()
         print(f"model only, one row: {model_latency() * 1e6:.0f} us")
+        print("in process (Scorer.score, no HTTP):")
+        in_process(clean[clean[schema.TX_DATETIME] < test_start], later, workdir)
         disk, memory = store_cost(clean, workdir)
         print(f"history store per million seeded transactions: {disk / 2**20:.0f} MiB on disk, "
               f"{memory / 2**20:.0f} MiB in each worker's memory (a scored one also keeps its "
