@@ -13,7 +13,8 @@ with `wrk` (Debian's package, one thread, on this machine). Prints:
 * batch throughput (transactions per second, 1,000 per request);
 * model-only latency of one row; the store's disk and memory cost per million transactions;
 * in process, without HTTP: ``Scorer.score`` rounds of 1, 4 and 1,000 transactions (median
-  time per round), and of a round of 1,000 the features and the model call alone;
+  time per round), and of a round of 1,000 the features and the model call alone, and the
+  validation of a 1,000-transaction request body;
 * with --parity: the test week replayed one transaction at a time over HTTP, labels posted once
   due, every feature and score compared with the batch pipeline's.
 
@@ -38,13 +39,14 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+from pydantic import TypeAdapter
 
 from fraudlab import schema
 from fraudlab.features import NewRows, feature_names, history_needed, online_feature_matrix
 from fraudlab.models import load_model, predict_scores
 from fraudlab.params import load_params
 from fraudlab.scoring import load_scorer, row_scorer
-from fraudlab.service import request_fields
+from fraudlab.service import Settings, parse_body, request_fields, request_models
 from fraudlab.store import Checkpointer, RecentHistory, SQLiteHistory, seed, transactions_from_frame
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -210,6 +212,15 @@ def in_process(history: pd.DataFrame, later: pd.DataFrame, workdir: Path) -> Non
         print(f"  of a round of 1,000: the features {features * 1e3:.1f} ms (over {merged:,} "
               f"stored and new rows of their cards and terminals), the model call "
               f"{predict * 1e3:.1f} ms")  # fmt: skip
+        body = json.dumps({"transactions": [request_fields(row) for row in
+                                            later.head(1000).itertuples(index=False)]})  # fmt: skip
+        adapter = TypeAdapter(request_models(Settings())["batch"])
+        elapsed = []
+        for _ in range(20):
+            started = time.perf_counter()
+            parse_body(body.encode(), adapter=adapter, content_type="application/json")
+            elapsed.append(time.perf_counter() - started)
+        print(f"  validating a request of 1,000: {np.median(elapsed) * 1e3:.1f} ms")
         checkpointer.stop()
 
 
