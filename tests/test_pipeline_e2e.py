@@ -25,6 +25,9 @@ import yaml
 
 from fraudlab import schema
 from fraudlab.check_reproducible import merge, stages_run
+from fraudlab.drift import ReferenceProfile
+from fraudlab.features import feature_names
+from fraudlab.params import load_params
 from helpers import Payload, Server
 from test_params import ROOT, STAGES
 
@@ -124,6 +127,11 @@ def test_first_repro_writes_metrics_and_is_clean(repo):
     serving = json.loads((repo / "models/serving.json").read_text())
     assert serving["model_md5"] == _output_md5(repo, "train", "models/model.joblib")
     assert serving["threshold"] == metrics["test"]["at_threshold"]["threshold"]
+    profile = json.loads((repo / "models/reference_profile.json").read_text())
+    reference = ReferenceProfile.from_dict(profile)
+    features = feature_names(load_params(repo / "params.yaml", "features")["features"])
+    assert sorted(reference.features) == sorted(features)
+    assert reference.score.count == len(pd.read_parquet(repo / "data/split/train.parquet"))
     _assert_clean(repo)
 
 

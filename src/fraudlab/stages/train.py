@@ -1,5 +1,6 @@
 """Stage ``train``: fit the configured model on each validation fold (scoring the fold's
-validation period), then on the training period; save the final Pipeline."""
+validation period), then on the training period; save the final Pipeline, and the reference
+profile of its inputs and scores on the training rows (what monitoring compares with)."""
 
 from __future__ import annotations
 
@@ -7,9 +8,10 @@ import logging
 import time
 
 from fraudlab.cli import run, stage_parser
+from fraudlab.drift import reference_profile
 from fraudlab.features import feature_names
-from fraudlab.io import read_parquet, write_joblib, write_parquet
-from fraudlab.models import fit_pipeline, model_artifact, prequential_scores
+from fraudlab.io import read_parquet, write_joblib, write_json, write_parquet
+from fraudlab.models import fit_pipeline, model_artifact, predict_scores, prequential_scores
 from fraudlab.params import FeaturesParams, TrainParams, load_params
 
 log = logging.getLogger(__name__)
@@ -22,6 +24,9 @@ def train(argv: list[str] | None = None) -> None:
     parser.add_argument("--folds", required=True, help="validation folds' rows (Parquet)")
     parser.add_argument("--model", required=True, help="fitted model artifact (joblib)")
     parser.add_argument("--validation-scores", required=True, help="fold scores (Parquet)")
+    parser.add_argument(
+        "--reference-profile", required=True, help="inputs' and scores' profile (JSON)"
+    )
     args = parser.parse_args(argv)
     loaded = load_params(args.params, *SECTIONS)
     params: TrainParams = loaded["train"]
@@ -38,7 +43,12 @@ def train(argv: list[str] | None = None) -> None:
         len(train_rows),
         time.perf_counter() - started,
     )
+    profile = reference_profile(
+        {name: train_rows[name].to_numpy(dtype="float64") for name in features},
+        scores=predict_scores(pipeline, train_rows, features=features),
+    )
     write_parquet(scored, args.validation_scores)
+    write_json(profile.to_dict(), args.reference_profile)
     write_joblib(model_artifact(pipeline, params=params, features=features_params), args.model)
 
 

@@ -1,0 +1,66 @@
+"""Drift statistics on hand-made columns: bins, PSI, KS and Wasserstein."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from fraudlab.drift import ColumnProfile, bin_shares, drift, profile, psi
+
+
+def test_a_flag_gets_two_edges_and_its_shares():
+    column = profile(np.array([0] * 7 + [1] * 3))
+    # deciles 0.1-0.7 are 0, 0.8-1.0 are 1: bins (-inf, 0], (0, 1], (1, inf)
+    assert column.edges == (0.0, 1.0)
+    assert column.shares == pytest.approx((0.7, 0.3, 0.0))
+    assert column.mean == pytest.approx(0.3)
+
+
+def test_values_on_an_edge_fall_in_the_bin_below():
+    assert bin_shares(np.array([1.0, 2.0, 2.5, 3.0, 9.0]), (2.0, 3.0)).tolist() == [
+        0.4,  # 1.0 and 2.0: (-inf, 2]
+        0.4,  # 2.5 and 3.0: (2, 3]
+        0.2,  # 9.0: (3, inf)
+    ]
+
+
+def test_psi_by_hand():
+    # (0.25 - 0.5) ln(0.25 / 0.5) + (0.75 - 0.5) ln(0.75 / 0.5) = 0.1733 + 0.1014
+    assert psi([0.5, 0.5], [0.25, 0.75]) == pytest.approx(0.2747, abs=1e-3)
+    assert psi([0.5, 0.5], [0.5, 0.5]) == 0.0
+
+
+def test_a_sample_of_the_reference_does_not_drift_and_a_shifted_one_does():
+    rng = np.random.default_rng(0)
+    reference = profile(rng.normal(10.0, 2.0, size=50_000))
+    same = drift(reference, rng.normal(10.0, 2.0, size=20_000))
+    assert same.psi < 0.01
+    assert same.ks < 0.03
+    assert same.wasserstein < 0.05
+    shifted = drift(reference, rng.normal(12.0, 2.0, size=20_000))  # one standard deviation
+    assert shifted.psi > 0.25
+    assert shifted.ks == pytest.approx(0.38, abs=0.03)  # 2 Phi(0.5) - 1
+    assert shifted.wasserstein == pytest.approx(1.0, abs=0.05)
+
+
+def test_a_constant_reference_still_sees_a_change():
+    reference = profile(np.zeros(100))
+    assert reference.edges == (0.0,)
+    moved = drift(reference, np.ones(100))
+    assert moved.psi > 1
+    assert moved.ks == 1.0
+    assert moved.wasserstein == 1.0  # no spread to divide by: the raw distance
+
+
+@pytest.mark.parametrize(
+    ("values", "problem"),
+    [(np.array([]), "no values"), (np.array([1.0, np.nan, np.inf]), "2 values are not finite")],
+)
+def test_bad_columns_are_refused_by_name(values, problem):
+    with pytest.raises(ValueError, match=f"tx_amount: {problem}"):
+        profile(values, name="tx_amount")
+
+
+def test_a_profile_survives_a_round_trip_through_json_types():
+    column = profile(np.random.default_rng(1).exponential(size=1000))
+    assert ColumnProfile.from_dict(column.to_dict()) == column
