@@ -28,6 +28,7 @@ def small_simulate_params(**overrides) -> SimulateParams:
         "compromised_terminal_days": 28,
         "compromised_customers_per_day": 1,
         "compromised_customer_days": 14,
+        "drift": {"scenario": "none", "start_day": 30, "strength": 0.5},
     }
     return SimulateParams(**(values | overrides))
 

@@ -81,3 +81,49 @@ def test_scenario_rules(small_transactions):
     assert (there["tx_fraud"] == 1).all()
     assert frame["tx_fraud_scenario"].isin([0, 1, 2, 3]).all()
     assert (frame["tx_fraud_scenario"] == 3).any()
+
+
+@pytest.fixture(scope="module")
+def undrifted() -> pd.DataFrame:
+    return simulate_transactions(small_simulate_params())
+
+
+def _drifted(scenario: str, *, start_day: int = 30, strength: float = 0.5) -> pd.DataFrame:
+    drift = {"scenario": scenario, "start_day": start_day, "strength": strength}
+    return simulate_transactions(small_simulate_params(drift=drift))
+
+
+def _from_day(frame: pd.DataFrame, day: int) -> pd.Series:
+    return frame[schema.TX_DATETIME] >= pd.Timestamp("2018-04-01") + pd.Timedelta(days=day)
+
+
+def test_no_drift_is_the_data_of_any_start_day_and_strength(undrifted):
+    for start_day, strength in ((0, 1.0), (45, 3.0)):
+        other = _drifted("none", start_day=start_day, strength=strength)
+        pd.testing.assert_frame_equal(other, undrifted)
+
+
+def test_amount_inflation_changes_only_later_amounts(undrifted):
+    drifted = _drifted("amount_inflation")
+    later = _from_day(undrifted, 30)
+    pd.testing.assert_frame_equal(drifted[~later], undrifted[~later])
+    columns = [c for c in undrifted.columns if c != schema.TX_AMOUNT]
+    pd.testing.assert_frame_equal(drifted[columns], undrifted[columns])  # labels unchanged
+    ratio = drifted.loc[later, schema.TX_AMOUNT] / undrifted.loc[later, schema.TX_AMOUNT]
+    big = undrifted.loc[later, schema.TX_AMOUNT] > 10  # rounding to cents blurs small ones
+    assert ratio[big].between(1.49, 1.51).all()
+
+
+def test_terminal_surge_adds_frauds_from_its_start_day_only(undrifted):
+    drifted = _drifted("terminal_surge", strength=2.0)  # 2 more terminals a day
+    later = _from_day(undrifted, 30)
+    pd.testing.assert_frame_equal(drifted[~later], undrifted[~later])
+    before, after = undrifted[schema.TX_FRAUD], drifted[schema.TX_FRAUD]
+    assert (after >= before).all()  # every fraud stays a fraud
+    added = (after > before) & later
+    # a surge: the fraud rate after its start rises by half (its compromises ramp up over the
+    # 28 days a terminal stays compromised, and the data end 20 days after the start)
+    assert after[later].sum() > 1.4 * before[later].sum()
+    assert (drifted.loc[added, "tx_fraud_scenario"] == 2).all()
+    columns = [schema.TX_DATETIME, schema.CUSTOMER_ID, schema.TERMINAL_ID, schema.TX_AMOUNT]
+    pd.testing.assert_frame_equal(drifted[columns], undrifted[columns])

@@ -34,6 +34,18 @@ class _Section(BaseModel):
 Day = Annotated[dt.date, Field(strict=False)]
 
 
+class DriftParams(_Section):
+    """An optional change of the simulated world from ``start_day`` on (monitoring's tests):
+    ``amount_inflation`` multiplies every amount by 1 + ``strength`` (labels unchanged: the
+    inputs drift and the model's amount rules go stale); ``terminal_surge`` compromises
+    ``strength`` x ``compromised_terminals_per_day`` more terminals a day (rounded; a fraud
+    pattern at a rate the model never saw). ``none`` leaves the data byte for byte as before."""
+
+    scenario: Literal["none", "amount_inflation", "terminal_surge"]
+    start_day: NonNegativeInt
+    strength: Annotated[float, Field(gt=0)]
+
+
 class SimulateParams(_Section):
     seed: NonNegativeInt
     n_customers: PositiveInt
@@ -46,6 +58,7 @@ class SimulateParams(_Section):
     compromised_customers_per_day: NonNegativeInt
     compromised_customer_days: PositiveInt
     high_amount_threshold: Annotated[float, Field(gt=0)]
+    drift: DriftParams
 
 
 class SourceParams(_Section):

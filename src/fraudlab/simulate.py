@@ -2,7 +2,9 @@
 
 Customers and terminals sit on a 100 x 100 square; a customer pays at terminals within
 ``radius``. Every random draw comes from one ``numpy.random.Generator`` seeded from params, in a
-fixed order, so the output is a pure function of the params.
+fixed order, so the output is a pure function of the params. A drift scenario (``params.drift``)
+draws from a generator of its own, after all the others: the world before its start day, and
+with ``none`` the whole output, is the same as without it.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ _AREA_SIZE = 100.0
 SCENARIO_HIGH_AMOUNT = 1
 SCENARIO_COMPROMISED_TERMINAL = 2
 SCENARIO_COMPROMISED_CUSTOMER = 3
+_DRIFT_STREAM = 1  # the drift scenarios' generator: seeded with (seed, _DRIFT_STREAM)
 
 
 @dataclass(frozen=True)
@@ -133,6 +136,18 @@ def _compromised_customer_fraud(
     return fraud, multiplier
 
 
+def _surge_fraud(tx: _Transactions, params: SimulateParams) -> np.ndarray:
+    """``terminal_surge``: from the start day, more terminals compromised each day."""
+    drift = params.drift
+    extra = round(drift.strength * params.compromised_terminals_per_day)
+    rng = np.random.default_rng([params.seed, _DRIFT_STREAM])
+    compromised = np.zeros((params.n_terminals, params.n_days), dtype=bool)
+    for day in range(drift.start_day, params.n_days):
+        terminals = rng.choice(params.n_terminals, size=extra, replace=False)
+        compromised[terminals, day : day + params.compromised_terminal_days] = True
+    return compromised[tx.terminal, tx.day]
+
+
 def simulate_transactions(params: SimulateParams) -> pd.DataFrame:
     """Simulate labelled transactions in the canonical schema, sorted by time.
 
@@ -153,7 +168,14 @@ def simulate_transactions(params: SimulateParams) -> pd.DataFrame:
     scenario[tx.amount > params.high_amount_threshold] = SCENARIO_HIGH_AMOUNT
     scenario[_compromised_terminal_fraud(rng, tx, params)] = SCENARIO_COMPROMISED_TERMINAL
     customer_fraud, multiplier = _compromised_customer_fraud(rng, tx, params)
+    if params.drift.scenario == "terminal_surge":
+        surge = _surge_fraud(tx, params) & (scenario == 0)
+        scenario[surge] = SCENARIO_COMPROMISED_TERMINAL
     scenario[customer_fraud] = SCENARIO_COMPROMISED_CUSTOMER
+    if params.drift.scenario == "amount_inflation":
+        multiplier = np.where(
+            tx.day >= params.drift.start_day, multiplier * (1 + params.drift.strength), multiplier
+        )
 
     start = np.datetime64(params.start_date.isoformat(), "ns")
     return pd.DataFrame(
