@@ -27,6 +27,9 @@ from xgboost import Booster
 
 log = logging.getLogger(__name__)
 
+_PROBE_SPLITS = 4096  # splits probed at most (the default model has ~700)
+_PROBE_SLICE = 1024  # rows compared at a time
+
 
 @cache
 def _libm(name: str) -> ctypes._CFuncPtr | None:
@@ -80,11 +83,21 @@ class TreePredictor:
         below and just above every threshold, with missing values and random values."""
         matrix = _probe_rows(self, n_features=booster.num_features(), seed=seed)
         expected = booster.inplace_predict(matrix, validate_features=False)
-        return bool(np.array_equal(self(matrix).view(np.uint32), expected.view(np.uint32)))
+        # in slices: the walk holds a (rows x trees) array
+        for start in range(0, len(matrix), _PROBE_SLICE):
+            got = self(matrix[start : start + _PROBE_SLICE])
+            if not np.array_equal(
+                got.view(np.uint32), expected[start : start + _PROBE_SLICE].view(np.uint32)
+            ):
+                return False
+        return True
 
 
 def _probe_rows(predictor: TreePredictor, *, n_features: int, seed: int) -> np.ndarray:
-    inner = predictor.left != np.arange(len(predictor.left))
+    inner = np.flatnonzero(predictor.left != np.arange(len(predictor.left)))
+    rng = np.random.default_rng(seed)
+    if len(inner) > _PROBE_SPLITS:  # a large model: a sample of its splits
+        inner = np.sort(rng.choice(inner, size=_PROBE_SPLITS, replace=False))
     thresholds = predictor.split[inner]
     features = predictor.feature[inner]
     values = np.concatenate(
@@ -95,7 +108,6 @@ def _probe_rows(predictor: TreePredictor, *, n_features: int, seed: int) -> np.n
         ]
     )
     columns = np.tile(features, 3)
-    rng = np.random.default_rng(seed)
     # each row: random values, one feature set to a threshold-derived value, a few missing
     matrix = rng.normal(scale=3.0, size=(len(values), n_features)).astype(np.float32)
     matrix[np.arange(len(values)), columns] = values
