@@ -132,7 +132,37 @@ def test_first_repro_writes_metrics_and_is_clean(repo):
     features = feature_names(load_params(repo / "params.yaml", "features")["features"])
     assert sorted(reference.features) == sorted(features)
     assert reference.score.count == len(pd.read_parquet(repo / "data/split/train.parquet"))
+    monitoring = json.loads((repo / "metrics/monitoring.json").read_text())
+    assert not monitoring["alert"]  # the simulator's world does not change
+    assert monitoring["drifted_features"] == []
+    first, second = monitoring["weeks"]["week_1"], monitoring["weeks"]["week_2"]
+    assert first["start"] == "2018-05-31"  # the day after the test period
+    assert first["performance"]["status"] == "mature"  # its labels are 7 days old at the end
+    assert 0 < first["performance"]["average_precision"] <= 1
+    assert second["performance"] == {"status": "pending", "labels_mature_on": "2018-06-21"}
+    assert set(first["drift"]) == {*features, "score"}
     _assert_clean(repo)
+
+
+def test_injected_amount_inflation_alerts_in_its_first_week_naming_what_moved(repo):
+    # amounts x 1.5 from the first monitored day (day 60 = 2018-05-31); strict: the stage fails
+    _set_params(
+        repo,
+        {
+            "simulate": {"drift": {"scenario": "amount_inflation", "start_day": 60}},
+            "monitor": {"strict": True},
+        },
+    )
+    done = _run(repo, *_dvc("repro"), check=False)
+    assert done.returncode != 0
+    assert "monitor.strict is set" in done.stdout + done.stderr
+    monitoring = json.loads((repo / "metrics/monitoring.json").read_text())
+    assert monitoring["alert"]
+    assert "tx_amount" in monitoring["drifted_features"]
+    assert monitoring["weeks"]["week_1"]["drift"]["tx_amount"]["level"] == "act"
+    # counts, calendar flags and terminal risks did not move
+    for name in monitoring["drifted_features"]:
+        assert "amount" in name or name == "score", name
 
 
 def test_second_repro_runs_nothing(repo):
@@ -141,7 +171,7 @@ def test_second_repro_runs_nothing(repo):
 
 def test_train_param_change_reruns_only_train_and_evaluate(repo):
     _set_params(repo, {"train": {"xgboost": {"n_estimators": 11}}})
-    assert _stages_run(_run(repo, *_dvc("repro")).stdout) == {"train", "evaluate"}
+    assert _stages_run(_run(repo, *_dvc("repro")).stdout) == {"train", "evaluate", "monitor"}
 
 
 def test_feature_param_change_never_reruns_the_simulator(repo):
@@ -151,6 +181,7 @@ def test_feature_param_change_never_reruns_the_simulator(repo):
         "split",
         "train",
         "evaluate",
+        "monitor",
     }
     _run(repo, "git", "checkout", "params.yaml")
     restored = _run(repo, *_dvc("repro"))  # outputs come back from the run cache

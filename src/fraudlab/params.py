@@ -222,6 +222,21 @@ class EvaluateParams(_Section):
     score_bins: Annotated[int, Field(ge=2)]
 
 
+class MonitorParams(_Section):
+    """Alert levels of the ``monitor`` stage, on one drift statistic (README "Monitoring")."""
+
+    statistic: Literal["psi", "ks", "wasserstein"]
+    warn: Annotated[float, Field(gt=0)]
+    act: Annotated[float, Field(gt=0)]
+    strict: bool  # the stage fails when an alert fires (cron, CI)
+
+    @model_validator(mode="after")
+    def _ordered(self) -> MonitorParams:
+        if self.warn >= self.act:
+            raise ValueError(f"warn ({self.warn}) must be below act ({self.act})")
+        return self
+
+
 SECTIONS: dict[str, type[_Section]] = {
     "simulate": SimulateParams,
     "source": SourceParams,
@@ -230,6 +245,7 @@ SECTIONS: dict[str, type[_Section]] = {
     "split": SplitParams,
     "train": TrainParams,
     "evaluate": EvaluateParams,
+    "monitor": MonitorParams,
 }
 
 
