@@ -257,9 +257,8 @@ def _answering(handler: Endpoint) -> Endpoint:
 
 class IdleCollector:
     """Python's cyclic garbage collector run between scoring rounds, when no request waits,
-    instead of whenever allocations cross its threshold: a collection inside a round delayed
-    every request of the round (0.5 ms for the youngest generation, several ms for the
-    oldest, measured under bench/serve.py's paced load). Generations are collected in
+    instead of whenever allocations cross its threshold: a collection inside a round delays
+    every request waiting for the round. Generations are collected in
     CPython's default proportions; past ``busy_limit`` pending allocations a busy process
     collects anyway, so a saturated service stays bounded in memory."""
 
@@ -374,9 +373,9 @@ class Guard:
         self.keys = tuple(key.encode() for key in settings.api_keys)
         self.max_body = settings.max_body_bytes
         self.metrics = metrics
-        # served here, straight from ASGI: through FastAPI's routing and Starlette's request
-        # and response objects a request cost twice as much (bench/serve.py), and they are the
-        # hot path; FastAPI keeps their routes (for the docs) over the same handlers
+        # served here, straight from ASGI: they are the hot path, and FastAPI's routing and
+        # Starlette's request and response objects cost more than the rest of a request's
+        # handling; FastAPI keeps their routes (for the docs) over the same handlers
         self.endpoints = endpoints
 
     async def __call__(self, scope: dict, receive: Callable, send: Callable) -> None:
@@ -396,8 +395,9 @@ class Guard:
                 response_started = True
             await send(message)
 
+        headers = dict(scope["headers"])
         try:
-            refusal = self._refusal(scope, path)
+            refusal = self._refusal(headers, path)
             if refusal is not None:
                 await refusal(scope, receive, send_and_record)
                 return
@@ -406,7 +406,7 @@ class Guard:
                 await self.app(scope, self._limited(receive), send_and_record)
                 return
             body = await self._body(self._limited(receive))
-            content_type = dict(scope["headers"]).get(b"content-type")
+            content_type = headers.get(b"content-type")
             code, payload = await endpoint_handler(
                 body, None if content_type is None else content_type.decode("latin-1")
             )
@@ -429,8 +429,7 @@ class Guard:
         finally:
             self.metrics.request(endpoint, status=status, seconds=time.perf_counter() - started)
 
-    def _refusal(self, scope: dict, path: str) -> Response | None:
-        headers = dict(scope["headers"])
+    def _refusal(self, headers: dict[bytes, bytes], path: str) -> Response | None:
         if (
             self.keys
             and path not in _OPEN_PATHS
@@ -490,19 +489,18 @@ def create_app(settings: Settings) -> Any:
             store=store,
         )
         metrics.describe_model(scorer)
-        collector = IdleCollector().__enter__()
-        batcher = Batcher(scorer, metrics, collector=collector)
-        batcher.start()
-        state.update(store=store, scorer=scorer, batcher=batcher)
-        log.info("serving model %s (%s)", scorer.model_version, scorer.model.family)
-        try:
-            yield
-        finally:
-            await batcher.stop()
-            collector.__exit__()
-            checkpointer.stop()
-            store.close()
-            state.clear()
+        with IdleCollector() as collector:
+            batcher = Batcher(scorer, metrics, collector=collector)
+            batcher.start()
+            state.update(store=store, scorer=scorer, batcher=batcher)
+            log.info("serving model %s (%s)", scorer.model_version, scorer.model.family)
+            try:
+                yield
+            finally:
+                await batcher.stop()
+                checkpointer.stop()
+                store.close()
+                state.clear()
 
     app = FastAPI(
         title="fraudlab scoring service",

@@ -114,6 +114,11 @@ def fold_train_start(params: SplitParams, *, delay_days: int, fold: int) -> dt.d
     return params.train_start - dt.timedelta(days=shift)
 
 
+def monitoring_start(params: SplitParams, *, delay_days: int) -> dt.date:
+    """The day after the test period: where the ``monitor`` stage's weeks begin."""
+    return params.train_start + dt.timedelta(days=params.train_days + delay_days + params.test_days)
+
+
 def prequential_folds(frame: pd.DataFrame, params: SplitParams, *, delay_days: int) -> pd.DataFrame:
     """All folds' train and validation rows, tagged with ``fold`` and ``role``."""
     parts = []

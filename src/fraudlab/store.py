@@ -136,6 +136,7 @@ _NEW_LABELS = (
 )
 _OLDEST = "SELECT seq FROM history INDEXED BY by_time WHERE time <= ? ORDER BY time LIMIT ?"
 _COLUMNS = "transaction_id, time, customer_id, terminal_id, amount"
+_INSERT = f"INSERT INTO history ({_COLUMNS}, answer) VALUES (?, ?, ?, ?, ?, ?)"
 
 
 def _chunks(values: list, size: int = _CHUNK) -> Iterator[list]:
@@ -226,9 +227,7 @@ class SQLiteHistory:
         is stored if one conflicts."""
         transactions = list(transactions)
         answers = [None] * len(transactions) if answers is None else list(answers)
-        for tx in transactions:
-            if not math.isfinite(tx.amount):
-                raise UserError(f"transaction {tx.transaction_id}: amount {tx.amount}")
+        _require_finite(transactions)
         with self._transaction():
             known = {
                 tx_id: stored.transaction.content()
@@ -246,7 +245,7 @@ class SQLiteHistory:
                     )
                 added.append(stored is None)
             self._db.executemany(
-                f"INSERT INTO history ({_COLUMNS}, answer) VALUES (?, ?, ?, ?, ?, ?)",
+                _INSERT,
                 [(*_row(tx), answer) for tx, answer in new],
             )
         return added
@@ -322,15 +321,11 @@ class SQLiteHistory:
         before ``prune_before`` (at most ``prune_limit``) deleted, in one durable transaction;
         the change-log position after it. The caller holds ``exclusive()`` and has looked the
         ids up: a stored one still fails (ConflictError) and nothing is written."""
-        for tx in transactions:
-            if not math.isfinite(tx.amount):
-                raise UserError(f"transaction {tx.transaction_id}: amount {tx.amount}")
+        _require_finite(transactions)
         rows = [(*_row(tx), answer) for tx, answer in zip(transactions, answers, strict=True)]
         with self._transaction():
             try:
-                self._db.executemany(
-                    f"INSERT INTO history ({_COLUMNS}, answer) VALUES (?, ?, ?, ?, ?, ?)", rows
-                )
+                self._db.executemany(_INSERT, rows)
             except sqlite3.IntegrityError as exc:
                 raise ConflictError(f"a transaction_id is already stored ({exc})") from None
             self._delete_oldest(before=prune_before, limit=prune_limit)
@@ -418,6 +413,12 @@ class Checkpointer:
                     log.exception("checkpoint of %s failed; retrying", self.path)
         finally:
             db.close()
+
+
+def _require_finite(transactions: Iterable[Transaction]) -> None:
+    for tx in transactions:
+        if not math.isfinite(tx.amount):
+            raise UserError(f"transaction {tx.transaction_id}: amount {tx.amount}")
 
 
 def _row(tx: Transaction) -> tuple:

@@ -8,9 +8,10 @@ a scoring round. ``compile_booster`` turns a Booster into arrays walked for all 
 Bit for bit means: inputs rounded to float32 as XGBoost does, ``x < split`` with missing values
 sent the default way, leaf values summed in tree order in float32 from the base margin, and the
 sigmoid with the C library's ``expf`` (the one XGBoost's own transform calls; NumPy's float32
-``exp`` differs in the last bit on about a third of inputs). ``TreePredictor.agrees`` checks a
-compiled model against XGBoost on rows built to hit every split threshold, its neighbouring
-floats and missing values; the service uses the compiled path only when it agrees.
+``exp`` is another implementation, which can round the last bit differently).
+``TreePredictor.agrees`` checks a compiled model against XGBoost on rows built to hit every
+split threshold, its neighbouring floats and missing values; the service uses the compiled
+path only when it agrees.
 """
 
 from __future__ import annotations

@@ -18,6 +18,7 @@ from fraudlab.io import read_parquet, write_json
 from fraudlab.models import load_model, predict_scores
 from fraudlab.monitor import data_end, monitored_weeks, monitoring_report
 from fraudlab.params import EvaluateParams, FeaturesParams, MonitorParams, SplitParams, load_params
+from fraudlab.split import monitoring_start
 
 log = logging.getLogger(__name__)
 SECTIONS = ("split", "features", "evaluate", "monitor")
@@ -25,12 +26,6 @@ SECTIONS = ("split", "features", "evaluate", "monitor")
 
 class DriftAlertError(UserError):
     """An alert fired and ``monitor.strict`` asks the stage to fail."""
-
-
-def monitoring_start(split: SplitParams, *, delay_days: int) -> pd.Timestamp:
-    """The day after the test period."""
-    days = split.train_days + delay_days + split.test_days
-    return pd.Timestamp(split.train_start) + pd.Timedelta(days=days)
 
 
 def monitor(argv: list[str] | None = None) -> None:
@@ -56,8 +51,8 @@ def monitor(argv: list[str] | None = None) -> None:
     frame = read_parquet(args.features)
     start = monitoring_start(split, delay_days=features_params.label_delay_days)
     end = data_end(frame[schema.TX_DATETIME])
-    weeks = monitored_weeks(start=start.date(), end=end)
-    frame = frame[frame[schema.TX_DATETIME] >= start].reset_index(drop=True)
+    weeks = monitored_weeks(start=start, end=end)
+    frame = frame[frame[schema.TX_DATETIME] >= pd.Timestamp(start)].reset_index(drop=True)
     if weeks:
         scores = predict_scores(model.pipeline, frame, features=list(model.features))
     else:
@@ -77,7 +72,7 @@ def monitor(argv: list[str] | None = None) -> None:
     log.info(
         "%d whole weeks monitored from %s; alert %s%s",
         len(weeks),
-        start.date(),
+        start,
         report["alert"],
         f" ({', '.join(report['drifted_features'])})" if report["alert"] else "",
     )
