@@ -57,27 +57,32 @@ def test_a_malformed_search_space_names_the_problem(tmp_path):
         load_space(path)
 
 
-def _metrics(ap: float) -> dict:
+def _metrics(ap: float, k: int = 100) -> dict:
     return {
         "metrics/evaluate/metrics.json": {
             "data": {
                 "test": {
                     "average_precision": ap - 0.01,
                     "auc_roc": 0.8,
-                    "card_precision_at_100": 0.3,
+                    f"card_precision_at_{k}": 0.3,
                 },
                 "validation": {
                     "average_precision": {"mean": ap, "std": 0.05},
                     "auc_roc": {"mean": 0.85, "std": 0.02},
-                    "card_precision_at_100": {"mean": 0.31, "std": 0.01},
+                    f"card_precision_at_{k}": {"mean": 0.31, "std": 0.01},
                 },
             }
         }
     }
 
 
-def _experiment(name: str, family: str, depth: int, ap: float, state: str, error=None) -> dict:
-    params = {"train": {"model": family, family: {"max_depth": depth, "n_estimators": 100}}}
+def _experiment(
+    name: str, family: str, depth: int, ap: float, state: str, error=None, k: int = 100
+) -> dict:
+    params = {
+        "train": {"model": family, family: {"max_depth": depth, "n_estimators": 100}},
+        "evaluate": {"top_k": k},
+    }
     return {
         "name": name,
         "executor": {"state": state},
@@ -88,7 +93,7 @@ def _experiment(name: str, family: str, depth: int, ap: float, state: str, error
                 "error": error,
                 "data": {
                     "params": {"params.yaml": {"data": params}},
-                    "metrics": _metrics(ap),  # a failed run shows its baseline's metrics
+                    "metrics": _metrics(ap, k),  # a failed run shows its baseline's metrics
                 },
             }
         ],
@@ -156,10 +161,59 @@ def test_report_picks_each_familys_best_and_shows_threshold_and_cost():
         "fp": 10,
     }
     metrics["test"]["at_threshold"] = metrics["validation"]["at_threshold"] = at
-    section = current_section(metrics, "xgboost")
+    section = current_section(metrics, "xgboost", top_k=100)
     assert "| Average precision | 0.6900 | 0.7000 ± 0.0500 |" in section
     assert "**0.2500**" in section
     assert "| Cost a day | 1,234 | 1,234 |" in section
+
+
+def test_another_top_k_fills_every_card_precision_column_and_row():
+    """The metric key carries k: a leaderboard, report row or family table must not look for
+    ``card_precision_at_100`` when ``evaluate.top_k`` is 50."""
+    shown = [
+        {
+            "rev": "abc",
+            "name": "main",
+            "experiments": [
+                _experiment("fifty", "xgboost", 3, 0.70, "success", k=50),
+                _experiment("forest", "random_forest", 5, 0.69, "success", k=50),
+            ],
+        }
+    ]
+    board = leaderboard(experiments(shown))
+    assert board["test_card_precision"].tolist() == [0.3, 0.3]
+    assert board["validation_card_precision"].tolist() == [0.31, 0.31]
+    table = render(board, set()).splitlines()
+    assert "val CP@50" in table[0]
+    assert "test CP@50" in table[0]
+    assert table[2].endswith("| 0.310 | 0.690 | 0.800 | 0.300 |")
+    families = families_section(best_per_family(experiments(shown)), {}, {})
+    assert "test CP@50" in families
+    assert families.splitlines()[4].endswith("| 0.3000 |")
+    metrics = _metrics(0.7, k=50)["metrics/evaluate/metrics.json"]["data"]
+    metrics["test"]["at_threshold"] = metrics["validation"]["at_threshold"] = dict.fromkeys(
+        ("threshold", "precision", "recall", "f1", "alerted_cards_per_day", "cost_per_day"), 0.5
+    ) | {"tp": 1, "fp": 1}
+    assert "| Card precision@50 | 0.3000 | 0.3100 ± 0.0100 |" in current_section(
+        metrics, "xgboost", top_k=50
+    )
+
+
+def test_experiments_with_different_top_k_name_k_in_each_cell():
+    shown = [
+        {
+            "rev": "abc",
+            "name": "main",
+            "experiments": [
+                _experiment("fifty", "xgboost", 3, 0.70, "success", k=50),
+                _experiment("hundred", "xgboost", 4, 0.69, "success", k=100),
+            ],
+        }
+    ]
+    table = render(leaderboard(experiments(shown)), set()).splitlines()
+    assert "val CP@k" in table[0]
+    assert table[2].endswith("| 0.310 (k=50) | 0.690 | 0.800 | 0.300 (k=50) |")
+    assert table[3].endswith("| 0.310 (k=100) | 0.680 | 0.800 | 0.300 (k=100) |")
 
 
 def test_queue_status_is_read_for_each_task_and_the_live_workers():

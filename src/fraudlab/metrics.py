@@ -112,13 +112,18 @@ def threshold_metrics(
     }
 
 
+def card_precision_key(k: int) -> str:
+    """The metrics' key for Card Precision@k: every reader derives it from ``evaluate.top_k``."""
+    return f"card_precision_at_{k}"
+
+
 def ranking_metrics(scored: pd.DataFrame, k: int) -> dict[str, float]:
     """AUC ROC, Average Precision (step-wise) and Card Precision@k."""
     y_true, y_score = scored[schema.TX_FRAUD].to_numpy(), scored[SCORE].to_numpy()
     return {
         "auc_roc": float(roc_auc_score(y_true, y_score)),
         "average_precision": float(average_precision_score(y_true, y_score)),
-        f"card_precision_at_{k}": card_precision_at_k(scored, k)[0],
+        card_precision_key(k): card_precision_at_k(scored, k)[0],
     }
 
 

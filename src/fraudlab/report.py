@@ -22,7 +22,15 @@ import yaml
 
 from fraudlab.cli import run
 from fraudlab.errors import UserError
-from fraudlab.search import METRICS_FILE, dvc, experiments, leaderboard
+from fraudlab.metrics import card_precision_key
+from fraudlab.search import (
+    METRICS_FILE,
+    card_precision_cell,
+    card_precision_label,
+    dvc,
+    experiments,
+    leaderboard,
+)
 
 log = logging.getLogger(__name__)
 
@@ -38,13 +46,13 @@ def _git(*args: str, binary: bool = False) -> str | bytes:
     return done.stdout if binary else done.stdout.decode()
 
 
-def current_section(metrics: dict, model: str) -> str:
+def current_section(metrics: dict, model: str, *, top_k: int) -> str:
     """The committed model: test metrics beside validation mean ± std, then the threshold."""
     test, validation = metrics["test"], metrics["validation"]
     names = {
         "average_precision": "Average precision",
         "auc_roc": "AUC ROC",
-        "card_precision_at_100": "Card precision@100",
+        card_precision_key(top_k): f"Card precision@{top_k}",
     }
     rows = [
         f"| {label} | {test[key]:.4f} | {validation[key]['mean']:.4f} ± "
@@ -92,10 +100,11 @@ def families_section(best: pd.DataFrame, plots: dict[str, list[str]], committed:
             "## Model families\n\nNo experiments were found on this commit (a fresh clone has "
             "none): run `python -m fraudlab.search grid` to compare families.\n"
         )
+    cp = card_precision_label(best)
     lines = [
         "## Model families (best experiment of each, by validation AP)\n",
         "| family | experiment | params changed | val AP (± std) | test AP | test AUC "
-        "| test CP@100 |",
+        f"| test {cp} |",
         "|---|---|---|---|---|---|---|",
     ]
     for row in best.itertuples(index=False):
@@ -104,7 +113,8 @@ def families_section(best: pd.DataFrame, plots: dict[str, list[str]], committed:
             f"| {row.family} | {row.experiment} | {params} "
             f"| {row.validation_average_precision:.4f} ± "
             f"{row.validation_average_precision_std:.4f} | {row.test_average_precision:.4f} "
-            f"| {row.test_auc_roc:.4f} | {row.test_card_precision_at_100:.4f} |"
+            f"| {row.test_auc_roc:.4f} "
+            f"| {card_precision_cell(row.test_card_precision, row.top_k, cp, digits=4)} |"
         )
     for row in best.itertuples(index=False):
         images = " ".join(f"![{row.family} {p}]({p})" for p in plots.get(row.experiment, []))
@@ -148,10 +158,14 @@ def report(argv: list[str] | None = None) -> None:
 
     metrics = json.loads(Path(METRICS_FILE).read_text())
     commit = _git("rev-parse", "--short", "HEAD").strip()
-    train = yaml.safe_load(Path("params.yaml").read_text())["train"]
+    params = yaml.safe_load(Path("params.yaml").read_text())
+    train, top_k = params["train"], params["evaluate"]["top_k"]
     best = best_per_family(experiments(json.loads(dvc("exp", "show", "--json"))))
     plots = _export_plots(best, out)
-    sections = [f"# fraudlab model report ({commit})\n", current_section(metrics, train["model"])]
+    sections = [
+        f"# fraudlab model report ({commit})\n",
+        current_section(metrics, train["model"], top_k=top_k),
+    ]
     sections.append(families_section(best, plots, train))
     if args.base:
         sections.append(changes_section(args.base))

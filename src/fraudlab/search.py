@@ -31,6 +31,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from fraudlab.cli import run
 from fraudlab.errors import UserError
+from fraudlab.metrics import card_precision_key
 
 log = logging.getLogger(__name__)
 
@@ -120,16 +121,24 @@ def _metric(metrics: dict, *path: str) -> float:
 
 
 def _row(name: str, revision: str, data: dict, state: str) -> dict:
-    train = data.get("params", {}).get("params.yaml", {}).get("data", {}).get("train", {})
+    params = data.get("params", {}).get("params.yaml", {}).get("data", {})
+    train, top_k = params.get("train", {}), params.get("evaluate", {}).get("top_k")
     metrics = data.get("metrics", {}).get(METRICS_FILE, {}).get("data", {})
     family = train.get("model", "")
     hyper = train.get(family, {})
     ok = state == "success"
     row = {"experiment": name, "rev": revision, "family": family, "state": state, "params": hyper}
+    # Card precision's key carries the experiment's own k: read it under a name without k.
+    keys = {
+        "average_precision": "average_precision",
+        "auc_roc": "auc_roc",
+        "card_precision": card_precision_key(top_k) if top_k else "",
+    }
+    row["top_k"] = top_k
     for split in ("validation", "test"):
-        for metric in ("average_precision", "auc_roc", "card_precision_at_100"):
+        for column, metric in keys.items():
             path = (split, metric, "mean") if split == "validation" else (split, metric)
-            row[f"{split}_{metric}"] = _metric(metrics, *path) if ok else float("nan")
+            row[f"{split}_{column}"] = _metric(metrics, *path) if ok else float("nan")
     row["validation_average_precision_std"] = (
         _metric(metrics, "validation", "average_precision", "std") if ok else float("nan")
     )
@@ -172,11 +181,22 @@ def _varied(board: pd.DataFrame) -> set[str]:
     return {n for n in names if board["params"].map(lambda p, n=n: repr(p.get(n))).nunique() > 1}
 
 
+def card_precision_label(board: pd.DataFrame) -> str:
+    """``CP@k`` with the experiments' k when they share one; else each cell names its own."""
+    ks = set(board["top_k"].dropna())
+    return f"CP@{ks.pop()}" if len(ks) == 1 else "CP@k"
+
+
+def card_precision_cell(value: float, k: int | None, label: str, digits: int = 3) -> str:
+    return f"{value:.{digits}f}" if label != "CP@k" else f"{value:.{digits}f} (k={k})"
+
+
 def render(board: pd.DataFrame, varied: set[str]) -> str:
     """The leaderboard as a GitHub-flavoured Markdown table."""
+    cp = card_precision_label(board[board["state"] == "success"])
     header = (
-        "| # | experiment | family | params | val AP (± std) | val AUC | val CP@100 "
-        "| test AP | test AUC | test CP@100 |\n|---|---|---|---|---|---|---|---|---|---|\n"
+        f"| # | experiment | family | params | val AP (± std) | val AUC | val {cp} "
+        f"| test AP | test AUC | test {cp} |\n|---|---|---|---|---|---|---|---|---|---|\n"
     )
     lines = []
     for rank, row in enumerate(board.itertuples(index=False), start=1):
@@ -192,8 +212,9 @@ def render(board: pd.DataFrame, varied: set[str]) -> str:
             f"| {rank} | {row.experiment} | {row.family} | {params} "
             f"| {row.validation_average_precision:.3f} ± "
             f"{row.validation_average_precision_std:.3f} | {row.validation_auc_roc:.3f} "
-            f"| {row.validation_card_precision_at_100:.3f} | {row.test_average_precision:.3f} "
-            f"| {row.test_auc_roc:.3f} | {row.test_card_precision_at_100:.3f} |"
+            f"| {card_precision_cell(row.validation_card_precision, row.top_k, cp)} "
+            f"| {row.test_average_precision:.3f} | {row.test_auc_roc:.3f} "
+            f"| {card_precision_cell(row.test_card_precision, row.top_k, cp)} |"
         )
     return header + "\n".join(lines) + "\n"
 
