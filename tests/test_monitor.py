@@ -13,14 +13,18 @@ from fraudlab.drift import reference_profile
 from fraudlab.monitor import (
     Week,
     data_end,
+    diagnose,
     level,
     monitored_weeks,
     monitoring_report,
+    performance_trend,
+    plot_tables,
     week_performance,
 )
+from fraudlab.monitor_report import render_html
 from fraudlab.params import MonitorParams
 
-PARAMS = MonitorParams(statistic="psi", warn=0.1, act=0.25, strict=False)
+PARAMS = MonitorParams(statistic="psi", warn=0.1, act=0.25, decay=0.1, strict=False)
 
 
 def test_only_whole_weeks_up_to_the_day_after_the_last_transaction_are_monitored():
@@ -87,3 +91,139 @@ def test_the_report_names_the_columns_that_moved_and_only_those():
     assert drift["count"]["level"] == "ok"
     assert drift["score"]["level"] == "ok"
     assert drift["amount"]["wasserstein"] == pytest.approx(1.5, abs=0.1)
+
+
+def _performance(ap: float) -> dict:
+    return {"status": "mature", "average_precision": ap, "auc_roc": 0.9,
+            "card_precision_at_10": 0.2, "frauds": 5}  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("performance", "baseline", "expected"),
+    [
+        (
+            {"status": "pending", "labels_mature_on": "2018-07-01"},
+            {"average_precision": 0.7},
+            "pending",
+        ),
+        (_performance(0.53), {"average_precision": 0.625}, "held"),
+        (_performance(0.5), {"average_precision": 0.625}, "fell"),
+        (_performance(0.2), {}, "unknown"),  # no baseline (a one-class test period)
+        ({"status": "one class", "frauds": 0}, {"average_precision": 0.7}, "unknown"),
+    ],
+)
+def test_performance_falls_once_ap_is_decay_below_the_baseline(performance, baseline, expected):
+    assert performance_trend(performance, baseline, PARAMS) == expected
+
+
+@pytest.mark.parametrize(
+    ("amount", "score", "trend", "kind"),
+    [
+        ("ok", "ok", "held", "stable"),
+        ("act", "ok", "held", "data drift"),
+        ("warn", "act", "pending", "data drift"),  # the score moved: the inputs did, together
+        ("ok", "ok", "fell", "model decay"),
+        ("act", "act", "fell", "data drift and model decay"),
+    ],
+)
+def test_the_diagnosis_tells_data_drift_from_model_decay(amount, score, trend, kind):
+    columns = {"amount": {"level": amount}, "count": {"level": "ok"}, "score": {"level": score}}
+    found = diagnose(columns, trend)
+    assert found["kind"] == kind
+    assert found["inputs_moved"] == (["amount"] if amount == "act" else [])
+    assert found["score_moved"] == (score == "act")
+
+
+def _two_week_report(*, shift: float, frauds_follow_amount: bool) -> dict:
+    """Week 1 like the reference; week 2 with amounts ``shift`` standard deviations up. The
+    model scores by amount; frauds are the large amounts, or (concept drift) random rows."""
+    rng = np.random.default_rng(1)
+    amounts = rng.normal(50, 10, 5000)
+    reference = reference_profile({"amount": amounts}, scores=(amounts - 20) / 60)
+    n = 2000
+    week_amounts = np.r_[rng.normal(50, 10, n), rng.normal(50 + 10 * shift, 10, n)]
+    minutes = np.arange(2 * n) * (14 * 24 * 60 / (2 * n))  # spread over the two weeks
+    frame = pd.DataFrame(
+        {
+            schema.TX_DATETIME: pd.Timestamp("2018-06-01") + pd.to_timedelta(minutes, "min"),
+            schema.CUSTOMER_ID: np.arange(2 * n),
+            "amount": week_amounts,
+        }
+    )
+    large = week_amounts > np.quantile(week_amounts[:n], 0.98)
+    random = rng.uniform(size=2 * n) < 0.02
+    frame[schema.TX_FRAUD] = np.where(
+        np.arange(2 * n) < n, large, large if frauds_follow_amount else random
+    ).astype(int)
+    day = pd.Timedelta(days=1)
+    first = pd.Timestamp("2018-06-01")
+    weeks = [Week(i + 1, first + 7 * i * day, first + 7 * (i + 1) * day) for i in range(2)]
+    scores = (frame["amount"].to_numpy() - 20) / 60
+    baseline = {"average_precision": 1.0}  # the first week's: the largest amounts are the frauds
+    return monitoring_report(frame, scores, weeks=weeks, end=pd.Timestamp("2018-07-01"),
+                             reference=reference, params=PARAMS, delay_days=7, k=10,
+                             baseline=baseline)  # fmt: skip
+
+
+def test_inputs_that_move_with_frauds_that_follow_them_are_data_drift_alone():
+    report = _two_week_report(shift=1.5, frauds_follow_amount=True)
+    assert report["weeks"]["week_1"]["diagnosis"]["kind"] == "stable"
+    assert report["weeks"]["week_2"]["diagnosis"]["kind"] == "data drift"
+    assert report["decayed_weeks"] == []
+    assert report["drifted_features"] == ["amount", "score"]
+
+
+def test_frauds_that_stop_following_the_inputs_are_model_decay_without_drift():
+    report = _two_week_report(shift=0.0, frauds_follow_amount=False)
+    second = report["weeks"]["week_2"]
+    assert second["diagnosis"]["kind"] == "model decay"
+    assert second["performance"]["average_precision"] < 0.9
+    assert report["decayed_weeks"] == ["week_2"]
+    assert not report["alert"]
+
+
+def test_plot_series_leave_pending_weeks_out_and_carry_the_levels():
+    report = _two_week_report(shift=1.5, frauds_follow_amount=True)
+    report["weeks"]["week_2"]["performance"] = {"status": "pending", "labels_mature_on": "x"}
+    tables = plot_tables(report)
+    assert [(r["week"], r["feature"]) for r in tables["features.json"]] == [
+        (1, "amount"),
+        (2, "amount"),
+    ]
+    second = report["weeks"]["week_2"]["drift"]["amount"]["psi"]
+    assert tables["features.json"][1] == {"week": 2, "start": "2018-06-08", "feature": "amount",
+                                          "drift": second, "warn": 0.1, "act": 0.25}  # fmt: skip
+    assert [r["week"] for r in tables["score.json"]] == [1, 2]
+    assert [r["week"] for r in tables["performance.json"]] == [1]  # never a zero for week 2
+    assert tables["performance.json"][0]["card_precision"] == report["weeks"]["week_1"][
+        "performance"]["card_precision_at_10"]  # fmt: skip
+
+
+def _reference_shares(report: dict) -> list[float]:
+    bins = len(next(iter(report["weeks"].values()))["score_shares"]) if report["weeks"] else 11
+    return [1 / bins] * bins
+
+
+def test_the_page_leads_with_the_verdict_and_escapes_names():
+    report = _two_week_report(shift=0.0, frauds_follow_amount=False)
+    page = render_html(report, reference_shares=_reference_shares(report), model_md5="0" * 32)
+    assert '<h2 id="verdict">Model decay from week_2 (2018-06-08)</h2>' in page
+    assert "concept drift" in page
+    assert page.count("data:image/png;base64,") == 3
+    renamed = _two_week_report(shift=1.5, frauds_follow_amount=True)
+    for entry in renamed["weeks"].values():
+        entry["drift"]["<i>x</i>"] = entry["drift"].pop("amount")
+        entry["diagnosis"]["inputs_moved"] = ["<i>x</i>"]
+    renamed["drifted_features"] = ["<i>x</i>", "score"]
+    page = render_html(renamed, reference_shares=_reference_shares(renamed), model_md5="0" * 32)
+    assert "<i>x</i>" not in page
+    assert "&lt;i&gt;x&lt;/i&gt;" in page
+
+
+def test_a_page_without_a_whole_week_says_so_without_figures():
+    report = _two_week_report(shift=0.0, frauds_follow_amount=True)
+    report["weeks"] = {}
+    page = render_html(report, reference_shares=_reference_shares(report), model_md5="0" * 32)
+    assert '<h2 id="verdict">Stable</h2>' in page
+    assert "0 whole weeks monitored" in page
+    assert "data:image/png" not in page

@@ -141,6 +141,11 @@ def test_first_repro_writes_metrics_and_is_clean(repo):
     assert 0 < first["performance"]["average_precision"] <= 1
     assert second["performance"] == {"status": "pending", "labels_mature_on": "2018-06-21"}
     assert set(first["drift"]) == {*features, "score"}
+    assert monitoring["decayed_weeks"] == []
+    assert first["diagnosis"]["kind"] == "stable"
+    assert '<h2 id="verdict">Stable</h2>' in (repo / "reports/monitoring.html").read_text()
+    series = json.loads((repo / "metrics/monitoring/plots/performance.json").read_text())
+    assert [row["week"] for row in series] == [1]  # week 2 is pending: not drawn
     _assert_clean(repo)
 
 
@@ -159,6 +164,15 @@ def test_injected_amount_inflation_alerts_in_its_first_week_naming_what_moved(re
     # counts, calendar flags and terminal risks did not move
     for name in monitoring["drifted_features"]:
         assert "amount" in name or name == "score", name
+    # the amount rule of the simulator's first scenario no longer tells frauds: AP falls, and
+    # the report tells it apart from a drift the model absorbs
+    assert monitoring["decayed_weeks"] == ["week_1"]
+    first = monitoring["weeks"]["week_1"]
+    assert first["diagnosis"]["kind"] == "data drift and model decay"
+    assert first["performance"]["average_precision"] < monitoring["baseline"]["average_precision"]
+    page = (repo / "reports/monitoring.html").read_text()
+    assert '<h2 id="verdict">Data drift and model decay from week_1 (2018-05-31): ' in page
+    assert "retrain" in page
 
 
 def test_second_repro_runs_nothing(repo):

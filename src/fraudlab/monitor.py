@@ -6,6 +6,12 @@ close in that time); until then its performance is reported as pending, never as
 are whole: a trailing part week would compare another mix of weekdays with the reference.
 Every transaction of a week counts (the test period's removal of cards already known to be
 compromised is an evaluation protocol, not what a deployed model sees).
+
+Data drift is told apart from model decay: a week's inputs moved when a feature's statistic
+reaches ``monitor.act``; its performance fell when its matured AP is ``monitor.decay`` below the
+baseline's, the same model's AP on the test period's transactions counted the same way. Inputs
+that move while performance holds are a shift the model absorbs; performance that falls while no
+input moved is a change in what fraud looks like (concept drift), which only new labels show.
 """
 
 from __future__ import annotations
@@ -17,8 +23,8 @@ import numpy as np
 import pandas as pd
 
 from fraudlab import schema
-from fraudlab.drift import Drift, ReferenceProfile, drift
-from fraudlab.metrics import SCORE, ranking_metrics
+from fraudlab.drift import Drift, ReferenceProfile, bin_shares, drift
+from fraudlab.metrics import SCORE, card_precision_key, ranking_metrics
 from fraudlab.params import MonitorParams
 
 WEEK = pd.Timedelta(days=7)
@@ -95,6 +101,71 @@ def week_performance(
     return {"status": "mature", "frauds": frauds, **ranking_metrics(scored, k)}
 
 
+def baseline_performance(rows: pd.DataFrame, scores: np.ndarray, *, k: int) -> dict:
+    """The model's performance on the test period, counted as a monitored week's is (every
+    transaction): what a week's AP is compared with. ``{}`` when it has a single class."""
+    frauds = int(rows[schema.TX_FRAUD].sum())
+    if frauds in (0, len(rows)):
+        return {}
+    scored = rows.assign(**{SCORE: scores})
+    return {"transactions": len(rows), "frauds": frauds, **ranking_metrics(scored, k)}
+
+
+def performance_trend(performance: dict, baseline: dict, params: MonitorParams) -> str:
+    """pending | held | fell | unknown (a one-class week, or no baseline to compare with)."""
+    if performance["status"] == "pending":
+        return "pending"
+    if performance["status"] != "mature" or not baseline:
+        return "unknown"
+    drop = baseline["average_precision"] - performance["average_precision"]
+    return "fell" if drop >= params.decay else "held"
+
+
+def diagnose(columns: dict[str, dict], trend: str) -> dict:
+    """What moved in a week: its inputs (features at act), its score, its performance."""
+    inputs = [
+        name for name, found in columns.items() if name != SCORE_NAME and found["level"] == "act"
+    ]
+    score_moved = columns[SCORE_NAME]["level"] == "act"
+    drifted, fell = bool(inputs) or score_moved, trend == "fell"
+    kind = {
+        (False, False): "stable",
+        (True, False): "data drift",
+        (False, True): "model decay",
+        (True, True): "data drift and model decay",
+    }[(drifted, fell)]
+    return {"kind": kind, "inputs_moved": inputs, "score_moved": score_moved, "performance": trend}
+
+
+@dataclass(frozen=True)
+class _Context:
+    """What every week is measured against."""
+
+    reference: ReferenceProfile
+    params: MonitorParams
+    end: pd.Timestamp
+    delay_days: int
+    k: int
+    baseline: dict
+
+
+def _week_entry(rows: pd.DataFrame, scores: np.ndarray, *, week: Week, context: _Context) -> dict:
+    columns = week_drift(rows, scores, reference=context.reference, params=context.params)
+    performance = week_performance(
+        rows, scores, week=week, end=context.end, delay_days=context.delay_days, k=context.k
+    )
+    trend = performance_trend(performance, context.baseline, context.params)
+    return {
+        "start": str(week.start.date()),
+        "end": str((week.end - pd.Timedelta(days=1)).date()),
+        "transactions": len(rows),
+        "drift": columns,
+        "score_shares": bin_shares(scores, context.reference.score.edges).tolist(),
+        "performance": performance,
+        "diagnosis": diagnose(columns, trend),
+    }
+
+
 def monitoring_report(
     frame: pd.DataFrame,
     scores: np.ndarray,
@@ -105,34 +176,67 @@ def monitoring_report(
     params: MonitorParams,
     delay_days: int,
     k: int,
+    baseline: dict | None = None,
 ) -> dict:
-    """The whole report: per week drift and performance, and the alert over all weeks (the
-    data, ``frame`` and its ``scores``, end at ``end``)."""
+    """The whole report: per week drift, performance and diagnosis, and the alert over all
+    weeks (the data, ``frame`` and its ``scores``, end at ``end``; ``baseline``: the test
+    period's performance, see ``baseline_performance``)."""
+    context = _Context(reference, params, end, delay_days, k, baseline or {})
     times = frame[schema.TX_DATETIME]
-    report_weeks, drifted = {}, set()
+    report_weeks = {}
     for week in weeks:
         inside = ((times >= week.start) & (times < week.end)).to_numpy()
-        rows, week_scores = frame.loc[inside], scores[inside]
-        if not len(rows):
+        if not inside.any():
             report_weeks[week.label] = {"start": str(week.start.date()), "transactions": 0}
             continue
-        columns = week_drift(rows, week_scores, reference=reference, params=params)
-        drifted |= {name for name, found in columns.items() if found["level"] == "act"}
-        report_weeks[week.label] = {
-            "start": str(week.start.date()),
-            "end": str((week.end - pd.Timedelta(days=1)).date()),
-            "transactions": len(rows),
-            "drift": columns,
-            "performance": week_performance(
-                rows, week_scores, week=week, end=end, delay_days=delay_days, k=k
-            ),
-        }
+        report_weeks[week.label] = _week_entry(
+            frame.loc[inside], scores[inside], week=week, context=context
+        )
+    drifted = {
+        name
+        for entry in report_weeks.values()
+        for name, found in entry.get("drift", {}).items()
+        if found["level"] == "act"
+    }
+    decayed = [
+        label
+        for label, entry in report_weeks.items()
+        if entry.get("diagnosis", {}).get("performance") == "fell"
+    ]
     order = [*reference.features, SCORE_NAME]
     return {
         "alert": bool(drifted),
         "drifted_features": [name for name in order if name in drifted],
+        "decayed_weeks": decayed,
         "statistic": params.statistic,
         "warn": params.warn,
         "act": params.act,
+        "decay": params.decay,
+        "top_k": k,
+        "baseline": baseline or {},
         "weeks": report_weeks,
     }
+
+
+def plot_tables(report: dict) -> dict[str, list[dict]]:
+    """The weekly series DVC plots draw: each feature's statistic (long: one row per week and
+    feature, as the feature names depend on params), the score's drift, and the performance of
+    the matured weeks (pending weeks are left out, never drawn as zero)."""
+    features, score, performance = [], [], []
+    for label, entry in report["weeks"].items():
+        if not entry["transactions"]:
+            continue
+        week = {"week": int(label.removeprefix("week_")), "start": entry["start"]}
+        for name, found in entry["drift"].items():
+            if name != SCORE_NAME:
+                value = found[report["statistic"]]
+                bounds = {"warn": report["warn"], "act": report["act"]}
+                features.append({**week, "feature": name, "drift": value, **bounds})
+        found = entry["drift"][SCORE_NAME]
+        score.append({**week, **{s: found[s] for s in ("psi", "ks", "wasserstein")}})
+        measured = entry["performance"]
+        if measured["status"] == "mature":
+            names = ("average_precision", "auc_roc")
+            cp = measured[card_precision_key(report["top_k"])]
+            performance.append({**week, **{n: measured[n] for n in names}, "card_precision": cp})
+    return {"features.json": features, "score.json": score, "performance.json": performance}

@@ -228,7 +228,8 @@ class MonitorParams(_Section):
     statistic: Literal["psi", "ks", "wasserstein"]
     warn: Annotated[float, Field(gt=0)]
     act: Annotated[float, Field(gt=0)]
-    strict: bool  # the stage fails when an alert fires (cron, CI)
+    decay: Annotated[float, Field(gt=0, lt=1)]  # AP drop below the baseline counted as decay
+    strict: bool  # the stage fails when an alert fires or performance decays (cron, CI)
 
     @model_validator(mode="after")
     def _ordered(self) -> MonitorParams:

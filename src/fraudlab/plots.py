@@ -7,6 +7,7 @@ software/date metadata, so the bytes depend only on the data and library version
 from __future__ import annotations
 
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 import pandas as pd
@@ -104,7 +105,7 @@ def score_distribution_figure(histogram: pd.DataFrame) -> Figure:
     return fig
 
 
-def save_png(fig: Figure, path: str | Path) -> None:
+def save_png(fig: Figure, path: str | Path | BinaryIO) -> None:
     """Write ``fig`` (callers write inside an atomic directory, so no temp file here)."""
     fig.savefig(path, format="png", dpi=100, metadata={"Software": None})
 

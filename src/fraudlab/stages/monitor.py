@@ -1,22 +1,30 @@
 """Stage ``monitor``: score the whole weeks after the test period with the committed model and
-compare them with the reference profile; write ``metrics/monitoring.json``."""
+compare them with the reference profile; write ``metrics/monitoring.json``, the weekly series for
+DVC plots and a one-page HTML report."""
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import logging
 
-import numpy as np
 import pandas as pd
 
 from fraudlab import schema
-from fraudlab.artifacts import verify_file
+from fraudlab.artifacts import recorded, verify_file
 from fraudlab.cli import run, stage_parser
 from fraudlab.drift import ReferenceProfile
 from fraudlab.errors import UserError
-from fraudlab.io import read_parquet, write_json
+from fraudlab.io import atomic_path, read_parquet, write_json
 from fraudlab.models import load_model, predict_scores
-from fraudlab.monitor import data_end, monitored_weeks, monitoring_report
+from fraudlab.monitor import (
+    baseline_performance,
+    data_end,
+    monitored_weeks,
+    monitoring_report,
+    plot_tables,
+)
+from fraudlab.monitor_report import render_html
 from fraudlab.params import EvaluateParams, FeaturesParams, MonitorParams, SplitParams, load_params
 from fraudlab.split import monitoring_start
 
@@ -34,6 +42,8 @@ def monitor(argv: list[str] | None = None) -> None:
     parser.add_argument("--model", required=True, help="fitted model artifact (joblib)")
     parser.add_argument("--reference", required=True, help="reference profile (JSON)")
     parser.add_argument("--output", required=True, help="monitoring report (JSON)")
+    parser.add_argument("--plots", required=True, help="directory for the weekly series (JSON)")
+    parser.add_argument("--html", required=True, help="the report a person reads (HTML)")
     parser.add_argument(
         "--lock", default="dvc.lock", help="hashes the inputs must match (default: %(default)s)"
     )
@@ -52,12 +62,14 @@ def monitor(argv: list[str] | None = None) -> None:
     start = monitoring_start(split, delay_days=features_params.label_delay_days)
     end = data_end(frame[schema.TX_DATETIME])
     weeks = monitored_weeks(start=start, end=end)
-    frame = frame[frame[schema.TX_DATETIME] >= pd.Timestamp(start)].reset_index(drop=True)
-    if weeks:
-        scores = predict_scores(model.pipeline, frame, features=list(model.features))
-    else:
+    test_start = pd.Timestamp(start - dt.timedelta(days=split.test_days))
+    frame = frame[frame[schema.TX_DATETIME] >= test_start].reset_index(drop=True)
+    scores = predict_scores(model.pipeline, frame, features=list(model.features))
+    if not weeks:
         log.warning("the data end on %s: no whole week after the test period", end.date())
-        scores = np.zeros(len(frame))
+    in_test = (frame[schema.TX_DATETIME] < pd.Timestamp(start)).to_numpy()
+    baseline = baseline_performance(frame.loc[in_test], scores[in_test], k=evaluate.top_k)
+    frame, scores = frame.loc[~in_test].reset_index(drop=True), scores[~in_test]
     report = monitoring_report(
         frame,
         scores,
@@ -67,7 +79,18 @@ def monitor(argv: list[str] | None = None) -> None:
         params=params,
         delay_days=features_params.label_delay_days,
         k=evaluate.top_k,
+        baseline=baseline,
     )
+    page = render_html(
+        report,
+        reference_shares=list(reference.score.shares),
+        model_md5=recorded(args.model, lock_path=args.lock).md5,
+    )
+    with atomic_path(args.plots, directory=True) as tmp:
+        for name, rows in plot_tables(report).items():
+            write_json(rows, tmp / name)
+    with atomic_path(args.html) as tmp:
+        tmp.write_text(page, encoding="utf-8")
     write_json(report, args.output)
     log.info(
         "%d whole weeks monitored from %s; alert %s%s",
@@ -76,11 +99,24 @@ def monitor(argv: list[str] | None = None) -> None:
         report["alert"],
         f" ({', '.join(report['drifted_features'])})" if report["alert"] else "",
     )
-    if report["alert"] and params.strict:
-        raise DriftAlertError(
-            f"{args.output}: drift past monitor.act ({params.act} on {params.statistic}) in "
-            f"{', '.join(report['drifted_features'])}; monitor.strict is set"
+    if report["decayed_weeks"]:
+        log.warning("performance decay in %s", ", ".join(report["decayed_weeks"]))
+    if (report["alert"] or report["decayed_weeks"]) and params.strict:
+        raise DriftAlertError(strict_message(report, path=args.output, params=params))
+
+
+def strict_message(report: dict, *, path: str, params: MonitorParams) -> str:
+    found = []
+    if report["alert"]:
+        found.append(
+            f"drift past monitor.act ({params.act} on {params.statistic}) in "
+            f"{', '.join(report['drifted_features'])}"
         )
+    if report["decayed_weeks"]:
+        found.append(
+            f"AP {params.decay} or more below the baseline in {', '.join(report['decayed_weeks'])}"
+        )
+    return f"{path}: {'; '.join(found)}; monitor.strict is set"
 
 
 if __name__ == "__main__":
