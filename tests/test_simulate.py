@@ -127,3 +127,47 @@ def test_terminal_surge_adds_frauds_from_its_start_day_only(undrifted):
     assert (drifted.loc[added, "tx_fraud_scenario"] == 2).all()
     columns = [schema.TX_DATETIME, schema.CUSTOMER_ID, schema.TERMINAL_ID, schema.TX_AMOUNT]
     pd.testing.assert_frame_equal(drifted[columns], undrifted[columns])
+
+
+def test_night_shift_moves_later_payments_to_the_night_of_the_same_day(undrifted):
+    drifted = _drifted("night_shift", strength=0.5)
+    later = _from_day(undrifted, 30)
+    assert len(drifted) == len(undrifted)
+    pd.testing.assert_frame_equal(drifted[~later], undrifted[~later])
+    hours = drifted.loc[later, schema.TX_DATETIME].dt.hour
+    before = undrifted.loc[later, schema.TX_DATETIME].dt.hour
+    assert (before < 6).mean() < 0.2
+    assert (hours < 6).mean() > 0.5  # half moved, plus the night's own
+    assert drifted[schema.TX_DATETIME].is_monotonic_increasing
+    assert drifted[schema.TRANSACTION_ID].tolist() == list(range(len(drifted)))
+    # the same payments (customer, terminal, amount, label) on the same days, times aside
+    key = [schema.CUSTOMER_ID, schema.TERMINAL_ID, schema.TX_AMOUNT, schema.TX_FRAUD]
+    moved, kept = (
+        f.assign(day=f[schema.TX_DATETIME].dt.floor("D"))
+        .sort_values([*key, "day"])[[*key, "day"]]
+        .reset_index(drop=True)
+        for f in (drifted, undrifted)
+    )
+    pd.testing.assert_frame_equal(moved, kept)
+
+
+def test_terminals_dark_take_no_payment_after_the_start_day(undrifted):
+    drifted = _drifted("terminals_dark", strength=0.3)
+    later = _from_day(drifted, 30)
+    pd.testing.assert_frame_equal(
+        drifted[~later], undrifted[~_from_day(undrifted, 30)], check_index_type=False
+    )
+    active = set(undrifted.loc[~_from_day(undrifted, 30), schema.TERMINAL_ID])
+    still = set(drifted.loc[later, schema.TERMINAL_ID])
+    gone = len(active - still) / len(active)
+    assert 0.25 < gone < 0.4  # about the share taken out (and few idle by chance)
+    # payments move to the terminals left: more per terminal, a few lost with nowhere to go
+    per_terminal = drifted.loc[later].groupby(schema.TERMINAL_ID).size().mean()
+    undrifted_later = undrifted.loc[_from_day(undrifted, 30)]
+    assert per_terminal > 1.2 * undrifted_later.groupby(schema.TERMINAL_ID).size().mean()
+    assert 0.9 * len(undrifted_later) < later.sum() <= len(undrifted_later)
+
+
+def test_a_share_scenario_refuses_a_strength_above_one():
+    with pytest.raises(ValueError, match="strength is a share for night_shift"):
+        small_simulate_params(drift={"scenario": "night_shift", "start_day": 3, "strength": 1.5})

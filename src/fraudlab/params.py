@@ -39,11 +39,21 @@ class DriftParams(_Section):
     ``amount_inflation`` multiplies every amount by 1 + ``strength`` (labels unchanged: the
     inputs drift and the model's amount rules go stale); ``terminal_surge`` compromises
     ``strength`` x ``compromised_terminals_per_day`` more terminals a day (rounded; a fraud
-    pattern at a rate the model never saw). ``none`` leaves the data byte for byte as before."""
+    pattern at a rate the model never saw); ``night_shift`` moves a share ``strength`` of the
+    transactions to between midnight and 6 am (customers shifting their spending hours);
+    ``terminals_dark`` takes a share ``strength`` of the terminals out of service, so customers
+    pay at another terminal in reach, or not at all. ``none`` leaves the data byte for byte as
+    before."""
 
-    scenario: Literal["none", "amount_inflation", "terminal_surge"]
+    scenario: Literal["none", "amount_inflation", "terminal_surge", "night_shift", "terminals_dark"]
     start_day: NonNegativeInt
     strength: Annotated[float, Field(gt=0)]
+
+    @model_validator(mode="after")
+    def _a_share(self) -> DriftParams:
+        if self.scenario in ("night_shift", "terminals_dark") and self.strength > 1:
+            raise ValueError(f"strength is a share for {self.scenario}: {self.strength} > 1")
+        return self
 
 
 class SimulateParams(_Section):

@@ -140,12 +140,52 @@ def _surge_fraud(tx: _Transactions, params: SimulateParams) -> np.ndarray:
     """``terminal_surge``: from the start day, more terminals compromised each day."""
     drift = params.drift
     extra = round(drift.strength * params.compromised_terminals_per_day)
-    rng = np.random.default_rng([params.seed, _DRIFT_STREAM])
+    rng = _drift_rng(params)
     compromised = np.zeros((params.n_terminals, params.n_days), dtype=bool)
     for day in range(drift.start_day, params.n_days):
         terminals = rng.choice(params.n_terminals, size=extra, replace=False)
         compromised[terminals, day : day + params.compromised_terminal_days] = True
     return compromised[tx.terminal, tx.day]
+
+
+def _drift_rng(params: SimulateParams) -> np.random.Generator:
+    return np.random.default_rng([params.seed, _DRIFT_STREAM])
+
+
+def _dark_terminals(
+    tx: _Transactions, customers: _Customers, params: SimulateParams
+) -> tuple[np.ndarray, np.ndarray]:
+    """``terminals_dark``: from the start day a share of the terminals takes no payment; each
+    payment meant for one goes to another terminal in the customer's reach, drawn at random, or
+    is not made when none is left. Returns the terminals and the mask of payments made."""
+    drift = params.drift
+    rng = _drift_rng(params)
+    dark = rng.random(params.n_terminals) < drift.strength
+    terminal, made = tx.terminal.copy(), np.ones(len(tx.terminal), dtype=bool)
+    moved = np.flatnonzero((tx.day >= drift.start_day) & dark[tx.terminal])
+    pick = rng.random(len(moved))
+    for customer in np.unique(tx.customer[moved]):
+        reach = customers.terminal_lists[
+            customers.terminal_offsets[customer] : customers.terminal_offsets[customer + 1]
+        ]
+        live = reach[~dark[reach]]
+        rows = tx.customer[moved] == customer
+        if len(live):
+            terminal[moved[rows]] = live[(pick[rows] * len(live)).astype(np.int64)]
+        else:
+            made[moved[rows]] = False
+    return terminal, made
+
+
+def _night_shift(seconds: np.ndarray, params: SimulateParams) -> np.ndarray:
+    """``night_shift``: from the start day a share of the payments moves to a time of the same
+    day between midnight and 6 am."""
+    drift = params.drift
+    rng = _drift_rng(params)
+    day = seconds // _SECONDS_PER_DAY
+    move = (day >= drift.start_day) & (rng.random(len(seconds)) < drift.strength)
+    night = rng.integers(0, 6 * 3600, size=len(seconds))
+    return np.where(move, day * _SECONDS_PER_DAY + night, seconds)
 
 
 def simulate_transactions(params: SimulateParams) -> pd.DataFrame:
@@ -157,6 +197,11 @@ def simulate_transactions(params: SimulateParams) -> pd.DataFrame:
     rng = np.random.default_rng(params.seed)
     customers = _customers(rng, params)
     tx = _transactions(rng, customers, params.n_days)
+    made = np.ones(len(tx.seconds), dtype=bool)
+    if params.drift.scenario == "terminals_dark":
+        # before the labels, which follow the terminal paid at; no draw of ``rng`` depends on it
+        terminal, made = _dark_terminals(tx, customers, params)
+        tx = _Transactions(tx.seconds, tx.customer, terminal, tx.amount)
     log.info(
         "drew %d transactions for %d customers over %d days",
         len(tx.seconds),
@@ -177,15 +222,22 @@ def simulate_transactions(params: SimulateParams) -> pd.DataFrame:
             tx.day >= params.drift.start_day, multiplier * (1 + params.drift.strength), multiplier
         )
 
+    seconds = tx.seconds
+    if params.drift.scenario == "night_shift":
+        seconds = _night_shift(seconds, params)  # after the labels: they stay with their rows
+
     start = np.datetime64(params.start_date.isoformat(), "ns")
+    # Payments not made (terminals_dark) go, and moved ones (night_shift) are put back in time
+    # order: both only from the start day, so every earlier row keeps its place and its id.
+    order = np.flatnonzero(made)[np.argsort(seconds[made], kind="stable")]
     return pd.DataFrame(
         {
-            schema.TRANSACTION_ID: np.arange(len(tx.seconds), dtype=np.int64),
-            schema.TX_DATETIME: start + tx.seconds.astype("timedelta64[s]"),
-            schema.CUSTOMER_ID: tx.customer,
-            schema.TERMINAL_ID: tx.terminal,
-            schema.TX_AMOUNT: np.round(tx.amount * multiplier, 2),
-            schema.TX_FRAUD: (scenario > 0).astype(np.int8),
-            "tx_fraud_scenario": scenario,
+            schema.TRANSACTION_ID: np.arange(len(order), dtype=np.int64),
+            schema.TX_DATETIME: start + seconds[order].astype("timedelta64[s]"),
+            schema.CUSTOMER_ID: tx.customer[order],
+            schema.TERMINAL_ID: tx.terminal[order],
+            schema.TX_AMOUNT: np.round(tx.amount[order] * multiplier[order], 2),
+            schema.TX_FRAUD: (scenario[order] > 0).astype(np.int8),
+            "tx_fraud_scenario": scenario[order],
         }
     )
