@@ -5,7 +5,15 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from fraudlab.drift import ColumnProfile, bin_shares, drift, profile, psi
+from fraudlab.drift import (
+    ColumnProfile,
+    DriftWindow,
+    bin_shares,
+    drift,
+    profile,
+    psi,
+    reference_profile,
+)
 
 
 def test_a_flag_gets_two_edges_and_its_shares():
@@ -64,3 +72,34 @@ def test_bad_columns_are_refused_by_name(values, problem):
 def test_a_profile_survives_a_round_trip_through_json_types():
     column = profile(np.random.default_rng(1).exponential(size=1000))
     assert ColumnProfile.from_dict(column.to_dict()) == column
+
+
+def test_the_drift_window_is_the_psi_of_its_last_rows_whatever_the_rounds():
+    rng = np.random.default_rng(3)
+    reference = reference_profile(
+        {"a": rng.normal(size=4000), "flag": (rng.uniform(size=4000) < 0.2).astype(float)},
+        scores=rng.uniform(size=4000),
+    )
+    window = DriftWindow(reference, size=50, threshold=0.9)
+    assert window.psi() == {}
+    rows, scores = np.empty((0, 2)), np.empty(0)
+    for n in (1, 7, 30, 13, 0, 49, 50, 120, 3):  # fills, wraps, and rounds above the size
+        new = np.column_stack([rng.normal(0.5, 1, n), rng.uniform(size=n) < 0.5])
+        new_scores = rng.uniform(size=n)
+        window.add(new, new_scores)
+        rows, scores = np.vstack([rows, new])[-50:], np.r_[scores, new_scores][-50:]
+        profiles = {**reference.features, "score": reference.score}
+        values = {"a": rows[:, 0], "flag": rows[:, 1], "score": scores}
+        expected = {
+            name: psi(profiles[name].shares, bin_shares(v, profiles[name].edges))
+            for name, v in values.items()
+        }
+        assert window.filled == len(scores)
+        assert window.psi() == pytest.approx(expected, rel=1e-12)
+        assert window.alerted == int((scores >= 0.9).sum())
+
+
+def test_a_drift_window_needs_room_for_a_transaction():
+    reference = reference_profile({"a": np.arange(10.0)}, scores=np.linspace(0, 1, 10))
+    with pytest.raises(ValueError, match="at least one transaction"):
+        DriftWindow(reference, size=0, threshold=0.5)

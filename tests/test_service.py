@@ -21,11 +21,13 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from fraudlab import schema
 from fraudlab.artifacts import file_md5
+from fraudlab.drift import ReferenceProfile, bin_shares, psi, reference_profile
 from fraudlab.features import build_features, feature_names
 from fraudlab.models import fit_pipeline, model_artifact, predict_scores
 from fraudlab.params import load_params
 from fraudlab.service import request_fields
 from helpers import Server, refused_start
+from test_monitoring_config import referenced_metrics
 
 PARAMS = Path(__file__).resolve().parents[1] / "params.yaml"
 KEY = "test-key-1"
@@ -66,6 +68,9 @@ def deployment(tmp_path_factory, batch, features_params_module):
     serving.write_text(
         json.dumps({"model_md5": file_md5(model), "threshold": THRESHOLD, "threshold_rule": "test"})
     )
+    scores = predict_scores(pipeline, train, features=names)
+    profile = reference_profile({n: train[n].to_numpy() for n in names}, scores=scores)
+    (root / "models" / "reference_profile.json").write_text(json.dumps(profile.to_dict()))
     write_lock(root)
     cut = start + 30 * DAY
     batch[batch[schema.TX_DATETIME] < cut][list(schema.REQUIRED_COLUMNS)].to_parquet(
@@ -80,10 +85,8 @@ def write_lock(root) -> None:
         "stages": {
             "train": {
                 "outs": [
-                    {
-                        "path": "models/model.joblib",
-                        "md5": file_md5(root / "models" / "model.joblib"),
-                    }
+                    {"path": f"models/{name}", "md5": file_md5(root / "models" / name)}
+                    for name in ("model.joblib", "reference_profile.json")
                 ]
             },
             "evaluate": {
@@ -103,6 +106,7 @@ def server_args(root, store: str = "history.db", *extra: str) -> list[str]:
     return [
         "--model", str(root / "models" / "model.joblib"),
         "--serving", str(root / "models" / "serving.json"),
+        "--reference", str(root / "models" / "reference_profile.json"),
         "--lock", str(root / "dvc.lock"),
         "--store", str(root / store),
         "--no-dvc-status",
@@ -419,6 +423,81 @@ def test_metrics_count_the_requests_sent(server):
     assert dict(info[1])["family"] == "xgboost"
 
 
+def _drift_gauges(running) -> tuple[dict[str, float], dict]:
+    status, text = running.request("GET", "/metrics", key=KEY)
+    assert status == 200
+    families = {f.name: f for f in text_string_to_metric_families(text)}
+    psi = {s.labels["column"]: s.value for s in families["fraudlab_drift_psi"].samples}
+    plain = {
+        name: families[name].samples[0].value if families[name].samples else None
+        for name in ("fraudlab_window_alert_share", "fraudlab_drift_window_transactions")
+    }
+    return psi, plain
+
+
+def _window_psi(answers: list[dict], names: list[str], reference) -> dict[str, float]:
+    """The PSI a window of these answers must show, computed offline from what they carry."""
+    columns = {n: np.array([a["features"][n] for a in answers]) for n in names}
+    columns["score"] = np.array([a["score"] for a in answers])
+    profiles = {**reference.features, "score": reference.score}
+    return {
+        n: psi(profiles[n].shares, bin_shares(v, profiles[n].edges)) for n, v in columns.items()
+    }
+
+
+def test_metrics_show_the_drift_of_the_recent_window_against_the_reference(deployment, batch):
+    """/metrics' PSI per feature and score equals the PSI of the last --drift-window answers
+    computed offline from the features and scores they carry; inflated amounts move
+    tx_amount's PSI past the act level, and the window forgets what slid out of it."""
+    root, cut, names = deployment["root"], deployment["cut"], deployment["names"]
+    reference = ReferenceProfile.from_dict(
+        json.loads((root / "models" / "reference_profile.json").read_text())
+    )
+    later = batch[batch[schema.TX_DATETIME] >= cut].head(300)
+    args = server_args(root, "drift.db", "--history", str(root / "history.parquet"),
+                       "--drift-window", "120")  # fmt: skip
+    answers: list[dict] = []
+
+    def post(rows) -> None:
+        status, body = running.request(
+            "POST", "/v1/score/batch", {"transactions": [request_fields(r) for r in rows]}, key=KEY
+        )
+        assert status == 200, body
+        answers.extend(body["results"])
+
+    with Server(args, env={"FRAUDLAB_API_KEYS": KEY}) as running:
+        psi_before, plain = _drift_gauges(running)
+        assert psi_before == {}  # nothing scored yet: no PSI, not a zero
+        assert plain["fraudlab_window_alert_share"] is None
+        rows = list(later.head(150).itertuples(index=False))
+        for start in range(0, 150, 50):  # three rounds: the window wraps inside the third
+            post(rows[start : start + 50])
+        shown, plain = _drift_gauges(running)
+        expected = _window_psi(answers[-120:], names, reference)
+        assert shown == pytest.approx(expected, rel=1e-9, abs=1e-12)
+        assert plain["fraudlab_drift_window_transactions"] == 120
+        alerted = np.mean([a["fraud"] for a in answers[-120:]])
+        assert plain["fraudlab_window_alert_share"] == pytest.approx(alerted)
+        assert shown["tx_amount"] < 0.25
+
+        inflated = later.iloc[150:].assign(**{schema.TX_AMOUNT: later[schema.TX_AMOUNT] * 3})
+        post(list(inflated.head(130).itertuples(index=False)))  # fills the window alone
+        shown, _ = _drift_gauges(running)
+        assert shown == pytest.approx(_window_psi(answers[-120:], names, reference), rel=1e-9)
+        assert shown["tx_amount"] >= 0.25
+
+
+def test_the_alert_rules_and_dashboard_read_only_metrics_the_service_exports(server):
+    scored = _good(server)
+    assert server.request("POST", "/v1/score", scored, key=KEY)[0] == 200
+    label = {"labels": [{"transaction_id": scored["transaction_id"], "tx_fraud": 0}]}
+    assert server.request("POST", "/v1/labels", label, key=KEY)[0] == 200
+    exported = {name for name, _ in _samples(server)}
+    referenced = referenced_metrics()
+    assert {"fraudlab_drift_psi", "fraudlab_window_alert_share"} <= referenced
+    assert referenced <= exported, referenced - exported
+
+
 def _numbered(n: int) -> dict:
     return {
         "transaction_id": n,
@@ -484,7 +563,8 @@ def test_a_tampered_or_missing_file_refuses_the_start(deployment, tmp_path):
     root = deployment["root"]
     copy = tmp_path / "copy"
     (copy / "models").mkdir(parents=True)
-    for name in ("models/model.joblib", "models/serving.json", "dvc.lock"):
+    names = ("models/model.joblib", "models/serving.json", "models/reference_profile.json")
+    for name in (*names, "dvc.lock"):
         (copy / name).write_bytes((root / name).read_bytes())
     env = {"FRAUDLAB_API_KEYS": KEY}
     model = copy / "models" / "model.joblib"
@@ -499,6 +579,13 @@ def test_a_tampered_or_missing_file_refuses_the_start(deployment, tmp_path):
     assert status == 1
     assert "serving.json: missing" in log
     assert "dvc repro evaluate" in log
+    (copy / "models" / "serving.json").write_bytes((root / "models/serving.json").read_bytes())
+    reference = copy / "models" / "reference_profile.json"
+    reference.write_text(reference.read_text().replace('"count"', ' "count"', 1))
+    status, log = refused_start(server_args(copy), env=env)
+    assert status == 1
+    assert "reference_profile.json: MD5" in log
+    assert "dvc repro train" in log
     assert not (copy / "history.db").exists()  # nothing was started
 
 
@@ -525,10 +612,19 @@ def test_several_workers_share_one_store_and_one_set_of_metrics(deployment):
             thread.start()
         for thread in threads:
             thread.join()
-        samples = _samples(running)
+        window = ("fraudlab_drift_window_transactions", ())
+        deadline = time.monotonic() + 10  # the other worker publishes its window within 1 s
+        while (samples := _samples(running))[window] < 160 and time.monotonic() < deadline:
+            time.sleep(0.2)
     score_200 = ("fraudlab_requests_total", (("endpoint", "/v1/score"), ("status", "200")))
     assert samples[score_200] == 160
     assert samples[("fraudlab_history_transactions", ())] == 160
+    # each worker's drift window is published and summed: PSI over all 160, whichever took them
+    assert samples[("fraudlab_drift_window_transactions", ())] == 160
+    psi_columns = {
+        dict(labels)["column"] for name, labels in samples if name == "fraudlab_drift_psi"
+    }
+    assert psi_columns == {*deployment["names"], "score"}
     with sqlite3.connect(deployment["root"] / "workers.db") as db:
         stored = db.execute("SELECT count(*), count(DISTINCT transaction_id) FROM history")
         assert stored.fetchone() == (160, 160)

@@ -147,3 +147,77 @@ def reference_profile(features: dict[str, np.ndarray], *, scores: np.ndarray) ->
         features={name: profile(values, name=name) for name, values in features.items()},
         score=profile(scores, name="score"),
     )
+
+
+class DriftWindow:
+    """The last ``size`` scored transactions of a service process, kept only as the reference
+    bin each of their features and score falls in, with running counts per bin: adding a round
+    costs a searchsorted per column and two bincounts, and the PSI is read from the counts
+    (at scrape time, not on the scoring path).
+
+    Columns are the reference's features in order, then the score. ``counts[j, b]`` is the
+    number of window rows in bin ``b`` of column ``j`` (bins past a column's own are always 0).
+    """
+
+    def __init__(self, reference: ReferenceProfile, *, size: int, threshold: float) -> None:
+        if size < 1:
+            raise ValueError(f"a drift window holds at least one transaction, not {size}")
+        profiles = [*reference.features.values(), reference.score]
+        self.columns = [*reference.features, "score"]
+        self.edges = [np.asarray(p.edges, dtype=np.float64) for p in profiles]
+        self.shares = [np.asarray(p.shares, dtype=np.float64) for p in profiles]
+        self.width = max(len(e) for e in self.edges) + 1
+        self.size = size
+        self.threshold = threshold
+        self._offsets = np.arange(len(self.columns)) * self.width
+        self._bins = np.zeros((size, len(self.columns)), dtype=np.int64)  # flat bin per cell
+        self._alerted = np.zeros(size, dtype=bool)
+        self.counts = np.zeros((len(self.columns), self.width), dtype=np.int64)
+        self.alerted = 0
+        self.filled = 0
+        self._next = 0
+
+    def _flat_bins(self, matrix: np.ndarray, scores: np.ndarray) -> np.ndarray:
+        values = np.column_stack([matrix, scores])
+        return (
+            np.column_stack(
+                [np.searchsorted(e, values[:, j], side="left") for j, e in enumerate(self.edges)]
+            )
+            + self._offsets
+        )
+
+    def add(self, matrix: np.ndarray, scores: np.ndarray) -> None:
+        """Slide the window over a round's feature rows and their scores."""
+        if len(scores) > self.size:
+            matrix, scores = matrix[-self.size :], scores[-self.size :]
+        n = len(scores)
+        if not n:
+            return
+        flat = self._flat_bins(matrix, scores)
+        slots = (self._next + np.arange(n)) % self.size
+        cells = self.counts.size
+        evicted = slots[slots < self.filled] if self.filled < self.size else slots
+        if len(evicted):
+            self.counts -= np.bincount(self._bins[evicted].ravel(), minlength=cells).reshape(
+                self.counts.shape
+            )
+            self.alerted -= int(self._alerted[evicted].sum())
+        self._bins[slots] = flat
+        self.counts += np.bincount(flat.ravel(), minlength=cells).reshape(self.counts.shape)
+        alerted = scores >= self.threshold
+        self._alerted[slots] = alerted
+        self.alerted += int(alerted.sum())
+        self.filled = min(self.size, self.filled + n)
+        self._next = (self._next + n) % self.size
+
+    def psi(self, counts: np.ndarray | None = None) -> dict[str, float]:
+        """PSI of each column over the window (or over ``counts`` of the same layout, e.g. the
+        sum of several processes' windows); empty when the window is."""
+        counts = self.counts if counts is None else counts
+        total = counts[0].sum()
+        if not total:
+            return {}
+        return {
+            name: psi(shares, counts[j, : len(shares)] / total)
+            for j, (name, shares) in enumerate(zip(self.columns, self.shares, strict=True))
+        }

@@ -24,6 +24,7 @@ from threadpoolctl import threadpool_limits
 from xgboost import XGBClassifier
 
 from fraudlab.artifacts import IntegrityError, recorded, verify_file
+from fraudlab.drift import ReferenceProfile
 from fraudlab.features import NewRows, feature_names, history_needed, online_feature_matrix
 from fraudlab.models import ModelArtifact, load_model
 from fraudlab.params import FeaturesParams
@@ -72,6 +73,36 @@ def read_serving_config(
             f"({model_md5}); run `dvc repro evaluate`"
         )
     return config
+
+
+def read_reference_profile(
+    path: str | Path, *, lock_path: str | Path, model_path: str | Path, features: tuple[str, ...]
+) -> ReferenceProfile:
+    """The reference profile written with the model being served: checked against dvc.lock
+    (the bytes hashed are the bytes parsed), recorded by the model's stage, of its features."""
+    try:
+        content = Path(path).read_bytes()
+    except FileNotFoundError:
+        content = None  # verify_file names the stage to rerun
+    entry = verify_file(path, lock_path=lock_path, content=content)
+    model_stage = recorded(model_path, lock_path=lock_path).stage
+    if entry.stage != model_stage:
+        raise IntegrityError(
+            f"{path} is recorded by stage {entry.stage}, not by {model_stage} with the model: "
+            "it does not describe the model being served"
+        )
+    try:
+        reference = ReferenceProfile.from_dict(json.loads(content))
+    except (KeyError, TypeError, ValueError) as exc:
+        raise IntegrityError(
+            f"{path}: not a reference profile ({exc}); rerun `dvc repro`"
+        ) from None
+    if tuple(reference.features) != features:
+        raise IntegrityError(
+            f"{path} profiles {list(reference.features)}, not the model's features "
+            f"{list(features)}; rerun `dvc repro {model_stage}`"
+        )
+    return reference
 
 
 def row_scorer(pipeline: Pipeline) -> Callable[[np.ndarray], np.ndarray]:
@@ -153,6 +184,7 @@ class Scorer:
         self.recent = RecentHistory(store)
         # what the last ``score`` call scored anew, for the service's metrics
         self.last_scores = np.zeros(0)
+        self.last_features = np.zeros((0, len(self.names)))
         self.last_late = 0  # of those, older than their customer's newest stored transaction
         with store.exclusive():
             self.recent.refresh()
@@ -177,6 +209,7 @@ class Scorer:
         """Score every job's transactions; per job, the answers (JSON, in the job's order) or
         why it was refused. Everything scored is stored durably before this returns."""
         self.last_scores, self.last_late = np.zeros(0), 0
+        self.last_features = self.last_features[:0]
         with self.store.exclusive():
             self.recent.refresh()
             stored = self.store.lookup(tx.transaction_id for job in jobs for tx in job)
@@ -268,7 +301,7 @@ class Scorer:
             cursor=cursor,
         )
         self.recent.prune(before=before, budget=min(len(new), _SWEEP_KEYS_PER_ROUND))
-        self.last_scores = scores
+        self.last_scores, self.last_features = scores, online.matrix
         return answers
 
     def label(self, labels: Sequence[tuple[int, int]]) -> None:

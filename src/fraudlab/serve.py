@@ -38,6 +38,13 @@ KEYS_VARIABLE = "FRAUDLAB_API_KEYS"
 _SETTINGS_VARIABLE = "FRAUDLAB_SERVICE_SETTINGS"
 
 
+def _positive(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, not {value}")
+    return value
+
+
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="fraudlab serve",
@@ -48,6 +55,17 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--workers", type=int, default=1, help="server processes (%(default)s)")
     p.add_argument("--model", default="models/model.joblib", help="model file (%(default)s)")
     p.add_argument("--serving", default="models/serving.json", help="threshold (%(default)s)")
+    p.add_argument(
+        "--reference",
+        default="models/reference_profile.json",
+        help="the model's reference profile, for drift on /metrics (%(default)s)",
+    )
+    p.add_argument(
+        "--drift-window",
+        type=_positive,
+        default=10_000,
+        help="recent transactions per worker whose drift /metrics shows (%(default)s)",
+    )
     p.add_argument("--lock", default="dvc.lock", help="recorded hashes (%(default)s)")
     p.add_argument(
         "--store", default="data/serving/history.db", help="history database (%(default)s)"
@@ -138,9 +156,11 @@ def check_integrity(args: argparse.Namespace) -> str:
     lock = Path(args.lock)
     model = verify_file(args.model, lock_path=lock)
     config = recorded(args.serving, lock_path=lock)  # hashed by read_serving_config below
+    reference = recorded(args.reference, lock_path=lock)  # hashed when a worker loads it
     if not args.no_dvc_status:
-        check_dvc_status(lock, sorted({model.stage, config.stage}))
+        check_dvc_status(lock, sorted({model.stage, config.stage, reference.stage}))
     read_serving_config(args.serving, lock_path=lock, model_md5=model.md5)
+    verify_file(args.reference, lock_path=lock)
     return model.md5
 
 
@@ -216,6 +236,8 @@ def start_server(args: argparse.Namespace, *, keys: tuple[str, ...], version: st
     settings = Settings(
         model=args.model,
         serving=args.serving,
+        reference=args.reference,
+        drift_window=args.drift_window,
         lock=args.lock,
         store=args.store,
         fsync=args.fsync,

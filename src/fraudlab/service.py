@@ -41,7 +41,8 @@ from pydantic import (
     field_validator,
 )
 
-from fraudlab.scoring import Refused, Scorer, load_scorer
+from fraudlab.drift import DriftWindow
+from fraudlab.scoring import Refused, Scorer, load_scorer, read_reference_profile
 from fraudlab.store import (
     Checkpointer,
     SQLiteHistory,
@@ -70,6 +71,7 @@ class Settings:
 
     model: str = "models/model.joblib"
     serving: str = "models/serving.json"
+    reference: str = "models/reference_profile.json"
     lock: str = "dvc.lock"
     store: str = "data/serving/history.db"
     fsync: bool = False  # see `fraudlab serve --fsync`
@@ -82,6 +84,7 @@ class Settings:
     text_ids: tuple[str, ...] = ()
     metrics_dir: str | None = None  # Prometheus multiprocess directory (several workers)
     model_version: str = ""  # the model's MD5, shown as the API's version
+    drift_window: int = 10_000  # recent transactions whose drift /metrics shows (per process)
 
 
 def parse_time(text: str) -> int:
@@ -329,6 +332,7 @@ class Batcher:
                     self.scorer.last_scores,
                     threshold=self.scorer.config.threshold,
                     late=self.scorer.last_late,
+                    features=self.scorer.last_features,
                 )
             except Exception as exc:
                 log.exception("scoring failed")
@@ -489,6 +493,16 @@ def create_app(settings: Settings) -> Any:
             store=store,
         )
         metrics.describe_model(scorer)
+        reference = read_reference_profile(
+            settings.reference,
+            lock_path=settings.lock,
+            model_path=settings.model,
+            features=scorer.model.features,
+        )
+        window = DriftWindow(
+            reference, size=settings.drift_window, threshold=scorer.config.threshold
+        )
+        metrics.watch(window)
         with IdleCollector() as collector:
             batcher = Batcher(scorer, metrics, collector=collector)
             batcher.start()

@@ -3,10 +3,19 @@
 With several worker processes, ``metrics_dir`` is prometheus_client's multiprocess directory
 (the server sets ``PROMETHEUS_MULTIPROC_DIR`` before the workers import this module), and a
 scrape adds up every process's values; with one process the metrics live in its own registry.
+
+Drift: each process keeps a ``DriftWindow`` of its recent transactions and publishes the
+window's bin counts as gauges (summed over live processes) ``publish_every`` seconds after the
+first round not yet published (a timer on the event loop, so at most once a period and never
+later than a period after the last round), and at every scrape it serves; the scrape turns the
+summed counts into the PSI of each feature and the score, and the share alerted. So scoring pays
+a few searchsorted calls per round, never the PSI, and another worker's window is at most
+``publish_every`` seconds old in a scrape.
 """
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Iterable
 
 import numpy as np
@@ -14,11 +23,14 @@ from prometheus_client import (
     CONTENT_TYPE_LATEST,
     CollectorRegistry,
     Counter,
+    Gauge,
     Histogram,
     generate_latest,
 )
 from prometheus_client.core import GaugeMetricFamily, InfoMetricFamily
 from prometheus_client.multiprocess import MultiProcessCollector
+
+from fraudlab.drift import DriftWindow
 
 # sub-millisecond resolution where a scored request should land, up to the slow tail
 LATENCY_BUCKETS = (
@@ -57,9 +69,53 @@ class _Live:
             yield disk
 
 
+class _Drift:
+    """PSI per column and the share alerted, from the (summed) window gauges of ``source``."""
+
+    def __init__(self, metrics: ServiceMetrics, source: CollectorRegistry) -> None:
+        self.metrics = metrics
+        self.source = source
+
+    def collect(self) -> Iterable:
+        window = self.metrics.window
+        if window is None:
+            return
+        counts = np.zeros_like(window.counts)
+        total = alerted = 0.0
+        index = {name: j for j, name in enumerate(window.columns)}
+        for family in self.source.collect():
+            for sample in family.samples:
+                if sample.name == "fraudlab_drift_window_bin":
+                    j = index[sample.labels["column"]]
+                    counts[j, int(sample.labels["bin"])] += round(sample.value)
+                elif sample.name == "fraudlab_drift_window_transactions":
+                    total += sample.value
+                elif sample.name == "fraudlab_drift_window_alerted":
+                    alerted += sample.value
+        found = GaugeMetricFamily(
+            "fraudlab_drift_psi",
+            "PSI of each feature and the score over the recent-transactions window, against "
+            "the reference profile (training)",
+            labels=["column"],
+        )
+        for name, value in window.psi(counts).items():
+            found.add_metric([name], value)
+        yield found
+        share = GaugeMetricFamily(
+            "fraudlab_window_alert_share",
+            "Share of the recent-transactions window scored at or above the threshold",
+        )
+        if total:
+            share.add_metric([], alerted / total)
+        yield share
+
+
 class ServiceMetrics:
-    def __init__(self, metrics_dir: str | None) -> None:
+    def __init__(self, metrics_dir: str | None, *, publish_every: float = 1.0) -> None:
         self.metrics_dir = metrics_dir
+        self.window: DriftWindow | None = None
+        self.publish_every = publish_every
+        self._timer: asyncio.TimerHandle | None = None
         # multiprocess: values go to files, a scrape builds a fresh registry from them
         self.registry = None if metrics_dir else CollectorRegistry()
         self.model: dict[str, str] | None = None
@@ -102,6 +158,60 @@ class ServiceMetrics:
             buckets=BATCH_BUCKETS,
             registry=registry,
         )
+        self._window_bin = Gauge(
+            "fraudlab_drift_window_bin",
+            "Recent-transactions window: transactions per reference bin of each column",
+            ["column", "bin"],
+            multiprocess_mode="livesum",
+            registry=registry,
+        )
+        self._window_size = Gauge(
+            "fraudlab_drift_window_transactions",
+            "Transactions in the recent-transactions window",
+            multiprocess_mode="livesum",
+            registry=registry,
+        )
+        self._window_alerted = Gauge(
+            "fraudlab_drift_window_alerted",
+            "Transactions of the window scored at or above the threshold",
+            multiprocess_mode="livesum",
+            registry=registry,
+        )
+        self._cells: list[tuple[int, int, Gauge]] = []
+
+    def watch(self, window: DriftWindow) -> None:
+        """Keep ``window`` of the scored transactions and export its drift."""
+        self.window = window
+        self._cells = [
+            (j, b, self._window_bin.labels(name, str(b)))
+            for j, (name, shares) in enumerate(zip(window.columns, window.shares, strict=True))
+            for b in range(len(shares))
+        ]
+        self.publish()
+
+    def publish(self) -> None:
+        """Write this process's window counts into the gauges a scrape sums."""
+        window = self.window
+        if window is None:
+            return
+        counts = window.counts
+        for j, b, cell in self._cells:
+            cell.set(int(counts[j, b]))
+        self._window_size.set(window.filled)
+        self._window_alerted.set(window.alerted)
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+
+    def _publish_soon(self) -> None:
+        if self._timer is not None:
+            return
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:  # no event loop (scoring driven directly): publish now
+            self.publish()
+            return
+        self._timer = loop.call_later(self.publish_every, self.publish)
 
     def describe_model(self, scorer: object) -> None:
         self.model = {
@@ -118,7 +228,12 @@ class ServiceMetrics:
     def batch_size(self, n: int) -> None:
         self._batch.observe(n)
 
-    def scored(self, scores: np.ndarray, *, threshold: float, late: int) -> None:
+    def scored(
+        self, scores: np.ndarray, *, threshold: float, late: int, features: np.ndarray
+    ) -> None:
+        if self.window is not None and len(scores):
+            self.window.add(features, scores)
+            self._publish_soon()
         for score in scores.tolist():
             self._scores.observe(score)
         frauds = int((scores >= threshold).sum())
@@ -137,13 +252,16 @@ class ServiceMetrics:
             self._labels.labels("0").inc(len(pairs) - frauds)
 
     def exposition(self, store: object) -> tuple[bytes, str]:
+        self.publish()  # the scraping process's window is always current
+        source = CollectorRegistry()
         if self.registry is None:
-            registry = CollectorRegistry()
-            MultiProcessCollector(registry, path=self.metrics_dir)
+            MultiProcessCollector(source, path=self.metrics_dir)
         else:
-            registry = CollectorRegistry()
-            registry.register(_Forward(self.registry))
+            source.register(_Forward(self.registry))
+        registry = CollectorRegistry()
+        registry.register(_Forward(source))
         registry.register(_Live(self, store))
+        registry.register(_Drift(self, source))
         return generate_latest(registry), CONTENT_TYPE_LATEST
 
 
