@@ -4,15 +4,18 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from scipy import stats
 
 from fraudlab.drift import (
     ColumnProfile,
     DriftWindow,
     bin_shares,
     drift,
+    ks_statistic,
     profile,
     psi,
     reference_profile,
+    wasserstein,
 )
 
 
@@ -80,16 +83,17 @@ def test_the_drift_window_is_the_psi_of_its_last_rows_whatever_the_rounds():
         {"a": rng.normal(size=4000), "flag": (rng.uniform(size=4000) < 0.2).astype(float)},
         scores=rng.uniform(size=4000),
     )
-    window = DriftWindow(reference, size=50, threshold=0.9)
+    # rows come in the model's order, which need not be the profile's (JSON sorts its keys)
+    window = DriftWindow(reference, features=["flag", "a"], size=50, threshold=0.9)
     assert window.psi() == {}
     rows, scores = np.empty((0, 2)), np.empty(0)
     for n in (1, 7, 30, 13, 0, 49, 50, 120, 3):  # fills, wraps, and rounds above the size
-        new = np.column_stack([rng.normal(0.5, 1, n), rng.uniform(size=n) < 0.5])
+        new = np.column_stack([rng.uniform(size=n) < 0.5, rng.normal(0.5, 1, n)])
         new_scores = rng.uniform(size=n)
         window.add(new, new_scores)
         rows, scores = np.vstack([rows, new])[-50:], np.r_[scores, new_scores][-50:]
         profiles = {**reference.features, "score": reference.score}
-        values = {"a": rows[:, 0], "flag": rows[:, 1], "score": scores}
+        values = {"flag": rows[:, 0], "a": rows[:, 1], "score": scores}
         expected = {
             name: psi(profiles[name].shares, bin_shares(v, profiles[name].edges))
             for name, v in values.items()
@@ -102,4 +106,24 @@ def test_the_drift_window_is_the_psi_of_its_last_rows_whatever_the_rounds():
 def test_a_drift_window_needs_room_for_a_transaction():
     reference = reference_profile({"a": np.arange(10.0)}, scores=np.linspace(0, 1, 10))
     with pytest.raises(ValueError, match="at least one transaction"):
-        DriftWindow(reference, size=0, threshold=0.5)
+        DriftWindow(reference, features=["a"], size=0, threshold=0.5)
+    with pytest.raises(ValueError, match="the reference profiles"):
+        DriftWindow(reference, features=["a", "b"], size=10, threshold=0.5)
+
+
+@pytest.mark.parametrize("n", [1, 2, 7, 999, 1000, 1001, 4321])
+def test_ks_and_wasserstein_are_scipys_on_continuous_and_tied_samples(n):
+    """Read from one sorted sample, they equal scipy's ks_2samp and wasserstein_distance."""
+    rng = np.random.default_rng(n)
+    for reference, sample in (
+        (rng.gamma(2, 30, 20_000), rng.gamma(2, 33, n)),
+        (rng.poisson(3, 20_000).astype(float), rng.poisson(3.4, n).astype(float)),
+    ):
+        stand_in = np.asarray(profile(reference).quantiles)
+        ordered = np.sort(sample)
+        assert ks_statistic(stand_in, ordered) == pytest.approx(
+            stats.ks_2samp(stand_in, sample).statistic, abs=1e-12
+        )
+        assert wasserstein(stand_in, ordered) == pytest.approx(
+            stats.wasserstein_distance(stand_in, sample), rel=1e-9
+        )

@@ -599,6 +599,60 @@ def test_grid_search_ranks_flags_failures_and_the_winner_applies(repo):
     _run(repo, *_dvc("checkout", "-q"))
 
 
+def test_retraining_after_drift_beats_the_old_model_on_the_drifted_weeks(repo):
+    """README "Retraining", once: the world drifts after deployment (amounts doubled from day 60
+    of 88), the monitor stage reports decay; a challenger trained on the drifted days, compared
+    with the committed model on the weeks neither has seen, ranks them better; it is applied,
+    committed and served."""
+    start = _run(repo, "git", "rev-parse", "HEAD").stdout.strip()
+    drift = {"scenario": "amount_inflation", "start_day": 60, "strength": 1.0}
+    try:
+        _set_params(repo, {"simulate": {"n_days": 88, "drift": drift}})
+        _run(repo, *_dvc("repro"))
+        monitoring = json.loads((repo / "metrics/monitoring.json").read_text())
+        assert monitoring["decayed_weeks"][:1] == ["week_1"]  # the model deployed at day 60
+        _run(repo, "git", "add", "-A")
+        _run(repo, "git", "commit", "-qm", "the world drifted")
+        deployed = _output_md5(repo, "train", "models/model.joblib")
+
+        # train on the newest labelled week: 2018-05-31 is day 60, the first drifted day
+        _run(repo, *_dvc("exp", "run", "-n", "challenger", "-S", "split.train_start=2018-05-31"))
+        env = _env(repo) | {"PYTHONPATH": str(repo / "src")}
+        command = [sys.executable, "-m", "fraudlab.compare", "--baseline", "HEAD"]
+        done = subprocess.run(
+            [*command, "--json", "challenge.json", "--out", "challenge.md"],
+            cwd=repo, env=env, capture_output=True, text=True, check=False,
+        )  # fmt: skip
+        assert done.returncode == 0, done.stdout + done.stderr
+        report = json.loads((repo / "challenge.json").read_text())
+        assert report["weeks"]["week_1"]["start"] == "2018-06-14"  # the challenger's test week
+        matured = report["matured"]
+        assert matured["challenger"]["average_precision"] > (
+            matured["current"]["average_precision"] + 0.1
+        )
+        assert "the challenger ranks better" in (repo / "challenge.md").read_text()
+        assert report["models"]["current"] == deployed
+        assert report["models"]["challenger"] == _output_md5(repo, "train", "models/model.joblib")
+
+        # the pull request's diff, then apply and commit: clean, and the service serves it
+        diff = json.loads(_run(repo, *_dvc("metrics", "diff", "HEAD", "--json")).stdout)
+        assert "test.average_precision" in diff["metrics/evaluate/metrics.json"]
+        (repo / "challenge.json").unlink()
+        (repo / "challenge.md").unlink()
+        _run(repo, *_dvc("exp", "apply", "challenger"))
+        _run(repo, "git", "add", "-A")
+        _run(repo, "git", "commit", "-qm", "Retrain on the drifted weeks")
+        _assert_clean(repo)
+        args = ["--history", "data/clean/transactions.parquet", "--store", "serving.db"]
+        with Server(args, env={"FRAUDLAB_API_KEYS": "e2e-key"}, cwd=repo) as running:
+            status, health = running.request("GET", "/readyz")
+        assert status == 200, health
+        assert any(report["models"]["challenger"] in line for line in running.log)
+    finally:
+        _run(repo, "git", "reset", "-q", "--hard", start)
+        _run(repo, *_dvc("checkout", "-q", "--force"))
+
+
 def test_the_pull_request_script_reports_on_a_fresh_clone_with_no_experiments(repo, tmp_path):
     """As a reviewer sees it: a branch changes train.xgboost.max_depth, reruns and commits; the
     workflow's script, on a fresh clone (no experiments, no DVC cache), reproduces the commit,

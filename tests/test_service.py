@@ -23,6 +23,7 @@ from fraudlab import schema
 from fraudlab.artifacts import file_md5
 from fraudlab.drift import ReferenceProfile, bin_shares, psi, reference_profile
 from fraudlab.features import build_features, feature_names
+from fraudlab.io import write_json
 from fraudlab.models import fit_pipeline, model_artifact, predict_scores
 from fraudlab.params import load_params
 from fraudlab.service import request_fields
@@ -70,7 +71,7 @@ def deployment(tmp_path_factory, batch, features_params_module):
     )
     scores = predict_scores(pipeline, train, features=names)
     profile = reference_profile({n: train[n].to_numpy() for n in names}, scores=scores)
-    (root / "models" / "reference_profile.json").write_text(json.dumps(profile.to_dict()))
+    write_json(profile.to_dict(), root / "models" / "reference_profile.json")  # as train does
     write_lock(root)
     cut = start + 30 * DAY
     batch[batch[schema.TX_DATETIME] < cut][list(schema.REQUIRED_COLUMNS)].to_parquet(

@@ -23,7 +23,7 @@ import numpy as np
 import pandas as pd
 
 from fraudlab import schema
-from fraudlab.drift import Drift, ReferenceProfile, bin_shares, drift
+from fraudlab.drift import Drift, ReferenceProfile, bin_shares, drift_columns
 from fraudlab.metrics import SCORE, card_precision_key, ranking_metrics
 from fraudlab.params import MonitorParams
 
@@ -68,9 +68,9 @@ def week_drift(
     """Per feature and for the score: PSI, KS, Wasserstein and the level of the statistic."""
     columns = {name: rows[name].to_numpy(dtype=np.float64) for name in reference.features}
     profiles = {**reference.features, SCORE_NAME: reference.score}
+    found = drift_columns(profiles, {**columns, SCORE_NAME: scores})
     out = {}
-    for name, values in {**columns, SCORE_NAME: scores}.items():
-        result = drift(profiles[name], values, name=name)
+    for name, result in found.items():
         out[name] = {
             "psi": result.psi,
             "ks": result.ks,

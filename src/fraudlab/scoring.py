@@ -97,7 +97,7 @@ def read_reference_profile(
         raise IntegrityError(
             f"{path}: not a reference profile ({exc}); rerun `dvc repro`"
         ) from None
-    if tuple(reference.features) != features:
+    if sorted(reference.features) != sorted(features):
         raise IntegrityError(
             f"{path} profiles {list(reference.features)}, not the model's features "
             f"{list(features)}; rerun `dvc repro {model_stage}`"

@@ -500,7 +500,10 @@ def create_app(settings: Settings) -> Any:
             features=scorer.model.features,
         )
         window = DriftWindow(
-            reference, size=settings.drift_window, threshold=scorer.config.threshold
+            reference,
+            features=scorer.names,
+            size=settings.drift_window,
+            threshold=scorer.config.threshold,
         )
         metrics.watch(window)
         with IdleCollector() as collector:
