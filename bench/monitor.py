@@ -114,12 +114,22 @@ async def service_figures(frame: pd.DataFrame, scores: np.ndarray, names: list[s
             f"{with_window:,.0f} us with it: +{extra:,.0f} us a round, "
             f"{extra / size:,.1f} us a transaction"
         )
-    publish = per_call_us(watched.publish, calls=200)
+    at = [0]
+
+    def publish_after_a_second() -> None:
+        """A second's traffic at 1,000 transactions/s, then the publishing (only it is timed
+        apart from the copy of the rows, ~30 us)."""
+        at[0] = (at[0] + 1000) % (len(tail) - 1000)
+        watched.window.add(matrix[at[0] : at[0] + 1000], tail[at[0] : at[0] + 1000])
+        watched.publish()
+
+    publish = per_call_us(publish_after_a_second, calls=50)
     exposition = per_call_us(lambda: watched.exposition(None), calls=50)
     print(
-        f"publishing the window's counts (at most once a second): {publish:,.0f} us; "
-        f"a /metrics exposition with PSI of {len(names) + 1} columns: {exposition:,.0f} us"
+        f"publishing the window after 1,000 new transactions (once a second on the event loop; "
+        f"binning them, taking out the rows they overwrote, setting the gauges): {publish:,.0f} us"
     )
+    print(f"a /metrics exposition with the PSI of {len(names) + 1} columns: {exposition:,.0f} us")
 
 
 def main() -> None:

@@ -200,14 +200,17 @@ def reference_profile(features: dict[str, np.ndarray], *, scores: np.ndarray) ->
 
 
 class DriftWindow:
-    """The last ``size`` scored transactions of a service process, kept only as the reference
-    bin each of their features and score falls in, with running counts per bin: adding a round
-    costs a searchsorted per column and two bincounts, and the PSI is read from the counts
-    (at scrape time, not on the scoring path).
+    """The last ``size`` scored transactions of a service process (features and score), and
+    their counts per reference bin.
 
-    Columns are ``features`` in the order of the rows added (the model's), then the score.
-    ``counts[j, b]`` is the number of window rows in bin ``b`` of column ``j`` (bins past a
-    column's own are always 0).
+    Adding a round only copies its rows into a ring (a few microseconds). The counts are brought
+    up to date when read (the service publishes them at most once a second, and at a scrape): the
+    rows added since the last read are binned (a searchsorted per column) and the rows they
+    overwrote taken out, so a read costs in proportion to the traffic since the last one, never
+    a pass over the whole window on the event loop. Columns are ``features`` in the order of the
+    rows added (the model's), then the score. ``counts[j, b]`` is the number of window rows in
+    bin ``b`` of column ``j`` (``bin_shares``' right-closed bins); bins past a column's own
+    stay 0.
     """
 
     def __init__(
@@ -227,48 +230,60 @@ class DriftWindow:
         self.edges = [np.asarray(p.edges, dtype=np.float64) for p in profiles]
         self.shares = [np.asarray(p.shares, dtype=np.float64) for p in profiles]
         self.width = max(len(e) for e in self.edges) + 1
+        self._offsets = np.arange(len(profiles)) * self.width
         self.size = size
         self.threshold = threshold
-        self._offsets = np.arange(len(self.columns)) * self.width
-        self._bins = np.zeros((size, len(self.columns)), dtype=np.int64)  # flat bin per cell
-        self._alerted = np.zeros(size, dtype=bool)
-        self.counts = np.zeros((len(self.columns), self.width), dtype=np.int64)
-        self.alerted = 0
+        self._rows = np.zeros((size, len(profiles)))
+        self._bins = np.zeros((size, len(profiles)), dtype=np.int64)  # flat bin per counted cell
+        self._counted = np.zeros(size, dtype=bool)
+        self._counts = np.zeros((len(profiles), self.width), dtype=np.int64)
         self.filled = 0
         self._next = 0
-
-    def _flat_bins(self, matrix: np.ndarray, scores: np.ndarray) -> np.ndarray:
-        values = np.column_stack([matrix, scores])
-        return (
-            np.column_stack(
-                [np.searchsorted(e, values[:, j], side="left") for j, e in enumerate(self.edges)]
-            )
-            + self._offsets
-        )
+        self._pending = 0  # rows added since the counts were last brought up to date
 
     def add(self, matrix: np.ndarray, scores: np.ndarray) -> None:
         """Slide the window over a round's feature rows and their scores."""
-        if len(scores) > self.size:
-            matrix, scores = matrix[-self.size :], scores[-self.size :]
-        n = len(scores)
+        n = min(len(scores), self.size)
         if not n:
             return
-        flat = self._flat_bins(matrix, scores)
-        slots = (self._next + np.arange(n)) % self.size
-        cells = self.counts.size
-        evicted = slots[slots < self.filled] if self.filled < self.size else slots
-        if len(evicted):
-            self.counts -= np.bincount(self._bins[evicted].ravel(), minlength=cells).reshape(
-                self.counts.shape
-            )
-            self.alerted -= int(self._alerted[evicted].sum())
-        self._bins[slots] = flat
-        self.counts += np.bincount(flat.ravel(), minlength=cells).reshape(self.counts.shape)
-        alerted = scores >= self.threshold
-        self._alerted[slots] = alerted
-        self.alerted += int(alerted.sum())
-        self.filled = min(self.size, self.filled + n)
+        rows = np.column_stack([matrix[-n:], scores[-n:]])
+        first = min(n, self.size - self._next)  # up to the ring's end, the rest from its start
+        self._rows[self._next : self._next + first] = rows[:first]
+        self._rows[: n - first] = rows[first:]
         self._next = (self._next + n) % self.size
+        self.filled = min(self.size, self.filled + n)
+        self._pending = min(self.size, self._pending + n)
+
+    @property
+    def counts(self) -> np.ndarray:
+        if self._pending:
+            slots = (self._next - self._pending + np.arange(self._pending)) % self.size
+            cells = self._counts.size
+            overwritten = slots[self._counted[slots]]
+            self._counts -= np.bincount(self._bins[overwritten].ravel(), minlength=cells).reshape(
+                self._counts.shape
+            )
+            values = self._rows[slots]
+            self._bins[slots] = (
+                np.column_stack(
+                    [
+                        np.searchsorted(e, values[:, j], side="left")
+                        for j, e in enumerate(self.edges)
+                    ]
+                )
+                + self._offsets
+            )
+            self._counts += np.bincount(self._bins[slots].ravel(), minlength=cells).reshape(
+                self._counts.shape
+            )
+            self._counted[slots] = True
+            self._pending = 0
+        return self._counts
+
+    @property
+    def alerted(self) -> int:
+        """Transactions of the window scored at or above the threshold."""
+        return int((self._rows[: self.filled, -1] >= self.threshold).sum())
 
     def psi(self, counts: np.ndarray | None = None) -> dict[str, float]:
         """PSI of each column over the window (or over ``counts`` of the same layout, e.g. the

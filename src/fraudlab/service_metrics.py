@@ -8,9 +8,10 @@ Drift: each process keeps a ``DriftWindow`` of its recent transactions and publi
 window's bin counts as gauges (summed over live processes) ``publish_every`` seconds after the
 first round not yet published (a timer on the event loop, so at most once a period and never
 later than a period after the last round), and at every scrape it serves; the scrape turns the
-summed counts into the PSI of each feature and the score, and the share alerted. So scoring pays
-a few searchsorted calls per round, never the PSI, and another worker's window is at most
-``publish_every`` seconds old in a scrape.
+summed counts into the PSI of each feature and the score, and the share alerted. So a scoring
+round only copies its rows into the window; the binning happens at publishing, in proportion to
+the traffic since the last one, and another worker's window is at most ``publish_every`` seconds
+old in a scrape.
 """
 
 from __future__ import annotations
