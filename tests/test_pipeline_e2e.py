@@ -175,32 +175,6 @@ def test_injected_amount_inflation_alerts_in_its_first_week_naming_what_moved(re
     assert "retrain" in page
 
 
-@pytest.mark.parametrize(
-    ("scenario", "strength", "week", "moved"),
-    [
-        # customers pay at night: only the night flag moves, from the first week
-        ("night_shift", 0.5, "week_1", {"tx_during_night"}),
-        # half the terminals go dark: the others' payment counts double. Terminal windows end a
-        # label delay before each payment (the handbook's definition), so it shows a week later
-        ("terminals_dark", 0.5, "week_2", {"terminal_id_nb_tx_1day_window",
-                                           "terminal_id_nb_tx_7day_window"}),
-    ],
-)  # fmt: skip
-def test_injected_drift_names_what_moved_and_nothing_else(repo, scenario, strength, week, moved):
-    drift = {"scenario": scenario, "start_day": 60, "strength": strength}
-    _set_params(repo, {"simulate": {"drift": drift}})
-    # the model and its reference are those of the stationary data: the change comes after
-    assert "train" not in _stages_run(_run(repo, *_dvc("repro")).stdout)
-    monitoring = json.loads((repo / "metrics/monitoring.json").read_text())
-    assert monitoring["alert"]
-    assert set(monitoring["drifted_features"]) == moved
-    first = next(
-        label for label, e in monitoring["weeks"].items() if e["diagnosis"]["inputs_moved"]
-    )
-    assert first == week
-    assert set(monitoring["weeks"][week]["diagnosis"]["inputs_moved"]) == moved
-
-
 def test_second_repro_runs_nothing(repo):
     assert _stages_run(_run(repo, *_dvc("repro")).stdout) == set()
 
