@@ -167,19 +167,18 @@ def test_report_picks_each_familys_best_and_shows_threshold_and_cost():
     assert "| Cost a day | 1,234 | 1,234 |" in section
 
 
+def _baseline(*experiments: dict) -> list[dict]:
+    """`dvc exp show --json` with one baseline commit and these experiments."""
+    return [{"rev": "abc", "name": "main", "experiments": list(experiments)}]
+
+
 def test_another_top_k_fills_every_card_precision_column_and_row():
     """The metric key carries k: a leaderboard, report row or family table must not look for
     ``card_precision_at_100`` when ``evaluate.top_k`` is 50."""
-    shown = [
-        {
-            "rev": "abc",
-            "name": "main",
-            "experiments": [
-                _experiment("fifty", "xgboost", 3, 0.70, "success", k=50),
-                _experiment("forest", "random_forest", 5, 0.69, "success", k=50),
-            ],
-        }
-    ]
+    shown = _baseline(
+        _experiment("fifty", "xgboost", 3, 0.70, "success", k=50),
+        _experiment("forest", "random_forest", 5, 0.69, "success", k=50),
+    )
     board = leaderboard(experiments(shown))
     assert board["test_card_precision"].tolist() == [0.3, 0.3]
     assert board["validation_card_precision"].tolist() == [0.31, 0.31]
@@ -200,16 +199,10 @@ def test_another_top_k_fills_every_card_precision_column_and_row():
 
 
 def test_experiments_with_different_top_k_name_k_in_each_cell():
-    shown = [
-        {
-            "rev": "abc",
-            "name": "main",
-            "experiments": [
-                _experiment("fifty", "xgboost", 3, 0.70, "success", k=50),
-                _experiment("hundred", "xgboost", 4, 0.69, "success", k=100),
-            ],
-        }
-    ]
+    shown = _baseline(
+        _experiment("fifty", "xgboost", 3, 0.70, "success", k=50),
+        _experiment("hundred", "xgboost", 4, 0.69, "success", k=100),
+    )
     table = render(leaderboard(experiments(shown)), set()).splitlines()
     assert "val CP@k" in table[0]
     assert table[2].endswith("| 0.310 (k=50) | 0.690 | 0.800 | 0.300 (k=50) |")

@@ -231,49 +231,37 @@ img {{ max-width: 100%; }}
 """
 
 
-def render_html(report: dict, *, reference_shares: list[float], model_md5: str) -> str:
-    """The page (``reference_shares``: the reference profile's score bin shares)."""
-    summary = verdict(report)
-    weeks = _measured_weeks(report)
+def _headline(report: dict, summary: dict) -> str:
     headline = summary["kind"].capitalize()
     if summary["first_week"]:
         start = report["weeks"][summary["first_week"]]["start"]
         headline += f" from {summary['first_week']} ({start})"
     if report["drifted_features"]:
         headline += ": " + ", ".join(report["drifted_features"]) + " moved"
-    baseline = report["baseline"]
-    facts = (
-        f"{len(weeks)} whole weeks monitored"
-        + (f" from {weeks[0][1]['start']} to {weeks[-1][1]['end']}" if weeks else "")
-        + f"; model MD5 {model_md5}; levels on {report['statistic']}: warn {report['warn']}, "
-        f"act {report['act']}; decay when AP is {report['decay']} below the baseline"
-        + (f" (test period AP {baseline['average_precision']:.3f})" if baseline else "")
-        + (
-            f"; labels pending for {', '.join(summary['pending_weeks'])}"
-            if summary["pending_weeks"]
-            else ""
-        )
-        + "."
-    )
-    colour = {"stable": LEVEL_COLOURS["ok"], "data drift": LEVEL_COLOURS["warn"]}
-    return _PAGE.format(
-        kind=html.escape(summary["kind"]),
-        colour=colour.get(summary["kind"], LEVEL_COLOURS["act"]),
-        headline=html.escape(headline),
-        advice=html.escape(summary["advice"]),
-        facts=html.escape(facts),
-        statistic=html.escape(report["statistic"]),
-        week_rows=_week_rows(report),
-        week_headers="".join(f"<th>{label}</th>" for label, _ in weeks),
-        moved_rows=_moved_rows(report) or "<tr><td>none past warn</td></tr>",
-        **_figures(report, reference_shares) if weeks else dict.fromkeys(_FIGURES, ""),
-    )
+    return headline
 
 
-_FIGURES = ("heatmap", "score", "performance")
+def _facts(report: dict, summary: dict, model_md5: str) -> str:
+    weeks = _measured_weeks(report)
+    span = f" from {weeks[0][1]['start']} to {weeks[-1][1]['end']}" if weeks else ""
+    decay = f"decay when AP is {report['decay']} below the baseline"
+    if report["baseline"]:
+        decay += f" (test period AP {report['baseline']['average_precision']:.3f})"
+    parts = [
+        f"{len(weeks)} whole weeks monitored{span}",
+        f"model MD5 {model_md5}",
+        f"levels on {report['statistic']}: warn {report['warn']}, act {report['act']}",
+        decay,
+    ]
+    if summary["pending_weeks"]:
+        parts.append(f"labels pending for {', '.join(summary['pending_weeks'])}")
+    return "; ".join(parts) + "."
 
 
 def _figures(report: dict, reference_shares: list[float]) -> dict[str, str]:
+    """The three figures as inline images; empty when no week was measured."""
+    if not _measured_weeks(report):
+        return {"heatmap": "", "score": "", "performance": ""}
     figures = {
         "heatmap": drift_heatmap(report),
         "score": score_figure(report, reference_shares),
@@ -283,3 +271,21 @@ def _figures(report: dict, reference_shares: list[float]) -> dict[str, str]:
         name: f'<img alt="{name} per week" src="{png_data_uri(fig)}">'
         for name, fig in figures.items()
     }
+
+
+def render_html(report: dict, *, reference_shares: list[float], model_md5: str) -> str:
+    """The page (``reference_shares``: the reference profile's score bin shares)."""
+    summary = verdict(report)
+    colour = {"stable": LEVEL_COLOURS["ok"], "data drift": LEVEL_COLOURS["warn"]}
+    return _PAGE.format(
+        kind=html.escape(summary["kind"]),
+        colour=colour.get(summary["kind"], LEVEL_COLOURS["act"]),
+        headline=html.escape(_headline(report, summary)),
+        advice=html.escape(summary["advice"]),
+        facts=html.escape(_facts(report, summary, model_md5)),
+        statistic=html.escape(report["statistic"]),
+        week_rows=_week_rows(report),
+        week_headers="".join(f"<th>{label}</th>" for label, _ in _measured_weeks(report)),
+        moved_rows=_moved_rows(report) or "<tr><td>none past warn</td></tr>",
+        **_figures(report, reference_shares),
+    )
