@@ -366,12 +366,13 @@ def test_verify_finds_a_flipped_bit_dvc_restores_and_calls_up_to_date(repo):
     assert subprocess.run(command, cwd=repo, env=env, capture_output=True).returncode == 0
 
 
-def test_forced_repro_twice_leaves_the_lock_unchanged(repo):
+def test_a_forced_repro_leaves_the_lock_unchanged(repo):
+    """Every stage rerun gives the bytes the fixture's first run committed (the concurrency test
+    and .ci/run's reproducibility check run it again, on a fresh clone for the latter)."""
     committed = _lock(repo)
-    for _ in range(2):
-        forced = _run(repo, *_dvc("repro", "--force"))
-        assert _stages_run(forced.stdout) == set(STAGES)
-        assert _lock(repo) == committed
+    forced = _run(repo, *_dvc("repro", "--force"))
+    assert _stages_run(forced.stdout) == set(STAGES)
+    assert _lock(repo) == committed
     _assert_clean(repo)
 
 
