@@ -14,6 +14,7 @@ from fraudlab.monitor import (
     Week,
     data_end,
     diagnose,
+    label_shift,
     level,
     monitored_weeks,
     monitoring_report,
@@ -24,7 +25,9 @@ from fraudlab.monitor import (
 from fraudlab.monitor_report import render_html
 from fraudlab.params import MonitorParams
 
-PARAMS = MonitorParams(statistic="psi", warn=0.1, act=0.25, decay=0.1, strict=False)
+PARAMS = MonitorParams(
+    statistic="psi", warn=0.1, act=0.25, decay=0.1, label_shift_p=0.001, strict=False
+)
 
 
 def test_only_whole_weeks_up_to_the_day_after_the_last_transaction_are_monitored():
@@ -66,7 +69,7 @@ def test_performance_waits_for_the_label_delay():
     assert mature["average_precision"] == 1.0  # the two frauds score highest
     no_fraud = week_performance(_rows(10, frauds=0), scores, week=week,
                                 end=pd.Timestamp("2018-07-01"), delay_days=7, k=5)  # fmt: skip
-    assert no_fraud == {"status": "one class", "frauds": 0}
+    assert no_fraud == {"status": "one class", "frauds": 0, "transactions": 10}
 
 
 def test_the_report_names_the_columns_that_moved_and_only_those():
@@ -159,7 +162,8 @@ def _two_week_report(*, shift: float, frauds_follow_amount: bool) -> dict:
     first = pd.Timestamp("2018-06-01")
     weeks = [Week(i + 1, first + 7 * i * day, first + 7 * (i + 1) * day) for i in range(2)]
     scores = (frame["amount"].to_numpy() - 20) / 60
-    baseline = {"average_precision": 1.0}  # the first week's: the largest amounts are the frauds
+    # the first week's: the largest amounts are the frauds, 2 % of them
+    baseline = {"average_precision": 1.0, "frauds": 40, "transactions": 2000}
     return monitoring_report(frame, scores, weeks=weeks, end=pd.Timestamp("2018-07-01"),
                              reference=reference, params=PARAMS, delay_days=7, k=10,
                              baseline=baseline)  # fmt: skip
@@ -227,3 +231,31 @@ def test_a_page_without_a_whole_week_says_so_without_figures():
     assert '<h2 id="verdict">Stable</h2>' in page
     assert "0 whole weeks monitored" in page
     assert "data:image/png" not in page
+
+
+@pytest.mark.parametrize(
+    ("frauds", "shifted"), [(42, False), (80, True), (10, True)], ids=["same", "double", "quarter"]
+)
+def test_a_matured_week_whose_share_of_frauds_moved_is_a_label_shift(frauds, shifted):
+    performance = {"status": "mature", "frauds": frauds, "transactions": 1000}
+    baseline = {"frauds": 40, "transactions": 1000}
+    found = label_shift(performance, baseline, PARAMS)
+    assert found["fraud_share"] == frauds / 1000
+    assert found["baseline_fraud_share"] == 0.04
+    assert found["shifted"] is shifted
+    assert (found["p_value"] < PARAMS.label_shift_p) is shifted
+    pending = {"status": "pending", "labels_mature_on": "2018-07-01"}
+    assert label_shift(pending, baseline, PARAMS) is None
+
+
+def test_a_label_shift_alone_leads_the_page():
+    report = _two_week_report(shift=0.0, frauds_follow_amount=True)
+    second = report["weeks"]["week_2"]
+    second["labels"] = {"fraud_share": 0.08, "baseline_fraud_share": 0.02, "p_value": 1e-12,
+                        "shifted": True}  # fmt: skip
+    second["diagnosis"]["labels_shifted"] = True
+    report["label_shift_weeks"] = ["week_2"]
+    page = render_html(report, reference_shares=_reference_shares(report), model_md5="0" * 32)
+    assert '<h2 id="verdict">Label shift in week_2: the share of frauds moved</h2>' in page
+    assert "from 2.00% to 8.00% in week_2" in page
+    assert "frauds 8.00% (label shift)" in page

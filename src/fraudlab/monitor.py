@@ -12,6 +12,10 @@ reaches ``monitor.act``; its performance fell when its matured AP is ``monitor.d
 baseline's, the same model's AP on the test period's transactions counted the same way. Inputs
 that move while performance holds are a shift the model absorbs; performance that falls while no
 input moved is a change in what fraud looks like (concept drift), which only new labels show.
+A matured week whose share of frauds differs from the baseline's (Fisher's exact test, p below
+``monitor.label_shift_p``) is a label shift: frauds at a new rate or of a new kind, which the
+inputs may not show at all (e.g. more terminals compromised, seen by the model's terminal rates
+only a label delay later).
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
+from scipy import stats
 
 from fraudlab import schema
 from fraudlab.drift import Drift, ReferenceProfile, bin_shares, drift_columns
@@ -96,9 +101,10 @@ def week_performance(
         return {"status": "pending", "labels_mature_on": str(mature_on.date())}
     scored = rows.assign(**{SCORE: scores})
     frauds = int(scored[schema.TX_FRAUD].sum())
+    counts = {"frauds": frauds, "transactions": len(scored)}
     if frauds in (0, len(scored)):
-        return {"status": "one class", "frauds": frauds}
-    return {"status": "mature", "frauds": frauds, **ranking_metrics(scored, k)}
+        return {"status": "one class", **counts}
+    return {"status": "mature", **counts, **ranking_metrics(scored, k)}
 
 
 def baseline_performance(rows: pd.DataFrame, scores: np.ndarray, *, k: int) -> dict:
@@ -119,6 +125,23 @@ def performance_trend(performance: dict, baseline: dict, params: MonitorParams) 
         return "unknown"
     drop = baseline["average_precision"] - performance["average_precision"]
     return "fell" if drop >= params.decay else "held"
+
+
+def label_shift(performance: dict, baseline: dict, params: MonitorParams) -> dict | None:
+    """For a matured week: its share of frauds against the baseline's, Fisher's exact p-value
+    (scipy) and whether it is below ``label_shift_p``. None before the labels mature."""
+    if performance["status"] not in ("mature", "one class") or not baseline:
+        return None
+    frauds, total = performance["frauds"], performance["transactions"]
+    known, known_total = baseline["frauds"], baseline["transactions"]
+    table = [[frauds, total - frauds], [known, known_total - known]]
+    p_value = float(stats.fisher_exact(table).pvalue)
+    return {
+        "fraud_share": frauds / total,
+        "baseline_fraud_share": known / known_total,
+        "p_value": p_value,
+        "shifted": p_value < params.label_shift_p,
+    }
 
 
 def diagnose(columns: dict[str, dict], trend: str) -> dict:
@@ -155,6 +178,8 @@ def _week_entry(rows: pd.DataFrame, scores: np.ndarray, *, week: Week, context: 
         rows, scores, week=week, end=context.end, delay_days=context.delay_days, k=context.k
     )
     trend = performance_trend(performance, context.baseline, context.params)
+    labels = label_shift(performance, context.baseline, context.params)
+    diagnosis = diagnose(columns, trend) | {"labels_shifted": bool(labels and labels["shifted"])}
     return {
         "start": str(week.start.date()),
         "end": str((week.end - pd.Timedelta(days=1)).date()),
@@ -162,7 +187,8 @@ def _week_entry(rows: pd.DataFrame, scores: np.ndarray, *, week: Week, context: 
         "drift": columns,
         "score_shares": bin_shares(scores, context.reference.score.edges).tolist(),
         "performance": performance,
-        "diagnosis": diagnose(columns, trend),
+        "labels": labels,
+        "diagnosis": diagnosis,
     }
 
 
@@ -203,15 +229,22 @@ def monitoring_report(
         for label, entry in report_weeks.items()
         if entry.get("diagnosis", {}).get("performance") == "fell"
     ]
+    shifted = [
+        label
+        for label, entry in report_weeks.items()
+        if entry.get("diagnosis", {}).get("labels_shifted")
+    ]
     order = [*reference.features, SCORE_NAME]
     return {
         "alert": bool(drifted),
         "drifted_features": [name for name in order if name in drifted],
         "decayed_weeks": decayed,
+        "label_shift_weeks": shifted,
         "statistic": params.statistic,
         "warn": params.warn,
         "act": params.act,
         "decay": params.decay,
+        "label_shift_p": params.label_shift_p,
         "top_k": k,
         "baseline": baseline or {},
         "weeks": report_weeks,

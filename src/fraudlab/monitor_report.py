@@ -56,7 +56,24 @@ def verdict(report: dict) -> dict:
     kind = _worst([entry["diagnosis"]["kind"] for _, entry in weeks])
     first = next((label for label, e in weeks if e["diagnosis"]["kind"] != "stable"), None)
     pending = [label for label, e in weeks if e["performance"]["status"] == "pending"]
-    return {"kind": kind, "first_week": first, "pending_weeks": pending, "advice": _ADVICE[kind]}
+    advice = _ADVICE[kind]
+    shifted = report.get("label_shift_weeks") or []
+    if shifted:
+        labels = report["weeks"][shifted[0]]["labels"]
+        advice += (
+            f" The share of frauds moved in {', '.join(shifted)} (from "
+            f"{labels['baseline_fraud_share']:.2%} to {labels['fraud_share']:.2%} in "
+            f"{shifted[0]}, Fisher p {labels['p_value']:.1e}): frauds at a new rate or of a new "
+            "kind, which the inputs may not show; watch the matured performance and retrain on "
+            "the new labels if it falls."
+        )
+    return {
+        "kind": kind,
+        "first_week": first,
+        "pending_weeks": pending,
+        "label_shift_weeks": shifted,
+        "advice": advice,
+    }
 
 
 def _statistics(report: dict) -> tuple[list[str], list[str], np.ndarray]:
@@ -153,14 +170,18 @@ def _cell(entry: dict, name: str, statistic: str) -> str:
     return f'<td style="background:{LEVEL_COLOURS[found["level"]]}">{found[statistic]:.3f}</td>'
 
 
-def _performance_text(performance: dict, key: str) -> str:
+def _performance_text(performance: dict, key: str, labels: dict | None) -> str:
     if performance["status"] == "pending":
         return f"pending (labels mature on {performance['labels_mature_on']})"
+    share = ""
+    if labels:
+        shifted = " (label shift)" if labels["shifted"] else ""
+        share = f" · frauds {labels['fraud_share']:.2%}{shifted}"
     if performance["status"] != "mature":
-        return f"not measurable ({performance['status']})"
+        return f"not measurable ({performance['status']}){share}"
     return (
         f"AP {performance['average_precision']:.3f} · AUC {performance['auc_roc']:.3f} · "
-        f"CP {performance[key]:.3f}"
+        f"CP {performance[key]:.3f}{share}"
     )
 
 
@@ -180,7 +201,7 @@ def _week_rows(report: dict) -> str:
             f"<tr><td>{label}</td><td>{entry['start']} to {entry['end']}</td>"
             f"<td>{entry['transactions']:,}</td><td>{moved}</td>"
             f"{_cell(entry, SCORE_NAME, report['statistic'])}"
-            f"<td>{html.escape(_performance_text(entry['performance'], key))}</td>"
+            f"<td>{html.escape(_performance_text(entry['performance'], key, entry['labels']))}</td>"
             f"<td><b>{html.escape(diagnosis['kind'])}</b></td></tr>"
         )
     return "\n".join(rows)
@@ -232,12 +253,17 @@ img {{ max-width: 100%; }}
 
 
 def _headline(report: dict, summary: dict) -> str:
+    shifted = ", ".join(summary["label_shift_weeks"])
+    if summary["kind"] == "stable" and shifted:
+        return f"Label shift in {shifted}: the share of frauds moved"
     headline = summary["kind"].capitalize()
     if summary["first_week"]:
         start = report["weeks"][summary["first_week"]]["start"]
         headline += f" from {summary['first_week']} ({start})"
     if report["drifted_features"]:
         headline += ": " + ", ".join(report["drifted_features"]) + " moved"
+    if shifted:
+        headline += f"; label shift in {shifted}"
     return headline
 
 
@@ -273,13 +299,20 @@ def _figures(report: dict, reference_shares: list[float]) -> dict[str, str]:
     }
 
 
+def _colour(summary: dict) -> str:
+    """Green when nothing moved; amber for drift the model absorbs or frauds that shifted
+    alone; red once performance fell."""
+    if summary["kind"] == "stable":
+        return LEVEL_COLOURS["warn" if summary["label_shift_weeks"] else "ok"]
+    return LEVEL_COLOURS["warn" if summary["kind"] == "data drift" else "act"]
+
+
 def render_html(report: dict, *, reference_shares: list[float], model_md5: str) -> str:
     """The page (``reference_shares``: the reference profile's score bin shares)."""
     summary = verdict(report)
-    colour = {"stable": LEVEL_COLOURS["ok"], "data drift": LEVEL_COLOURS["warn"]}
     return _PAGE.format(
         kind=html.escape(summary["kind"]),
-        colour=colour.get(summary["kind"], LEVEL_COLOURS["act"]),
+        colour=_colour(summary),
         headline=html.escape(_headline(report, summary)),
         advice=html.escape(summary["advice"]),
         facts=html.escape(_facts(report, summary, model_md5)),

@@ -239,6 +239,7 @@ class MonitorParams(_Section):
     warn: Annotated[float, Field(gt=0)]
     act: Annotated[float, Field(gt=0)]
     decay: Annotated[float, Field(gt=0, lt=1)]  # AP drop below the baseline counted as decay
+    label_shift_p: Annotated[float, Field(gt=0, lt=1)]  # frauds' share differs: Fisher p below
     strict: bool  # the stage fails when an alert fires or performance decays (cron, CI)
 
     @model_validator(mode="after")

@@ -101,7 +101,10 @@ def monitor(argv: list[str] | None = None) -> None:
     )
     if report["decayed_weeks"]:
         log.warning("performance decay in %s", ", ".join(report["decayed_weeks"]))
-    if (report["alert"] or report["decayed_weeks"]) and params.strict:
+    if report["label_shift_weeks"]:
+        log.warning("label shift in %s", ", ".join(report["label_shift_weeks"]))
+    fired = report["alert"] or report["decayed_weeks"] or report["label_shift_weeks"]
+    if fired and params.strict:
         raise DriftAlertError(strict_message(report, path=args.output, params=params))
 
 
@@ -115,6 +118,11 @@ def strict_message(report: dict, *, path: str, params: MonitorParams) -> str:
     if report["decayed_weeks"]:
         found.append(
             f"AP {params.decay} or more below the baseline in {', '.join(report['decayed_weeks'])}"
+        )
+    if report["label_shift_weeks"]:
+        found.append(
+            f"the share of frauds moved (Fisher p < {params.label_shift_p}) in "
+            f"{', '.join(report['label_shift_weeks'])}"
         )
     return f"{path}: {'; '.join(found)}; monitor.strict is set"
 
