@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import hashlib
 import io
+import json
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -17,6 +19,7 @@ from typing import Any
 import joblib
 import yaml
 
+from fraudlab.drift import ReferenceProfile
 from fraudlab.errors import UserError
 
 _CHUNK = 1 << 20
@@ -135,11 +138,46 @@ def load_verified_pickle(path: str | Path, *, lock_path: str | Path) -> Any:
     except FileNotFoundError:
         content = None  # verify_file says which stage to rerun
     verify_file(path, lock_path=lock_path, content=content)
+    return unpickle(content, source=str(path))
+
+
+def unpickle(content: bytes, *, source: str) -> Any:
+    """Load bytes whose hash the caller has checked; a failure is a one-line error."""
     try:
         return joblib.load(io.BytesIO(content))
     # any unpickling failure means the same to the user: the file is not a model
     except Exception as exc:
         raise IntegrityError(
-            f"{path}: not a loadable model file ({type(exc).__name__}: {exc}); "
+            f"{source}: not a loadable model file ({type(exc).__name__}: {exc}); "
             "rerun the stage that writes it"
         ) from None
+
+
+def read_reference_profile(
+    path: str | Path, *, lock_path: str | Path, model_path: str | Path, features: Sequence[str]
+) -> ReferenceProfile:
+    """The reference profile written with the model: checked against dvc.lock (the bytes hashed
+    are the bytes parsed), recorded by the model's stage, of the model's features."""
+    try:
+        content = Path(path).read_bytes()
+    except FileNotFoundError:
+        content = None  # verify_file names the stage to rerun
+    entry = verify_file(path, lock_path=lock_path, content=content)
+    model_stage = recorded(model_path, lock_path=lock_path).stage
+    if entry.stage != model_stage:
+        raise IntegrityError(
+            f"{path} is recorded by stage {entry.stage}, not by {model_stage} with the model: "
+            "it does not describe the model being served"
+        )
+    try:
+        reference = ReferenceProfile.from_dict(json.loads(content))
+    except (KeyError, TypeError, ValueError) as exc:
+        raise IntegrityError(
+            f"{path}: not a reference profile ({exc}); rerun `dvc repro`"
+        ) from None
+    if sorted(reference.features) != sorted(features):
+        raise IntegrityError(
+            f"{path} profiles {list(reference.features)}, not the model's features "
+            f"{list(features)}; rerun `dvc repro {model_stage}`"
+        )
+    return reference

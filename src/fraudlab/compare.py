@@ -1,6 +1,6 @@
 """Challenger against the committed model, on the weeks neither has seen (README "Retraining").
 
-    dvc exp run -n challenger -S split.train_start=2018-09-05   # the workspace: the challenger
+    dvc exp run -n challenger -S split.train_start=2018-09-03   # the workspace: the challenger
     python -m fraudlab.compare --baseline HEAD --out reports/challenge.md
 
 The challenger is the model in the workspace (``models/model.joblib``, checked against the
@@ -16,9 +16,7 @@ challenger changed the feature params, the current model's are recomputed from t
 from __future__ import annotations
 
 import argparse
-import datetime as dt
 import hashlib
-import io
 import json
 import logging
 import re
@@ -26,13 +24,12 @@ import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
-import joblib
 import numpy as np
 import pandas as pd
 import yaml
 
 from fraudlab import schema
-from fraudlab.artifacts import IntegrityError, locked_outputs, recorded
+from fraudlab.artifacts import IntegrityError, locked_outputs, recorded, unpickle
 from fraudlab.cli import run
 from fraudlab.errors import UserError
 from fraudlab.features import build_features
@@ -41,6 +38,7 @@ from fraudlab.metrics import SCORE, card_precision_key, ranking_metrics
 from fraudlab.models import ModelArtifact, check_artifact, load_model, predict_scores
 from fraudlab.monitor import Week, data_end, monitored_weeks, week_performance
 from fraudlab.params import EvaluateParams, FeaturesParams, SplitParams, load_params
+from fraudlab.split import test_start
 
 log = logging.getLogger(__name__)
 
@@ -98,8 +96,8 @@ def committed_model(commit: str) -> tuple[ModelArtifact, str]:
             "as that commit's dvc.lock records; refusing to unpickle them (run "
             "`python -m fraudlab.verify`)"
         )
-    model = check_artifact(joblib.load(io.BytesIO(content)), source=f"{MODEL} at {commit[:7]}")
-    return model, entry.md5
+    source = f"{MODEL} at {commit[:7]}"
+    return check_artifact(unpickle(content, source=source), source=source), entry.md5
 
 
 # --- pure: the comparison ---------------------------------------------------------------------
@@ -110,11 +108,6 @@ class Contender:
     name: str
     md5: str
     scores: np.ndarray  # over the compared rows
-
-
-def compared_weeks(*, test_start: dt.date, end: pd.Timestamp) -> list[Week]:
-    """The whole weeks from the challenger's test period to the end of the data."""
-    return monitored_weeks(start=test_start, end=end)
 
 
 def comparison(
@@ -244,18 +237,18 @@ def compare(argv: list[str] | None = None) -> None:
 
     frame = read_parquet(args.features)
     end = data_end(frame[schema.TX_DATETIME])
-    test_start = split.train_start + dt.timedelta(days=split.train_days + features.label_delay_days)
-    weeks = compared_weeks(test_start=test_start, end=end)
+    begins = test_start(split, delay_days=features.label_delay_days)  # the challenger's
+    weeks = monitored_weeks(start=begins, end=end)
     if not weeks:
         raise UserError(
-            f"no whole week from the challenger's test period ({test_start}) to the end of the "
+            f"no whole week from the challenger's test period ({begins}) to the end of the "
             f"data ({end.date()}): move split.train_start back"
         )
-    keep = (frame[schema.TX_DATETIME] >= pd.Timestamp(test_start)).to_numpy()
+    keep = (frame[schema.TX_DATETIME] >= pd.Timestamp(begins)).to_numpy()
     current_frame = _features_for(
         current, frame, frame_params=challenger.feature_params, clean=args.clean
     )
-    current_keep = (current_frame[schema.TX_DATETIME] >= pd.Timestamp(test_start)).to_numpy()
+    current_keep = (current_frame[schema.TX_DATETIME] >= pd.Timestamp(begins)).to_numpy()
     rows = frame.loc[keep].reset_index(drop=True)
     current_rows = current_frame.loc[current_keep].reset_index(drop=True)
     if not rows[schema.TRANSACTION_ID].equals(current_rows[schema.TRANSACTION_ID]):

@@ -57,7 +57,7 @@ def verdict(report: dict) -> dict:
     first = next((label for label, e in weeks if e["diagnosis"]["kind"] != "stable"), None)
     pending = [label for label, e in weeks if e["performance"]["status"] == "pending"]
     advice = _ADVICE[kind]
-    shifted = report.get("label_shift_weeks") or []
+    shifted = report["label_shift_weeks"]
     if shifted:
         labels = report["weeks"][shifted[0]]["labels"]
         advice += (

@@ -24,7 +24,6 @@ from threadpoolctl import threadpool_limits
 from xgboost import XGBClassifier
 
 from fraudlab.artifacts import IntegrityError, recorded, verify_file
-from fraudlab.drift import ReferenceProfile
 from fraudlab.features import NewRows, feature_names, history_needed, online_feature_matrix
 from fraudlab.models import ModelArtifact, load_model
 from fraudlab.params import FeaturesParams
@@ -73,36 +72,6 @@ def read_serving_config(
             f"({model_md5}); run `dvc repro evaluate`"
         )
     return config
-
-
-def read_reference_profile(
-    path: str | Path, *, lock_path: str | Path, model_path: str | Path, features: tuple[str, ...]
-) -> ReferenceProfile:
-    """The reference profile written with the model being served: checked against dvc.lock
-    (the bytes hashed are the bytes parsed), recorded by the model's stage, of its features."""
-    try:
-        content = Path(path).read_bytes()
-    except FileNotFoundError:
-        content = None  # verify_file names the stage to rerun
-    entry = verify_file(path, lock_path=lock_path, content=content)
-    model_stage = recorded(model_path, lock_path=lock_path).stage
-    if entry.stage != model_stage:
-        raise IntegrityError(
-            f"{path} is recorded by stage {entry.stage}, not by {model_stage} with the model: "
-            "it does not describe the model being served"
-        )
-    try:
-        reference = ReferenceProfile.from_dict(json.loads(content))
-    except (KeyError, TypeError, ValueError) as exc:
-        raise IntegrityError(
-            f"{path}: not a reference profile ({exc}); rerun `dvc repro`"
-        ) from None
-    if sorted(reference.features) != sorted(features):
-        raise IntegrityError(
-            f"{path} profiles {list(reference.features)}, not the model's features "
-            f"{list(features)}; rerun `dvc repro {model_stage}`"
-        )
-    return reference
 
 
 def row_scorer(pipeline: Pipeline) -> Callable[[np.ndarray], np.ndarray]:

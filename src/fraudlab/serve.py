@@ -156,11 +156,10 @@ def check_integrity(args: argparse.Namespace) -> str:
     lock = Path(args.lock)
     model = verify_file(args.model, lock_path=lock)
     config = recorded(args.serving, lock_path=lock)  # hashed by read_serving_config below
-    reference = recorded(args.reference, lock_path=lock)  # hashed when a worker loads it
+    reference = verify_file(args.reference, lock_path=lock)  # parsed when a worker loads it
     if not args.no_dvc_status:
         check_dvc_status(lock, sorted({model.stage, config.stage, reference.stage}))
     read_serving_config(args.serving, lock_path=lock, model_md5=model.md5)
-    verify_file(args.reference, lock_path=lock)
     return model.md5
 
 

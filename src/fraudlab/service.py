@@ -41,8 +41,9 @@ from pydantic import (
     field_validator,
 )
 
+from fraudlab.artifacts import read_reference_profile
 from fraudlab.drift import DriftWindow
-from fraudlab.scoring import Refused, Scorer, load_scorer, read_reference_profile
+from fraudlab.scoring import Refused, Scorer, load_scorer
 from fraudlab.store import (
     Checkpointer,
     SQLiteHistory,

@@ -114,9 +114,14 @@ def fold_train_start(params: SplitParams, *, delay_days: int, fold: int) -> dt.d
     return params.train_start - dt.timedelta(days=shift)
 
 
+def test_start(params: SplitParams, *, delay_days: int) -> dt.date:
+    """The first day of the test period (a label delay after the training period)."""
+    return params.train_start + dt.timedelta(days=params.train_days + delay_days)
+
+
 def monitoring_start(params: SplitParams, *, delay_days: int) -> dt.date:
     """The day after the test period: where the ``monitor`` stage's weeks begin."""
-    return params.train_start + dt.timedelta(days=params.train_days + delay_days + params.test_days)
+    return test_start(params, delay_days=delay_days) + dt.timedelta(days=params.test_days)
 
 
 def prequential_folds(frame: pd.DataFrame, params: SplitParams, *, delay_days: int) -> pd.DataFrame:

@@ -4,16 +4,13 @@ DVC plots and a one-page HTML report."""
 
 from __future__ import annotations
 
-import datetime as dt
-import json
 import logging
 
 import pandas as pd
 
 from fraudlab import schema
-from fraudlab.artifacts import recorded, verify_file
+from fraudlab.artifacts import read_reference_profile, recorded
 from fraudlab.cli import run, stage_parser
-from fraudlab.drift import ReferenceProfile
 from fraudlab.errors import UserError
 from fraudlab.io import atomic_path, read_parquet, write_json
 from fraudlab.models import load_model, predict_scores
@@ -26,7 +23,7 @@ from fraudlab.monitor import (
 )
 from fraudlab.monitor_report import render_html
 from fraudlab.params import EvaluateParams, FeaturesParams, MonitorParams, SplitParams, load_params
-from fraudlab.split import monitoring_start
+from fraudlab.split import monitoring_start, test_start
 
 log = logging.getLogger(__name__)
 SECTIONS = ("split", "features", "evaluate", "monitor")
@@ -55,15 +52,15 @@ def monitor(argv: list[str] | None = None) -> None:
     params: MonitorParams = loaded["monitor"]
 
     model = load_model(args.model, lock_path=args.lock)
-    verify_file(args.reference, lock_path=args.lock)
-    with open(args.reference, encoding="utf-8") as handle:
-        reference = ReferenceProfile.from_dict(json.load(handle))
+    reference = read_reference_profile(
+        args.reference, lock_path=args.lock, model_path=args.model, features=model.features
+    )
     frame = read_parquet(args.features)
     start = monitoring_start(split, delay_days=features_params.label_delay_days)
     end = data_end(frame[schema.TX_DATETIME])
     weeks = monitored_weeks(start=start, end=end)
-    test_start = pd.Timestamp(start - dt.timedelta(days=split.test_days))
-    frame = frame[frame[schema.TX_DATETIME] >= test_start].reset_index(drop=True)
+    test_begins = pd.Timestamp(test_start(split, delay_days=features_params.label_delay_days))
+    frame = frame[frame[schema.TX_DATETIME] >= test_begins].reset_index(drop=True)
     scores = predict_scores(model.pipeline, frame, features=list(model.features))
     if not weeks:
         log.warning("the data end on %s: no whole week after the test period", end.date())
