@@ -28,6 +28,7 @@ def small_simulate_params(**overrides) -> SimulateParams:
         "compromised_terminal_days": 28,
         "compromised_customers_per_day": 1,
         "compromised_customer_days": 14,
+        "customers_per_block": None,
         "drift": {"scenario": "none", "start_day": 30, "strength": 0.5},
     }
     return SimulateParams(**(values | overrides))
@@ -89,6 +90,8 @@ def transactions(rows: list[tuple]) -> pd.DataFrame:
     return frame.assign(tx_datetime=pd.to_datetime(frame["tx_datetime"]).astype("datetime64[ns]"))
 
 
+# the storage section of a params.yaml written by a test: one part for small data
+STORAGE_YAML = "storage: {rows_per_part: 1000000}\n"
 VALIDATE_OUTPUTS = ("clean.parquet", "rejected.parquet", "dq.json")
 
 
@@ -102,6 +105,7 @@ def run_validate_stage(
     contract = contract_params(max_rejected_share=max_rejected_share)
     params.write_text(
         f"validate: {contract.model_dump_json()}\nsource: {source.model_dump_json()}\n"
+        + STORAGE_YAML
     )
     clean, rejected, report = (str(out_dir / name) for name in VALIDATE_OUTPUTS)
     return subprocess.run(

@@ -14,7 +14,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from conftest import contract_params, source_params
+from conftest import STORAGE_YAML, contract_params, source_params
 from fraudlab.stages.validate import validate
 from helpers import run_stage
 
@@ -386,6 +386,7 @@ def _params(tmp_path: Path, case: Case, raw: Path) -> Path:
     params = tmp_path / "params.yaml"
     params.write_text(
         f"validate: {contract.model_dump_json()}\nsource: {source.model_dump_json()}\n"
+        + STORAGE_YAML
     )
     return params
 

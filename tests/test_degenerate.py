@@ -15,7 +15,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from conftest import transactions
+from conftest import STORAGE_YAML, transactions
 from fraudlab.features import feature_names
 from fraudlab.models import TrainingDataError, fit_pipeline
 from fraudlab.params import FeaturesParams, SplitParams
@@ -184,7 +184,7 @@ def test_a_write_that_hits_the_file_size_limit_is_one_line(tmp_path, small_trans
     params = tmp_path / "params.yaml"
     params.write_text(
         "features: {customer_windows_days: [1, 7], terminal_windows_days: [1], "
-        "label_delay_days: 7, night_end_hour: 6}\n"
+        "label_delay_days: 7, night_end_hour: 6}\n" + STORAGE_YAML
     )
     command = [sys.executable, "-m", "fraudlab.stages.featurize", str(raw), "--params"]
     command += [str(params), "--out", str(out / "features.parquet")]

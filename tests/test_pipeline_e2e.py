@@ -47,9 +47,11 @@ def _env(repo: Path) -> dict[str, str]:
     return env
 
 
-def _run(repo: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess:
+def _run(
+    repo: Path, *args: str, check: bool = True, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess:
     done = subprocess.run(
-        args, cwd=repo, env=_env(repo), capture_output=True, text=True, check=False
+        args, cwd=repo, env=_env(repo) | (env or {}), capture_output=True, text=True, check=False
     )
     if check and done.returncode != 0:
         pytest.fail(f"{' '.join(args)} exited {done.returncode}:\n{done.stdout}\n{done.stderr}")
@@ -228,7 +230,7 @@ def test_a_hostile_source_path_is_read_by_dvc_repro_and_runs_nothing(repo):
     committed = (repo / "metrics/evaluate/metrics.json").read_text()
     name = "tx $(touch PWNED1) `touch PWNED2`; touch PWNED3 'q\" x.parquet"
     (repo / "data" / "external").mkdir(parents=True, exist_ok=True)
-    shutil.copy(repo / "data/raw/transactions.parquet", repo / "data" / "external" / name)
+    shutil.copytree(repo / "data/raw/transactions.parquet", repo / "data" / "external" / name)
     _set_params(repo, {"source": {"path": f"data/external/{name}"}})
     ran = _stages_run(_run(repo, *_dvc("repro")).stdout)
     assert "validate" in ran
@@ -345,8 +347,8 @@ def test_the_readme_serve_steps_serve_the_reproduced_model_and_refuse_stale_outp
 
 
 def test_verify_finds_a_flipped_bit_dvc_restores_and_calls_up_to_date(repo):
-    raw = "data/raw/transactions.parquet"
-    cached = _cache_object(repo, _output_md5(repo, "simulate", raw))
+    raw = "data/split/train.parquet"
+    cached = _cache_object(repo, _output_md5(repo, "split", raw))
     flipped = bytearray(cached.read_bytes())
     flipped[len(flipped) // 2] ^= 0x04
     command = [sys.executable, "-m", "fraudlab.verify"]
@@ -359,19 +361,24 @@ def test_verify_finds_a_flipped_bit_dvc_restores_and_calls_up_to_date(repo):
         done = subprocess.run(command, cwd=repo, env=env, capture_output=True, text=True)
         (repo / raw).unlink()
     assert done.returncode == 1, done.stderr
-    assert f"for {raw} (stage simulate)" in done.stderr
+    assert f"for {raw} (stage split)" in done.stderr
     assert "cache " in done.stderr
     assert "workspace " in done.stderr
     _run(repo, *_dvc("checkout", "-q"))
     assert subprocess.run(command, cwd=repo, env=env, capture_output=True).returncode == 0
 
 
-def test_a_forced_repro_leaves_the_lock_unchanged(repo):
-    """Every stage rerun gives the bytes the fixture's first run committed (the concurrency test
-    and .ci/run's reproducibility check run it again, on a fresh clone for the latter)."""
+def test_a_forced_repro_on_the_dask_engine_leaves_the_lock_unchanged(repo):
+    """Every stage rerun gives the bytes the fixture's first run committed, here with the data
+    stages on a local Dask cluster of two worker processes (the concurrency test and .ci/run's
+    reproducibility check rerun on the local engine, on a fresh clone for the latter). The
+    engine is no param: switching to it on a clean workspace runs nothing."""
     committed = _lock(repo)
-    forced = _run(repo, *_dvc("repro", "--force"))
+    dask = {"FRAUDLAB_ENGINE": "dask", "FRAUDLAB_DASK_WORKERS": "2"}
+    assert _stages_run(_run(repo, *_dvc("repro"), env=dask).stdout) == set()
+    forced = _run(repo, *_dvc("repro", "--force"), env=dask)
     assert _stages_run(forced.stdout) == set(STAGES)
+    assert "on the dask engine" in forced.stdout + forced.stderr
     assert _lock(repo) == committed
     _assert_clean(repo)
 

@@ -7,7 +7,7 @@ import pytest
 
 from conftest import small_simulate_params
 from fraudlab import schema
-from fraudlab.simulate import simulate_transactions
+from fraudlab.simulate import merge_blocks, n_blocks, simulate_block, simulate_transactions
 
 
 @pytest.fixture(scope="module")
@@ -171,3 +171,48 @@ def test_terminals_dark_take_no_payment_after_the_start_day(undrifted):
 def test_a_share_scenario_refuses_a_strength_above_one():
     with pytest.raises(ValueError, match="strength is a share for night_shift"):
         small_simulate_params(drift={"scenario": "night_shift", "start_day": 3, "strength": 1.5})
+
+
+def _in_blocks(params) -> pd.DataFrame:
+    blocks = [simulate_block(block, params) for block in range(n_blocks(params))]
+    return merge_blocks(blocks, first_id=0, params=params)
+
+
+def test_blocks_of_customers_draw_a_world_like_one_generators(reference_density):
+    """Blocks (independent generators per 1,000 customers) change the draws, not the world:
+    the same volumes, fraud rate and mix of scenarios as one generator for all."""
+    params = small_simulate_params(
+        n_customers=5000,
+        n_terminals=10000,
+        n_days=60,
+        radius=5.0,
+        compromised_terminals_per_day=2,
+        compromised_customers_per_day=3,
+        seed=1,
+        customers_per_block=1000,
+    )
+    blocks = _in_blocks(params)
+    assert abs(len(blocks) / len(reference_density) - 1) < 0.03
+    assert abs(blocks["tx_fraud"].mean() / reference_density["tx_fraud"].mean() - 1) < 0.25
+    for scenario in (1, 2, 3):
+        ours = (blocks["tx_fraud_scenario"] == scenario).mean()
+        theirs = (reference_density["tx_fraud_scenario"] == scenario).mean()
+        assert 0.5 < ours / theirs < 2, scenario
+    assert blocks[schema.TRANSACTION_ID].tolist() == list(range(len(blocks)))
+    assert blocks[schema.TX_DATETIME].is_monotonic_increasing
+
+
+@pytest.mark.parametrize(
+    "scenario", ["amount_inflation", "terminal_surge", "night_shift", "terminals_dark"]
+)
+def test_a_drift_in_blocks_leaves_the_days_before_its_start_alone(scenario):
+    params = small_simulate_params(customers_per_block=40)
+    undrifted = _in_blocks(params)
+    strength = 0.5 if scenario in ("night_shift", "terminals_dark") else 2.0
+    drift = {"scenario": scenario, "start_day": 30, "strength": strength}
+    drifted = _in_blocks(small_simulate_params(customers_per_block=40, drift=drift))
+    before, after = ~_from_day(undrifted, 30), _from_day(drifted, 30)
+    pd.testing.assert_frame_equal(drifted[~after], undrifted[before], check_index_type=False)
+    later = drifted[after].reset_index(drop=True)
+    same = undrifted[~before].reset_index(drop=True)
+    assert len(later) != len(same) or not later.equals(same)

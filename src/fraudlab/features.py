@@ -182,32 +182,35 @@ def _scatter(values: dict[str, np.ndarray], order: np.ndarray) -> dict[str, np.n
     return out
 
 
-def build_features(frame: pd.DataFrame, params: FeaturesParams) -> pd.DataFrame:
-    """Return ``frame`` sorted by (tx_datetime, transaction_id) with the feature columns added.
-
-    ``tx_fraud`` may be absent or missing for some rows (labels not yet known): those count as
-    legitimate in terminal windows.
-    """
-    frame = frame.sort_values(schema.SORT_KEYS, kind="stable").reset_index(drop=True)
+def calendar_features(frame: pd.DataFrame, params: FeaturesParams) -> dict[str, np.ndarray]:
+    """Weekend and night flags of each row."""
     when = frame[schema.TX_DATETIME]
-    calendar = {
+    return {
         "tx_during_weekend": (when.dt.day_of_week >= _SATURDAY).astype(np.int8).to_numpy(),
         "tx_during_night": (when.dt.hour <= params.night_end_hour).astype(np.int8).to_numpy(),
     }
 
+
+def customer_features(frame: pd.DataFrame, params: FeaturesParams) -> dict[str, np.ndarray]:
+    """Customer windows of each row of ``frame`` (sorted by (time, id)); a customer's values
+    depend on its own rows alone, so any frame holding all its rows gives the same."""
     groups, times, order = _by_group(frame, schema.CUSTOMER_ID)
     amounts = frame[schema.TX_AMOUNT].to_numpy(dtype=np.float64)[order]
-    customer = _scatter(
+    return _scatter(
         customer_windows(groups, times, amounts=amounts, windows_days=params.customer_windows_days),
         order,
     )
 
+
+def terminal_features(frame: pd.DataFrame, params: FeaturesParams) -> dict[str, np.ndarray]:
+    """Terminal windows of each row of ``frame`` (sorted by (time, id)); like the customer
+    windows, a terminal's values depend on its own rows alone."""
     groups, times, order = _by_group(frame, schema.TERMINAL_ID)
     if schema.TX_FRAUD in frame:
         labels = frame[schema.TX_FRAUD].fillna(0).to_numpy(dtype=np.int64)
     else:
         labels = np.zeros(len(frame), dtype=np.int64)
-    terminal = _scatter(
+    return _scatter(
         terminal_windows(
             groups,
             times,
@@ -217,7 +220,20 @@ def build_features(frame: pd.DataFrame, params: FeaturesParams) -> pd.DataFrame:
         ),
         order,
     )
-    return frame.assign(**calendar, **customer, **terminal)
+
+
+def build_features(frame: pd.DataFrame, params: FeaturesParams) -> pd.DataFrame:
+    """Return ``frame`` sorted by (tx_datetime, transaction_id) with the feature columns added.
+
+    ``tx_fraud`` may be absent or missing for some rows (labels not yet known): those count as
+    legitimate in terminal windows.
+    """
+    frame = frame.sort_values(schema.SORT_KEYS, kind="stable").reset_index(drop=True)
+    return frame.assign(
+        **calendar_features(frame, params),
+        **customer_features(frame, params),
+        **terminal_features(frame, params),
+    )
 
 
 def history_needed(params: FeaturesParams) -> tuple[pd.Timedelta, pd.Timedelta]:

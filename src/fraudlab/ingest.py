@@ -18,6 +18,7 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
+import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 
 from fraudlab import schema
@@ -113,6 +114,8 @@ def read_header(path: str | Path) -> list[str]:
     with _readable(kind, path):
         if kind == "csv":
             return list(pd.read_csv(path, nrows=0, **_csv_options(path)))
+        if path.is_dir():  # a dataset directory, as the simulator writes
+            return list(ds.dataset(path, format="parquet").schema.names)
         return list(pq.read_schema(path).names)
 
 
@@ -151,9 +154,9 @@ def columns_to_read(header: list[str], params: SourceParams) -> list[str] | None
 def read_transactions(
     path: str | Path, columns: list[str] | None = None, *, text: dict[str, str] | None = None
 ) -> pd.DataFrame:
-    """Read a CSV (UTF-8) or Parquet file, only ``columns`` when given; anything unreadable is
-    a DataContractError. ``text`` names CSV columns read as text (ids, parsed exactly later).
-    Rows keep their position in the file as index (0 = first data row)."""
+    """Read a CSV (UTF-8) or Parquet file (or dataset directory), only ``columns`` when given;
+    anything unreadable is a DataContractError. ``text`` names CSV columns read as text (ids,
+    parsed exactly later). Rows keep their position in the file as index (0 = first data row)."""
     path = Path(path)
     kind = _file_kind(path)
     with _readable(kind, path):

@@ -23,6 +23,7 @@ from typing import Any
 import joblib
 import pandas as pd
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 _TMP_MARK = ".tmp-"
@@ -106,6 +107,20 @@ def atomic_path(target: str | Path, *, directory: bool = False) -> Iterator[Path
         raise
 
 
+@contextlib.contextmanager
+def scratch_directory(target: str | Path) -> Iterator[Path]:
+    """A working directory beside ``target`` for a stage's intermediate files, removed on the
+    way out; one left by a killed run goes with the next write of ``target``."""
+    target = Path(target)
+    scratch = target.with_name(f".{target.name}{_TMP_MARK}{os.getpid()}-scratch")
+    shutil.rmtree(scratch, ignore_errors=True)
+    scratch.mkdir(parents=True)
+    try:
+        yield scratch
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+
+
 def write_parquet(frame: pd.DataFrame, path: str | Path) -> None:
     """Write ``frame`` without its index; bytes depend only on the data and library versions."""
     table = pa.Table.from_pandas(frame, preserve_index=False)
@@ -113,8 +128,82 @@ def write_parquet(frame: pd.DataFrame, path: str | Path) -> None:
         pq.write_table(table, tmp, compression="zstd", row_group_size=1_000_000)
 
 
-def read_parquet(path: str | Path, columns: list[str] | None = None) -> pd.DataFrame:
-    return pd.read_parquet(path, columns=columns)
+def read_parquet(
+    path: str | Path, columns: list[str] | None = None, *, filters: list | None = None
+) -> pd.DataFrame:
+    """A Parquet file, or a dataset directory's parts in order. ``filters`` (pyarrow's
+    ``[(column, op, value), ...]``) skip the row groups whose statistics rule them out: a
+    time range of a large dataset reads only the parts it overlaps."""
+    return pd.read_parquet(path, columns=columns, filters=filters)
+
+
+# A dataset directory: parts of ``rows_per_part`` rows (the last may be shorter; an empty
+# dataset has one empty part, which carries the schema), numbered in row order. Which rows a part
+# holds depends on the data and that number alone, so every engine writes the same files.
+_PART = "part-{:05d}.parquet"
+_PART_GLOB = "part-*.parquet"
+
+
+def part_path(directory: str | Path, number: int) -> Path:
+    return Path(directory) / _PART.format(number)
+
+
+def dataset_parts(path: str | Path) -> list[Path]:
+    """The parts of a dataset directory, in row order."""
+    parts = sorted(Path(path).glob(_PART_GLOB))
+    if not parts:
+        raise FileNotFoundError(f"{path}: no {_PART_GLOB} files: not a dataset directory")
+    return parts
+
+
+def time_span(path: str | Path, column: str = "tx_datetime") -> tuple[pd.Timestamp, pd.Timestamp]:
+    """The first and last value of ``column`` in a Parquet file or dataset directory, from the
+    footers' statistics (the column itself is read only where a footer has none)."""
+    path = Path(path)
+    lows, highs = [], []
+    for file in dataset_parts(path) if path.is_dir() else [path]:
+        metadata = pq.ParquetFile(file).metadata
+        index = metadata.schema.to_arrow_schema().get_field_index(column)
+        for group in range(metadata.num_row_groups):
+            chunk = metadata.row_group(group).column(index)
+            if chunk.num_values == 0:
+                continue
+            stats = chunk.statistics
+            if stats is None or not stats.has_min_max:
+                values = pq.ParquetFile(file).read_row_group(group, columns=[column])[column]
+                lows.append(pd.Timestamp(pc.min(values).as_py()))
+                highs.append(pd.Timestamp(pc.max(values).as_py()))
+            else:
+                lows.append(pd.Timestamp(stats.min))
+                highs.append(pd.Timestamp(stats.max))
+    if not lows:
+        raise ValueError(f"{path}: no {column} values")
+    return min(lows), max(highs)
+
+
+def part_starts(n_rows: int, rows_per_part: int) -> range:
+    """The first row of each part."""
+    return range(0, max(n_rows, 1), rows_per_part)
+
+
+def write_part(table: pa.Table, directory: str | Path, number: int) -> None:
+    """Write part ``number`` of a dataset being built in ``directory`` (all in one row group).
+    The file appears whole or not at all: a task rerun after its worker died rewrites it."""
+    target = part_path(directory, number)
+    tmp = target.with_name(f".{target.name}{_TMP_MARK}{os.getpid()}-{id(table)}")
+    try:
+        pq.write_table(table, tmp, compression="zstd", row_group_size=max(table.num_rows, 1))
+        os.replace(tmp, target)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def write_dataset(frame: pd.DataFrame, path: str | Path, *, rows_per_part: int) -> None:
+    """Write ``frame`` (in its row order) as a dataset directory, atomically."""
+    table = pa.Table.from_pandas(frame, preserve_index=False)
+    with atomic_path(path, directory=True) as tmp:
+        for number, start in enumerate(part_starts(len(frame), rows_per_part)):
+            write_part(table.slice(start, rows_per_part), tmp, number)
 
 
 def write_json(data: Any, path: str | Path) -> None:

@@ -68,6 +68,11 @@ class SimulateParams(_Section):
     compromised_customers_per_day: NonNegativeInt
     compromised_customer_days: PositiveInt
     high_amount_threshold: Annotated[float, Field(gt=0)]
+    # None: one generator for the whole population (the reference data). A number: independent
+    # blocks of this many customers, each drawn from a generator seeded with (seed, block), so
+    # the data are the same however the blocks are spread over processes, and a block at a
+    # time fits in memory at any size (README "Scaling out").
+    customers_per_block: PositiveInt | None
     drift: DriftParams
 
 
@@ -106,6 +111,13 @@ class SourceParams(_Section):
         if both:
             raise ValueError(f"values listed as both fraud and legit: {sorted(both)}")
         return self
+
+
+class StorageParams(_Section):
+    """How the large datasets (raw, clean, features) are laid out: a directory of Parquet
+    parts of ``rows_per_part`` rows in (time, id) order. The same files on every engine."""
+
+    rows_per_part: PositiveInt
 
 
 class ValidateParams(_Section):
@@ -252,6 +264,7 @@ class MonitorParams(_Section):
 SECTIONS: dict[str, type[_Section]] = {
     "simulate": SimulateParams,
     "source": SourceParams,
+    "storage": StorageParams,
     "validate": ValidateParams,
     "features": FeaturesParams,
     "split": SplitParams,

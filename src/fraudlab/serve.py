@@ -72,8 +72,8 @@ def parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--history",
-        help="Parquet file in the canonical schema (e.g. data/clean/transactions.parquet) to "
-        "seed the history with; what is already stored is kept",
+        help="Parquet file or dataset directory in the canonical schema (e.g. "
+        "data/clean/transactions.parquet) to seed the history with; what is already stored is kept",
     )
     p.add_argument("--history-until", help="seed only transactions at or before this date and time")
     p.add_argument(
@@ -166,8 +166,8 @@ def check_integrity(args: argparse.Namespace) -> str:
 def seed_history(args: argparse.Namespace, store: SQLiteHistory) -> None:
     """Store the rows of ``--history`` the windows can still need (and their labels)."""
     model = load_model(args.model, lock_path=args.lock)
-    if not Path(args.history).is_file():
-        raise UserError(f"--history {args.history}: no such file")
+    if not Path(args.history).exists():  # a Parquet file or a dataset directory
+        raise UserError(f"--history {args.history}: no such file or directory")
     try:
         frame = pd.read_parquet(args.history)
     except (pa.ArrowException, OSError) as exc:

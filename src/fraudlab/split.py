@@ -64,17 +64,19 @@ def train_test_split(
     test_days: int,
     name: str = "",
     test_part: str = "test",
+    span: tuple[pd.Timestamp, pd.Timestamp] | None = None,
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Split by time; known compromised cards are removed from the test part. ``name`` (e.g.
     'validation fold 2') says which split a SplitError is about. Each part must be non-empty and
     hold both classes, the test part after the known cards are removed. ``test_part`` names that
-    part in messages ('validation' in a fold)."""
+    part in messages ('validation' in a fold). ``span``: the first and last time of the whole
+    data when ``frame`` holds only the days the split needs (``needed_days``)."""
     day = day_index(frame[schema.TX_DATETIME], train_start)
     in_train = (day >= 0) & (day < train_days)
     test_begin = train_days + delay_days
     in_test = (day >= test_begin) & (day < test_begin + test_days)
-    times = frame[schema.TX_DATETIME]
-    covered = f"the data covers {times.min()} to {times.max()}: move split.train_start"
+    first, last = span or _span(frame)
+    covered = f"the data covers {first} to {last}: move split.train_start"
     of = f" of {name}" if name else ""
     train_period = _period(train_start, train_days)
     test_period = _period(train_start + dt.timedelta(days=test_begin), test_days)
@@ -103,6 +105,11 @@ def train_test_split(
     return train, test
 
 
+def _span(frame: pd.DataFrame) -> tuple[pd.Timestamp, pd.Timestamp]:
+    times = frame[schema.TX_DATETIME]
+    return times.min(), times.max()
+
+
 def fold_train_start(params: SplitParams, *, delay_days: int, fold: int) -> dt.date:
     """Training start of validation fold ``fold`` (0 = most recent).
 
@@ -124,12 +131,27 @@ def monitoring_start(params: SplitParams, *, delay_days: int) -> dt.date:
     return test_start(params, delay_days=delay_days) + dt.timedelta(days=params.test_days)
 
 
-def prequential_folds(frame: pd.DataFrame, params: SplitParams, *, delay_days: int) -> pd.DataFrame:
-    """All folds' train and validation rows, tagged with ``fold`` and ``role``."""
+def needed_days(params: SplitParams, *, delay_days: int) -> tuple[dt.date, dt.date]:
+    """The first day the split and the folds read, and the day after the last: earlier and
+    later rows change nothing, so a large dataset is read for these days only."""
+    first = fold_train_start(params, delay_days=delay_days, fold=params.n_folds - 1)
+    return first, test_start(params, delay_days=delay_days) + dt.timedelta(days=params.test_days)
+
+
+def prequential_folds(
+    frame: pd.DataFrame,
+    params: SplitParams,
+    *,
+    delay_days: int,
+    span: tuple[pd.Timestamp, pd.Timestamp] | None = None,
+) -> pd.DataFrame:
+    """All folds' train and validation rows, tagged with ``fold`` and ``role``. ``span`` as
+    for ``train_test_split``."""
+    span = span or _span(frame)
     parts = []
     for fold in range(params.n_folds):
         start = fold_train_start(params, delay_days=delay_days, fold=fold)
-        if start < frame[schema.TX_DATETIME].min().date():
+        if start < span[0].date():
             raise SplitError(
                 f"validation fold {fold} would start training on {start}, before "
                 f"the first transaction; lower split.n_folds or move train_start"
@@ -142,6 +164,7 @@ def prequential_folds(frame: pd.DataFrame, params: SplitParams, *, delay_days: i
             test_days=params.test_days,
             name=f"fold {fold}",
             test_part="validation",
+            span=span,
         )
         parts += [
             train.assign(**{FOLD_COLUMN: fold, ROLE_COLUMN: "train"}),

@@ -1,36 +1,61 @@
-"""Stage ``featurize``: add point-in-time correct window features to clean transactions."""
+"""Stage ``featurize``: add point-in-time correct window features to clean transactions.
+
+On the local engine the whole dataset is featurized in this process; on the Dask engine
+(``FRAUDLAB_ENGINE=dask``, see ``fraudlab.engine``) partition by partition on the cluster. Both
+write the same bytes.
+"""
 
 from __future__ import annotations
 
 import logging
 import time
+from pathlib import Path
 
 from fraudlab.cli import run, stage_parser
+from fraudlab.engine import engine_config, open_engine
 from fraudlab.features import build_features
-from fraudlab.io import read_parquet, write_parquet
+from fraudlab.io import atomic_path, read_parquet, scratch_directory, write_dataset
 from fraudlab.params import load_params
+from fraudlab.partitioned_features import featurize_dataset
 
 log = logging.getLogger(__name__)
-SECTIONS = ("features",)
+SECTIONS = ("features", "storage")
 
 
 def featurize(argv: list[str] | None = None) -> None:
     parser = stage_parser(__doc__)
-    parser.add_argument("clean", help="clean transactions (Parquet)")
-    parser.add_argument("--out", required=True, help="transactions with features (Parquet)")
+    parser.add_argument("clean", help="clean transactions (Parquet dataset directory)")
+    parser.add_argument("--out", required=True, help="transactions with features (directory)")
     args = parser.parse_args(argv)
-    params = load_params(args.params, *SECTIONS)["features"]
-    frame = read_parquet(args.clean)
+    loaded = load_params(args.params, *SECTIONS)
+    params, rows_per_part = loaded["features"], loaded["storage"].rows_per_part
+    config = engine_config()
     started = time.perf_counter()
-    features = build_features(frame, params)
+    if config.kind == "local":
+        features = build_features(read_parquet(args.clean), params)
+        write_dataset(features, args.out, rows_per_part=rows_per_part)
+        n_rows = len(features)
+    else:
+        with (
+            open_engine(config) as engine,
+            atomic_path(args.out, directory=True) as out,
+            scratch_directory(args.out) as scratch,
+        ):
+            n_rows = featurize_dataset(
+                engine,
+                Path(args.clean),
+                out,
+                scratch=scratch,
+                params=params,
+                rows_per_part=rows_per_part,
+            )
     elapsed = time.perf_counter() - started
     log.info(
         "computed features of %d transactions in %.1f s (%.0f rows/s)",
-        len(features),
+        n_rows,
         elapsed,
-        len(features) / elapsed,
+        n_rows / elapsed,
     )
-    write_parquet(features, args.out)
 
 
 if __name__ == "__main__":

@@ -55,12 +55,12 @@ def monitor(argv: list[str] | None = None) -> None:
     reference = read_reference_profile(
         args.reference, lock_path=args.lock, model_path=args.model, features=model.features
     )
-    frame = read_parquet(args.features)
+    test_begins = pd.Timestamp(test_start(split, delay_days=features_params.label_delay_days))
+    # only the parts from the test period on are read
+    frame = read_parquet(args.features, filters=[(schema.TX_DATETIME, ">=", test_begins)])
     start = monitoring_start(split, delay_days=features_params.label_delay_days)
     end = data_end(frame[schema.TX_DATETIME])
     weeks = monitored_weeks(start=start, end=end)
-    test_begins = pd.Timestamp(test_start(split, delay_days=features_params.label_delay_days))
-    frame = frame[frame[schema.TX_DATETIME] >= test_begins].reset_index(drop=True)
     scores = predict_scores(model.pipeline, frame, features=list(model.features))
     if not weeks:
         log.warning("the data end on %s: no whole week after the test period", end.date())

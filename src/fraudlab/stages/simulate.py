@@ -1,4 +1,9 @@
-"""Stage ``simulate``: write the simulated raw transactions."""
+"""Stage ``simulate``: write the simulated raw transactions.
+
+With ``simulate.customers_per_block`` set, blocks of customers are drawn by the engine's tasks
+(``fraudlab.engine``: this process, or a Dask cluster) and merged part by part; either way the
+same files come out. Without it, the whole population is drawn here, as for the reference data.
+"""
 
 from __future__ import annotations
 
@@ -6,30 +11,45 @@ import logging
 import time
 
 from fraudlab.cli import run, stage_parser
-from fraudlab.io import write_parquet
+from fraudlab.engine import engine_config, open_engine
+from fraudlab.io import atomic_path, scratch_directory, write_dataset
 from fraudlab.params import load_params
-from fraudlab.simulate import simulate_transactions
+from fraudlab.simulate import simulate_dataset, simulate_transactions
 
 log = logging.getLogger(__name__)
-SECTIONS = ("simulate",)
+SECTIONS = ("simulate", "storage")
 
 
 def simulate(argv: list[str] | None = None) -> None:
     parser = stage_parser(__doc__)
-    parser.add_argument("--out", required=True, help="raw transactions (Parquet)")
+    parser.add_argument("--out", required=True, help="raw transactions (Parquet dataset directory)")
     args = parser.parse_args(argv)
-    params = load_params(args.params, *SECTIONS)["simulate"]
+    loaded = load_params(args.params, *SECTIONS)
+    params, rows_per_part = loaded["simulate"], loaded["storage"].rows_per_part
+    config = engine_config()
     started = time.perf_counter()
-    frame = simulate_transactions(params)
-    write_parquet(frame, args.out)
+    if params.customers_per_block is None:
+        if config.kind != "local":
+            log.info("simulate.customers_per_block is null: one generator, in this process")
+        frame = simulate_transactions(params)
+        write_dataset(frame, args.out, rows_per_part=rows_per_part)
+        n_rows = len(frame)
+    else:
+        with (
+            open_engine(config) as engine,
+            atomic_path(args.out, directory=True) as out,
+            scratch_directory(args.out) as scratch,
+        ):
+            n_rows = simulate_dataset(
+                engine, out, scratch=scratch, params=params, rows_per_part=rows_per_part
+            )
     elapsed = time.perf_counter() - started
     log.info(
-        "wrote %d transactions (%d frauds) to %s in %.1f s (%.0f rows/s)",
-        len(frame),
-        frame["tx_fraud"].sum(),
+        "wrote %d transactions to %s in %.1f s (%.0f rows/s)",
+        n_rows,
         args.out,
         elapsed,
-        len(frame) / elapsed,
+        n_rows / elapsed,
     )
 
 

@@ -4,12 +4,16 @@ from __future__ import annotations
 
 import logging
 
+import pandas as pd
+
 from fraudlab.cli import run, stage_parser
-from fraudlab.io import read_parquet, write_json, write_parquet
+from fraudlab.io import read_parquet, time_span, write_json, write_parquet
 from fraudlab.params import load_params
+from fraudlab.schema import TX_DATETIME
 from fraudlab.split import (
     FOLD_COLUMN,
     ROLE_COLUMN,
+    needed_days,
     prequential_folds,
     split_summary,
     train_test_split,
@@ -29,15 +33,20 @@ def split(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     loaded = load_params(args.params, *SECTIONS)
     params, delay = loaded["split"], loaded["features"].label_delay_days
-    frame = read_parquet(args.features)
+    span = time_span(args.features)
+    first, end = (pd.Timestamp(day) for day in needed_days(params, delay_days=delay))
+    frame = read_parquet(
+        args.features, filters=[(TX_DATETIME, ">=", first), (TX_DATETIME, "<", end)]
+    )
     train, test = train_test_split(
         frame,
         train_start=params.train_start,
         train_days=params.train_days,
         delay_days=delay,
         test_days=params.test_days,
+        span=span,
     )
-    folds = prequential_folds(frame, params, delay_days=delay)
+    folds = prequential_folds(frame, params, delay_days=delay, span=span)
     summary = {"train": split_summary(train), "test": split_summary(test)}
     for (fold, role), part in folds.groupby([FOLD_COLUMN, ROLE_COLUMN], sort=True):
         summary[f"fold_{fold}_{role}"] = split_summary(part)

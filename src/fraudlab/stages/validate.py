@@ -12,17 +12,17 @@ import logging
 
 from fraudlab.cli import run, stage_parser
 from fraudlab.ingest import columns_to_read, id_columns, read_header, read_transactions
-from fraudlab.io import write_json, write_parquet
+from fraudlab.io import write_dataset, write_json, write_parquet
 from fraudlab.params import load_params
 from fraudlab.validate import DataContractError, validate_transactions
 
 log = logging.getLogger(__name__)
-SECTIONS = ("validate", "source")
+SECTIONS = ("validate", "source", "storage")
 
 
 def validate(argv: list[str] | None = None) -> None:
     parser = stage_parser(__doc__)
-    parser.add_argument("--clean", required=True, help="accepted rows (Parquet)")
+    parser.add_argument("--clean", required=True, help="accepted rows (Parquet dataset directory)")
     parser.add_argument("--rejected", required=True, help="quarantined rows with reason (Parquet)")
     parser.add_argument("--report", required=True, help="data-quality metrics (JSON)")
     args = parser.parse_args(argv)
@@ -38,7 +38,7 @@ def validate(argv: list[str] | None = None) -> None:
         )
     except DataContractError as exc:
         raise DataContractError(f"{source.path}: {exc}") from None
-    write_parquet(result.clean, args.clean)
+    write_dataset(result.clean, args.clean, rows_per_part=loaded["storage"].rows_per_part)
     write_parquet(result.rejected, args.rejected)
     write_json(result.report, args.report)
     log.info(

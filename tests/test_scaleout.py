@@ -1,0 +1,229 @@
+"""The Dask engine: the same bytes as the local engine for every partitioned stage, on a real
+``distributed.LocalCluster`` of worker processes on 127.0.0.1, with any number of partitions,
+and with a worker killed in the middle of a task."""
+
+from __future__ import annotations
+
+import os
+import signal
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from conftest import small_simulate_params
+from fraudlab import schema
+from fraudlab.engine import DaskEngine, EngineError, LocalEngine, engine_config
+from fraudlab.features import build_features
+from fraudlab.io import atomic_path, scratch_directory, write_dataset
+from fraudlab.partitioned_features import DatasetError, check_layout, featurize_dataset
+from fraudlab.simulate import (
+    merge_blocks,
+    n_blocks,
+    simulate_block,
+    simulate_dataset,
+    simulate_transactions,
+)
+
+ROWS_PER_PART = 4000
+
+
+def _files(directory: Path) -> dict[str, bytes]:
+    return {path.name: path.read_bytes() for path in sorted(directory.iterdir())}
+
+
+def _featurized(engine, clean: Path, out: Path, params) -> dict[str, bytes]:
+    with atomic_path(out, directory=True) as tmp, scratch_directory(out) as scratch:
+        featurize_dataset(
+            engine, clean, tmp, scratch=scratch, params=params, rows_per_part=ROWS_PER_PART
+        )
+    return _files(out)
+
+
+def _simulated(engine, out: Path, params) -> dict[str, bytes]:
+    with atomic_path(out, directory=True) as tmp, scratch_directory(out) as scratch:
+        simulate_dataset(engine, tmp, scratch=scratch, params=params, rows_per_part=ROWS_PER_PART)
+    return _files(out)
+
+
+@pytest.fixture(scope="module")
+def client():
+    distributed = pytest.importorskip("distributed")
+    with (
+        distributed.LocalCluster(
+            n_workers=2,
+            threads_per_worker=1,
+            processes=True,
+            host="127.0.0.1",
+            dashboard_address=None,
+        ) as cluster,
+        distributed.Client(cluster) as client,
+    ):
+        yield client
+
+
+@pytest.fixture(scope="module")
+def clean(tmp_path_factory, small_transactions) -> Path:
+    """Clean data in parts, with what makes windows hard: text ids, an extra text column,
+    missing labels and runs of same-timestamp rows across part boundaries."""
+    frame = small_transactions.copy()
+    frame[schema.TX_DATETIME] = frame[schema.TX_DATETIME].dt.floor("h")  # many ties
+    frame[schema.CUSTOMER_ID] = "card-" + frame[schema.CUSTOMER_ID].astype(str)
+    frame["channel"] = np.where(frame[schema.TRANSACTION_ID] % 3 == 0, "web", None)
+    labels = frame[schema.TX_FRAUD].astype("Int8")
+    labels[frame[schema.TRANSACTION_ID] % 11 == 0] = pd.NA
+    frame[schema.TX_FRAUD] = labels
+    frame = frame.sort_values(schema.SORT_KEYS, kind="stable", ignore_index=True)
+    path = tmp_path_factory.mktemp("clean") / "transactions.parquet"
+    write_dataset(frame, path, rows_per_part=ROWS_PER_PART)
+    return path
+
+
+@pytest.fixture(scope="module")
+def local_features(clean, tmp_path_factory, features_params_module) -> dict[str, bytes]:
+    out = tmp_path_factory.mktemp("local") / "features.parquet"
+    features = build_features(pd.read_parquet(clean), features_params_module)
+    write_dataset(features, out, rows_per_part=ROWS_PER_PART)
+    return _files(out)
+
+
+@pytest.fixture(scope="module")
+def features_params_module():
+    from fraudlab.params import FeaturesParams
+
+    return FeaturesParams(
+        customer_windows_days=[1, 7, 30],
+        terminal_windows_days=[1, 7, 30],
+        label_delay_days=7,
+        night_end_hour=6,
+    )
+
+
+@pytest.mark.parametrize(
+    ("environ", "expected"),
+    [
+        ({}, ("local", None, 2, None)),
+        ({"FRAUDLAB_ENGINE": "Dask", "FRAUDLAB_DASK_WORKERS": "4"}, ("dask", None, 4, None)),
+        (
+            {"FRAUDLAB_ENGINE": "dask", "DASK_SCHEDULER_ADDRESS": "tcp://10.0.0.5:8786"},
+            ("dask", "tcp://10.0.0.5:8786", 2, None),
+        ),
+        ({"FRAUDLAB_DASK_PARTITIONS": "8"}, ("local", None, 2, 8)),
+    ],
+)
+def test_the_engine_is_read_from_the_environment(environ, expected):
+    config = engine_config(environ)
+    assert (config.kind, config.address, config.workers, config.partitions) == expected
+
+
+@pytest.mark.parametrize(
+    ("environ", "named"),
+    [
+        ({"FRAUDLAB_ENGINE": "spark"}, "FRAUDLAB_ENGINE='spark'"),
+        ({"FRAUDLAB_DASK_WORKERS": "0"}, "FRAUDLAB_DASK_WORKERS='0'"),
+        ({"FRAUDLAB_DASK_PARTITIONS": "2; rm -rf /"}, "FRAUDLAB_DASK_PARTITIONS"),
+    ],
+)
+def test_a_bad_engine_variable_is_named(environ, named):
+    with pytest.raises(EngineError, match=named.replace("'", ".")):
+        engine_config(environ)
+
+
+def test_the_partitioned_features_are_the_local_engines_bytes(
+    clean, local_features, features_params_module, tmp_path
+):
+    assert len(local_features) > 2  # several parts
+    for partitions in (1, 3, 7):
+        out = tmp_path / f"p{partitions}.parquet"
+        got = _featurized(LocalEngine(partitions), clean, out, features_params_module)
+        assert got == local_features, partitions
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no scratch left
+
+
+def test_dask_features_are_the_local_engines_bytes(
+    client, clean, local_features, features_params_module, tmp_path
+):
+    for partitions in (1, 4):
+        out = tmp_path / f"dask{partitions}.parquet"
+        engine = DaskEngine(client, partitions)
+        assert engine.workers == 2
+        assert _featurized(engine, clean, out, features_params_module) == local_features
+
+
+def _worker_killed_while(client, prefix: str, done: threading.Event) -> list[str]:
+    """SIGKILL the worker process running the first task whose key starts with ``prefix``;
+    the nanny starts a new one and the scheduler runs the task again."""
+    pids = client.run(os.getpid)
+    killed = []
+    while not done.is_set() and not killed:
+        for address, keys in client.processing().items():
+            if any(str(key).startswith(prefix) for key in keys):
+                os.kill(pids[address], signal.SIGKILL)
+                killed.append(address)
+                break
+        time.sleep(0.002)
+    return killed
+
+
+def test_a_worker_killed_mid_task_still_gives_the_same_bytes(
+    client, features_params_module, tmp_path
+):
+    # one partition over ~100 k rows: the windows task runs long enough to be caught
+    frame = simulate_transactions(small_simulate_params(n_customers=1500, n_terminals=3000))
+    clean = tmp_path / "clean.parquet"
+    write_dataset(frame, clean, rows_per_part=40_000)
+    expected_dir = tmp_path / "expected.parquet"
+    write_dataset(build_features(frame, features_params_module), expected_dir, rows_per_part=40_000)
+
+    done, killed = threading.Event(), []
+    watcher = threading.Thread(
+        target=lambda: killed.extend(_worker_killed_while(client, "windows", done))
+    )
+    watcher.start()
+    out = tmp_path / "dask.parquet"
+    try:
+        with atomic_path(out, directory=True) as tmp, scratch_directory(out) as scratch:
+            featurize_dataset(
+                DaskEngine(client, 1),
+                clean,
+                tmp,
+                scratch=scratch,
+                params=features_params_module,
+                rows_per_part=40_000,
+            )
+    finally:
+        done.set()
+        watcher.join()
+    assert killed, "no windows task was caught running"
+    assert _files(out) == _files(expected_dir)
+    client.wait_for_workers(2, timeout=60)
+
+
+def test_block_simulation_is_the_same_on_dask_and_locally(client, tmp_path):
+    params = small_simulate_params(customers_per_block=40)  # 4 blocks
+    local = _simulated(LocalEngine(), tmp_path / "local.parquet", params)
+    assert len(local) > 2
+    assert _simulated(DaskEngine(client), tmp_path / "dask.parquet", params) == local
+    # the parts, cut from per-day counts, hold exactly the merge of all blocks in one piece
+    whole = merge_blocks(
+        [simulate_block(block, params) for block in range(n_blocks(params))],
+        first_id=0,
+        params=params,
+    )
+    pd.testing.assert_frame_equal(pd.read_parquet(tmp_path / "local.parquet"), whole)
+    assert whole[schema.TRANSACTION_ID].tolist() == list(range(len(whole)))
+    assert whole[schema.TX_DATETIME].is_monotonic_increasing
+
+
+def test_a_layout_that_is_not_in_parts_of_the_params_size_is_refused(small_transactions, tmp_path):
+    path = tmp_path / "clean.parquet"
+    write_dataset(small_transactions, path, rows_per_part=ROWS_PER_PART)
+    with pytest.raises(DatasetError, match=r"part 0 has 4000 rows, not storage\.rows_per_part"):
+        check_layout(path, rows_per_part=5000)
+    shuffled = small_transactions.sample(frac=1, random_state=0)
+    write_dataset(shuffled, path, rows_per_part=ROWS_PER_PART)
+    with pytest.raises(DatasetError, match="before the previous part ends"):
+        check_layout(path, rows_per_part=ROWS_PER_PART)
