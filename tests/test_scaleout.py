@@ -227,3 +227,80 @@ def test_a_layout_that_is_not_in_parts_of_the_params_size_is_refused(small_trans
     write_dataset(shuffled, path, rows_per_part=ROWS_PER_PART)
     with pytest.raises(DatasetError, match="before the previous part ends"):
         check_layout(path, rows_per_part=ROWS_PER_PART)
+
+
+def _messy(frame: pd.DataFrame) -> pd.DataFrame:
+    """A source with what crosses chunks: exact duplicates and repeated ids far apart, bad
+    values of several kinds, text ids, and an amount column with a word in one chunk only."""
+    frame = frame.head(3000).copy()
+    frame[schema.CUSTOMER_ID] = "c" + frame[schema.CUSTOMER_ID].astype(str)
+    frame[schema.TX_AMOUNT] = frame[schema.TX_AMOUNT].astype(object)
+    frame.loc[2500, schema.TX_AMOUNT] = "twelve"
+    frame.loc[100, schema.TX_AMOUNT] = -5.0
+    frame.loc[1700, schema.TX_FRAUD] = 7
+    frame.loc[[10, 1900], schema.TRANSACTION_ID] = [frame.loc[2900, schema.TRANSACTION_ID]] * 2
+    copies = frame.loc[[5, 5, 1200]]  # exact duplicates of rows in other chunks
+    return pd.concat([frame, copies], ignore_index=True)
+
+
+def _validated(engine, path: Path, out: Path, rows_per_part: int):
+    from conftest import contract_params, source_params
+    from fraudlab.ingest import columns_to_read, id_columns, read_header
+    from fraudlab.partitioned_validate import validate_dataset
+
+    source = source_params(path=str(path), text_ids=[schema.CUSTOMER_ID])
+    with atomic_path(out, directory=True) as tmp, scratch_directory(out) as scratch:
+        result = validate_dataset(
+            engine,
+            path,
+            columns=columns_to_read(read_header(path), source),
+            text=id_columns(source),
+            clean_out=tmp,
+            scratch=scratch,
+            params=contract_params(max_rejected_share=0.1),
+            source=source,
+            rows_per_part=rows_per_part,
+        )
+    return _files(out), result.rejected, result.report
+
+
+def test_validate_in_chunks_and_partitions_gives_the_same_bytes_on_any_engine(
+    client, small_transactions, tmp_path
+):
+    csv = tmp_path / "messy.csv"
+    _messy(small_transactions).to_csv(csv, index=False)
+    files, rejected, report = _validated(LocalEngine(1), csv, tmp_path / "l1.parquet", 800)
+    assert len(files) == 4  # 3,003 rows, 7 rejected, 2 dropped: parts of 800 rows
+    assert report["exact_duplicates_dropped"] == 3
+    assert report["rejected_by_reason"] == {
+        "transaction_id repeated with different content": 3,
+        "unparseable tx_amount": 1,
+        "negative tx_amount": 1,
+        "tx_fraud not 0/1": 1,
+    }
+    assert rejected["source_row"].is_monotonic_increasing
+    for engine, name in ((LocalEngine(5), "l5"), (DaskEngine(client, 3), "d3")):
+        got = _validated(engine, csv, tmp_path / f"{name}.parquet", 800)
+        assert got[0] == files, name
+        pd.testing.assert_frame_equal(got[1], rejected)
+        assert got[2] == report
+
+
+def test_validate_in_chunks_is_validate_on_the_whole_source(small_transactions, tmp_path):
+    """A Parquet source (typed columns, row groups as chunks): the same clean rows, rejected
+    rows and report as the contract applied to all rows at once."""
+    from conftest import contract_params, source_params
+    from fraudlab.validate import validate_transactions
+
+    messy = _messy(small_transactions).astype({schema.TX_AMOUNT: "string"})
+    source_file = tmp_path / "messy.parquet"
+    messy.to_parquet(source_file, row_group_size=700)
+    _, rejected, report = _validated(LocalEngine(4), source_file, tmp_path / "c.parquet", 800)
+    whole = validate_transactions(
+        pd.read_parquet(source_file),
+        contract_params(max_rejected_share=0.1),
+        source=source_params(text_ids=[schema.CUSTOMER_ID]),
+    )
+    pd.testing.assert_frame_equal(pd.read_parquet(tmp_path / "c.parquet"), whole.clean)
+    pd.testing.assert_frame_equal(rejected, whole.rejected)
+    assert report == whole.report

@@ -20,9 +20,12 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
+
+import numpy as np
+import pandas as pd
 
 from fraudlab.errors import UserError
 
@@ -70,6 +73,13 @@ def engine_config(environ: Mapping[str, str] = os.environ) -> EngineConfig:
     )
 
 
+def partition_of(keys: pd.Series, partitions: int) -> np.ndarray:
+    """Each row's partition: a hash of its id that is the same in every process (pandas'
+    SipHash with a fixed key), for integer and text ids alike."""
+    hashes = pd.util.hash_pandas_object(keys, index=False).to_numpy()
+    return (hashes % np.uint64(partitions)).astype(np.int64)
+
+
 class LocalEngine:
     """Runs every task in this process, in order."""
 
@@ -80,10 +90,14 @@ class LocalEngine:
         self._partitions = partitions
 
     def partitions(self, n_rows: int) -> int:
-        return self._partitions or 1
+        return self._partitions or max(1, -(-n_rows // _ROWS_PER_PARTITION))
 
     def map(self, task: Callable[..., Any], items: Sequence, **kwargs: Any) -> list:
         return [task(item, **kwargs) for item in items]
+
+    def map_iter(self, task: Callable[..., Any], chunks: Iterable, **kwargs: Any) -> list:
+        """``task(number, chunk=chunk, **kwargs)`` for each chunk, read one at a time."""
+        return [task(number, chunk=chunk, **kwargs) for number, chunk in enumerate(chunks)]
 
 
 class DaskEngine:
@@ -108,6 +122,22 @@ class DaskEngine:
     def map(self, task: Callable[..., Any], items: Sequence, **kwargs: Any) -> list:
         # pure=False: a task writes files, so Dask must run it even if it ran an equal one before
         futures = self.client.map(task, list(items), pure=False, **kwargs)
+        return self.client.gather(futures)
+
+    def map_iter(self, task: Callable[..., Any], chunks: Iterable, **kwargs: Any) -> list:
+        """``task(number, chunk=chunk, **kwargs)`` for each chunk; chunks are read as tasks
+        finish, a few per worker in flight, so a source read here (a CSV) never sits whole in
+        this process or on the cluster."""
+        from dask.distributed import wait
+
+        futures, in_flight = [], []
+        for number, chunk in enumerate(chunks):
+            while len(in_flight) >= 2 * self.workers:
+                done = wait(in_flight, return_when="FIRST_COMPLETED").done
+                in_flight = [f for f in in_flight if f not in done]
+            future = self.client.submit(task, number, chunk=chunk, pure=False, **kwargs)
+            futures.append(future)
+            in_flight.append(future)
         return self.client.gather(futures)
 
 

@@ -165,6 +165,21 @@ def read_transactions(
         return pd.read_parquet(path, columns=columns)
 
 
+def csv_chunks(
+    path: str | Path, columns: list[str] | None, *, text: dict[str, str], rows: int
+) -> Iterator[pd.DataFrame]:
+    """``read_transactions`` for a CSV, ``rows`` rows at a time (the index keeps counting
+    across chunks). A column's type is read per chunk: a chunk of numbers gives numbers, one
+    with a word in it gives text, and the parsers take either."""
+    path = Path(path)
+    with _readable("csv", path):
+        reader = pd.read_csv(
+            path, usecols=columns, dtype=text, chunksize=rows, **_csv_options(path)
+        )
+        with reader:
+            yield from reader
+
+
 def mapped_names(present: list[str], columns: dict[str, str]) -> list[str]:
     """The column names after mapping (``columns``: canonical name -> source name); fails on a
     mapping that names a column not ``present`` or renames onto an existing column."""

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import joblib
+import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -184,6 +185,35 @@ def time_span(path: str | Path, column: str = "tx_datetime") -> tuple[pd.Timesta
 def part_starts(n_rows: int, rows_per_part: int) -> range:
     """The first row of each part."""
     return range(0, max(n_rows, 1), rows_per_part)
+
+
+def part_days(number: int, *, rows_per_part: int, day_starts: np.ndarray) -> tuple[int, int, int]:
+    """Which days part ``number`` of rows sorted by time takes its rows from, given where each
+    day's rows start (``day_starts``: cumulative counts, one more entry than days): the first
+    day, the last day and how many rows of the first day belong to earlier parts."""
+    first_row = number * rows_per_part
+    last_row = max(min(first_row + rows_per_part, int(day_starts[-1])) - 1, first_row)
+    first_day = int(np.searchsorted(day_starts, first_row, side="right")) - 1
+    last_day = int(np.searchsorted(day_starts, last_row, side="right")) - 1
+    return first_day, last_day, first_row - int(day_starts[first_day])
+
+
+def read_between(paths: list[Path], column: str, low: Any, high: Any) -> list[pa.Table]:
+    """The rows of each file with ``low <= column < high`` (row groups outside are skipped)."""
+    window = [(column, ">=", low), (column, "<", high)]
+    return [pq.read_table(path, filters=window) for path in paths]
+
+
+def write_scratch(table: pa.Table, path: Path, **options: Any) -> None:
+    """An intermediate file of a partitioned stage: fast compression, written whole and then
+    renamed, so a task run again after its worker died replaces it."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}{_TMP_MARK}{os.getpid()}")
+    try:
+        pq.write_table(table, tmp, compression="lz4", **options)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 def write_part(table: pa.Table, directory: str | Path, number: int) -> None:

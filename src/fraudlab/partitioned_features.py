@@ -32,9 +32,10 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from fraudlab import schema
+from fraudlab.engine import partition_of
 from fraudlab.errors import UserError
 from fraudlab.features import calendar_features, customer_features, terminal_features
-from fraudlab.io import dataset_parts, part_path, write_part
+from fraudlab.io import dataset_parts, part_path, write_part, write_scratch
 from fraudlab.params import FeaturesParams
 
 log = logging.getLogger(__name__)
@@ -53,23 +54,12 @@ class DatasetError(UserError):
     """A dataset directory is not in the layout the stage needs."""
 
 
-def partition_of(keys: pd.Series, partitions: int) -> np.ndarray:
-    """Each row's partition: a hash of its id that is the same in every process (pandas'
-    SipHash with a fixed key), for integer and text ids alike."""
-    hashes = pd.util.hash_pandas_object(keys, index=False).to_numpy()
-    return (hashes % np.uint64(partitions)).astype(np.int64)
-
-
 def _piece(scratch: Path, stage: str, *, partition: int, part: int) -> Path:
     return scratch / stage / f"{partition:05d}" / f"{part:05d}.parquet"
 
 
 def _write_piece(frame: pd.DataFrame, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    # scratch only: fast compression; written whole, then renamed, so a rerun task replaces it
-    pq.write_table(pa.Table.from_pandas(frame, preserve_index=False), tmp, compression="lz4")
-    tmp.replace(path)
+    write_scratch(pa.Table.from_pandas(frame, preserve_index=False), path)
 
 
 def check_layout(clean: Path, *, rows_per_part: int) -> list[int]:

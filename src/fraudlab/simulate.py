@@ -17,11 +17,10 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pyarrow as pa
-import pyarrow.parquet as pq
 from scipy.spatial import cKDTree
 
 from fraudlab import schema
-from fraudlab.io import part_starts, write_part
+from fraudlab.io import part_days, part_starts, read_between, write_part, write_scratch
 from fraudlab.params import DriftParams, SimulateParams
 
 log = logging.getLogger(__name__)
@@ -451,12 +450,8 @@ def merge_blocks(blocks: list[dict], *, first_id: int, params: SimulateParams) -
 def draw_block(block: int, *, params: SimulateParams, scratch: Path) -> np.ndarray:
     """Simulate task 1: block ``block`` to a scratch file; returns its rows per day."""
     rows = simulate_block(block, params)
-    path = scratch / f"{block:05d}.parquet"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
     # small row groups: a part reads only the days it needs
-    pq.write_table(pa.table(rows), tmp, compression="lz4", row_group_size=1 << 16)
-    tmp.replace(path)
+    write_scratch(pa.table(rows), scratch / f"{block:05d}.parquet", row_group_size=1 << 16)
     return np.bincount(rows["seconds"] // _SECONDS_PER_DAY, minlength=params.n_days)
 
 
@@ -470,20 +465,15 @@ def write_simulated_part(
     rows_per_part: int,
 ) -> int:
     """Simulate task 2: output part ``part``: its rows' days from every block, merged."""
-    first_row = part * rows_per_part
-    last_row = min(first_row + rows_per_part, int(day_starts[-1])) - 1
-    first_day = int(np.searchsorted(day_starts, first_row, side="right")) - 1
-    last_day = int(np.searchsorted(day_starts, max(last_row, first_row), side="right")) - 1
-    window = [
-        ("seconds", ">=", first_day * _SECONDS_PER_DAY),
-        ("seconds", "<", (last_day + 1) * _SECONDS_PER_DAY),
-    ]
-    blocks = []
-    for path in sorted(scratch.glob("*.parquet")):
-        table = pq.read_table(path, filters=window)
-        blocks.append({name: table[name].to_numpy() for name in table.column_names})
+    first_day, last_day, skip = part_days(part, rows_per_part=rows_per_part, day_starts=day_starts)
+    tables = read_between(
+        sorted(scratch.glob("*.parquet")),
+        "seconds",
+        first_day * _SECONDS_PER_DAY,
+        (last_day + 1) * _SECONDS_PER_DAY,
+    )
+    blocks = [{name: table[name].to_numpy() for name in table.column_names} for table in tables]
     frame = merge_blocks(blocks, first_id=int(day_starts[first_day]), params=params)
-    skip = first_row - int(day_starts[first_day])
     frame = frame.iloc[skip : skip + rows_per_part]
     write_part(pa.Table.from_pandas(frame, preserve_index=False), out, part)
     return len(frame)

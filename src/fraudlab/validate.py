@@ -51,6 +51,36 @@ class Violation:
     rows: np.ndarray  # boolean mask over the deduplicated rows
 
 
+@dataclass(frozen=True)
+class RuleSummary:
+    """A broken rule over some rows: how many, and the first few examples (row, text)."""
+
+    column: str
+    count: int
+    examples: list[tuple[int, str]]
+
+
+# Rules of one column, in the order reasons are listed: what could not be read, then what is
+# missing, then the value rules, then a repeated id. Fixed here, not by which rows come first,
+# so a row's reasons read the same whichever rows it was checked with.
+_PARSE_PROBLEMS = (NOT_AN_INTEGER, "not an exact integer", LEADING_ZEROS, "outside the int64 range")
+
+
+def _rule_order(rule: str, summary: Violation | RuleSummary) -> tuple:
+    column = summary.column
+    if rule.startswith(f"{column} ") and rule[len(column) + 1 :] in _PARSE_PROBLEMS:
+        kind = _PARSE_PROBLEMS.index(rule[len(column) + 1 :])
+    elif rule == f"unparseable {column}":
+        kind = len(_PARSE_PROBLEMS)
+    elif rule == f"null {column}":
+        kind = len(_PARSE_PROBLEMS) + 1
+    elif rule == _DUPLICATE_ID:
+        kind = len(_PARSE_PROBLEMS) + 3
+    else:  # a value rule (by name)
+        kind = len(_PARSE_PROBLEMS) + 2
+    return (schema.REQUIRED_COLUMNS.index(column), kind, rule)
+
+
 def date_rule(params: ValidateParams) -> str:
     return f"tx_datetime outside {params.earliest_date}..{params.latest_date}"
 
@@ -142,8 +172,7 @@ def row_violations(parsed: Parsed, params: ValidateParams) -> dict[str, Violatio
         rule = _rule(*key, checks)
         violation = violations.setdefault(rule, Violation(key[0], np.zeros(len(frame), bool)))
         violation.rows[positions[group]] = True
-    order = {column: i for i, column in enumerate(schema.REQUIRED_COLUMNS)}
-    return dict(sorted(violations.items(), key=lambda item: order[item[1].column]))
+    return dict(sorted(violations.items(), key=lambda item: _rule_order(*item)))
 
 
 def _reasons(violations: dict[str, Violation], n_rows: int) -> np.ndarray:
@@ -177,29 +206,37 @@ def _example(row: int, raw: object, parsed: object) -> str:
     return shown
 
 
-def describe(
+def examples(
     violations: dict[str, Violation],
     source: pd.DataFrame,
     parsed: pd.DataFrame,
     rows: np.ndarray,
     limit: int,
-) -> list[str]:
-    """One line per broken rule: column, rule, row count and the first values as given (with
-    their row numbers in the source, and what they were read as)."""
-    lines = []
+) -> dict[str, list[tuple[int, str]]]:
+    """Per broken rule, its first ``limit`` values as given: (row number in the source, text
+    with what the value was read as)."""
+    out = {}
     for rule, violation in violations.items():
         hit = np.flatnonzero(violation.rows)[:limit]
-        examples = ", ".join(
-            _example(row, raw, value)
+        out[rule] = [
+            (int(row), _example(row, raw, value))
             for row, raw, value in zip(
                 rows[hit],
                 source[violation.column].iloc[hit].tolist(),
                 parsed[violation.column].iloc[hit].tolist(),
                 strict=True,
             )
-        )
-        count = int(violation.rows.sum())
-        lines.append(f"column {violation.column}, rule '{rule}': {count} rows, e.g. {examples}")
+        ]
+    return out
+
+
+def describe(rules: dict[str, RuleSummary], limit: int) -> list[str]:
+    """One line per broken rule, in rule order: column, rule, row count and the first values
+    as given (with their row numbers in the source, and what they were read as)."""
+    lines = []
+    for rule, summary in sorted(rules.items(), key=lambda item: _rule_order(item[0], item[1])):
+        shown = ", ".join(text for _, text in sorted(summary.examples)[:limit])
+        lines.append(f"column {summary.column}, rule '{rule}': {summary.count} rows, e.g. {shown}")
     return lines
 
 
@@ -216,11 +253,12 @@ def _normalize(frame: pd.DataFrame, text_ids: list[str]) -> pd.DataFrame:
     return out.sort_values(schema.SORT_KEYS, kind="stable").reset_index(drop=True)
 
 
-def _hints(violations: dict[str, Violation], params: ValidateParams) -> str:
+def _hints(summary: Summary, params: ValidateParams) -> str:
     """What usually causes a file-wide failure, when the violations look like it."""
     hints = []
+    violations = summary.rules
     dates = violations.get(date_rule(params))
-    if dates is not None and dates.rows.all():
+    if dates is not None and dates.count == summary.rows_deduplicated:
         hints.append(
             "Every tx_datetime is outside the range: check source.timestamp_unit and "
             "source.timezone, or set validate.earliest_date / latest_date to your data's period."
@@ -254,6 +292,157 @@ def _too_many_rejected(
     )
 
 
+@dataclass(frozen=True)
+class Checked:
+    """Rows after the contract: the kept ones (canonical types, in (time, id) order), the
+    rejected ones (as given, with reasons and source rows, in source order) and what the report
+    and the messages need. One per partition of the source's rows; ``merge`` adds them up."""
+
+    clean: pd.DataFrame
+    rejected: pd.DataFrame
+    rows_read: int
+    rows_deduplicated: int
+    rules: dict[str, RuleSummary]
+    labels: frozenset  # the classes among the kept rows
+
+
+def check_rows(frame: pd.DataFrame, params: ValidateParams, *, source: SourceParams) -> Checked:
+    """Map, parse and apply the contract to rows of a source (index: 0-based position in the
+    source). Every copy of an exact duplicate and every row of a transaction_id must be among
+    ``frame``'s rows: rows of one id are checked together. File-level problems raise."""
+    mapped = map_columns(frame, source.columns)
+    require_canonical(list(mapped.columns))
+    return check_parsed(mapped, parse_columns(mapped, source), params, source=source)
+
+
+def check_parsed(
+    mapped: pd.DataFrame, parsed: Parsed, params: ValidateParams, *, source: SourceParams
+) -> Checked:
+    """``check_rows`` for rows already mapped and parsed (row by row, so parsing a chunk of a
+    source gives each row what parsing all of it would)."""
+    # A CSV's column is typed per chunk: a number read as a number in one chunk and as text in
+    # another (one with a word in it) is one value, and its rows may be exact duplicates.
+    keep = ~mixed_as_text(mapped).duplicated(keep="first").to_numpy()
+    deduplicated = mapped.loc[keep]
+    rows = deduplicated.index.to_numpy() + 1
+    deduplicated = deduplicated.reset_index(drop=True)
+    parsed = Parsed(
+        frame=parsed.frame.loc[keep].reset_index(drop=True),
+        problems={
+            rule: (column, mask[keep])
+            for rule, (column, mask) in parsed.problems.items()
+            if mask[keep].any()
+        },
+    )
+    violations = row_violations(parsed, params)
+    reasons = _reasons(violations, len(deduplicated))
+    rejected_mask = reasons != ""
+    found = examples(violations, deduplicated, parsed.frame, rows, params.example_values)
+    clean = _normalize(parsed.frame.loc[~rejected_mask], source.text_ids)
+    rejected = deduplicated.loc[rejected_mask].assign(
+        **{REASON_COLUMN: reasons[rejected_mask], ROW_COLUMN: rows[rejected_mask]}
+    )
+    return Checked(
+        clean=clean,
+        rejected=rejected.reset_index(drop=True),
+        rows_read=len(mapped),
+        rows_deduplicated=len(deduplicated),
+        rules={
+            rule: RuleSummary(v.column, int(v.rows.sum()), found[rule])
+            for rule, v in violations.items()
+        },
+        labels=frozenset(clean[schema.TX_FRAUD].unique().tolist()),
+    )
+
+
+@dataclass(frozen=True)
+class Summary:
+    """What the checks of every partition add up to."""
+
+    rows_read: int
+    rows_deduplicated: int
+    rows_rejected: int
+    rules: dict[str, RuleSummary]
+    labels: frozenset
+
+
+def summarize(parts: list[Checked] | list[Summary]) -> Summary:
+    rules: dict[str, RuleSummary] = {}
+    for part in parts:
+        for rule, found in part.rules.items():
+            seen = rules.get(rule)
+            if seen is None:
+                rules[rule] = found
+            else:
+                rules[rule] = RuleSummary(
+                    found.column, seen.count + found.count, seen.examples + found.examples
+                )
+    return Summary(
+        rows_read=sum(part.rows_read for part in parts),
+        rows_deduplicated=sum(part.rows_deduplicated for part in parts),
+        rows_rejected=sum(
+            len(part.rejected) if isinstance(part, Checked) else part.rows_rejected
+            for part in parts
+        ),
+        rules=rules,
+        labels=frozenset().union(*(part.labels for part in parts)),
+    )
+
+
+def accept(summary: Summary, params: ValidateParams) -> list[str]:
+    """Raise when the checks fail the source as a whole (no rows, too many rejected, one class);
+    otherwise return the lines describing what was quarantined (logged as a warning)."""
+    if summary.rows_read == 0:
+        raise DataContractError("no rows: the input holds no transactions")
+    lines = describe(summary.rules, params.example_values)
+    if summary.rows_rejected / summary.rows_read > params.max_rejected_share:
+        raise _too_many_rejected(
+            lines,
+            summary.rows_rejected,
+            summary.rows_read,
+            params,
+            _hints(summary, params),
+        )
+    if lines:
+        log.warning("quarantined %d rows:\n  %s", summary.rows_rejected, "\n  ".join(lines))
+    if len(summary.labels) < 2:
+        kept = summary.rows_deduplicated - summary.rows_rejected
+        raise DataContractError(
+            f"column tx_fraud holds one class only ({sorted(summary.labels)}) in all {kept} "
+            "kept rows: a fraud model needs both frauds and legitimate transactions"
+        )
+    return lines
+
+
+def finish_rejected(parts: list[pd.DataFrame]) -> pd.DataFrame:
+    """The rejected rows of every partition, in source order."""
+    nonempty = [part for part in parts if len(part)] or parts[:1]
+    rejected = pd.concat(nonempty, ignore_index=True).sort_values(ROW_COLUMN, kind="stable")
+    return mixed_as_text(rejected).reset_index(drop=True)
+
+
+def mixed_as_text(frame: pd.DataFrame) -> pd.DataFrame:
+    """Source values may mix types in one column (a number, then a typo): keep them as text."""
+    mixed = [c for c in frame.columns if pd.api.types.is_object_dtype(frame[c])]
+    return frame.astype(dict.fromkeys(mixed, "string"))
+
+
+def quality_report(
+    summary: Summary, *, kept: int, frauds: int, first: pd.Timestamp, last: pd.Timestamp
+) -> dict:
+    return {
+        "rows_read": summary.rows_read,
+        "rows_kept": kept,
+        "rows_rejected": summary.rows_rejected,
+        "rejected_share": summary.rows_rejected / summary.rows_read,
+        "exact_duplicates_dropped": summary.rows_read - summary.rows_deduplicated,
+        "rejected_by_reason": {rule: found.count for rule, found in summary.rules.items()},
+        "fraud_rate": frauds / kept,
+        "first_tx_datetime": str(first),
+        "last_tx_datetime": str(last),
+    }
+
+
 def validate_transactions(
     frame: pd.DataFrame, params: ValidateParams, *, source: SourceParams
 ) -> ValidationResult:
@@ -263,46 +452,17 @@ def validate_transactions(
     values as the source gave them."""
     if frame.empty:
         raise DataContractError("no rows: the input holds no transactions")
-    mapped = map_columns(frame, source.columns)
-    require_canonical(list(mapped.columns))
-    n_read = len(mapped)
-    deduplicated = mapped.drop_duplicates(keep="first")
-    rows = deduplicated.index.to_numpy() + 1
-    deduplicated = deduplicated.reset_index(drop=True)
-
-    parsed = parse_columns(deduplicated, source)
-    violations = row_violations(parsed, params)
-    reasons = _reasons(violations, len(deduplicated))
-    rejected_mask = reasons != ""
-    n_rejected = int(rejected_mask.sum())
-    lines = describe(violations, deduplicated, parsed.frame, rows, params.example_values)
-    if n_rejected / n_read > params.max_rejected_share:
-        raise _too_many_rejected(lines, n_rejected, n_read, params, _hints(violations, params))
-    if lines:
-        log.warning("quarantined %d rows:\n  %s", n_rejected, "\n  ".join(lines))
-
-    clean = _normalize(parsed.frame.loc[~rejected_mask], source.text_ids)
-    labels = clean[schema.TX_FRAUD].unique()
-    if len(labels) < 2:
-        raise DataContractError(
-            f"column tx_fraud holds one class only ({labels.tolist()}) in all {len(clean)} kept "
-            "rows: a fraud model needs both frauds and legitimate transactions"
-        )
-    rejected = deduplicated.loc[rejected_mask].assign(
-        **{REASON_COLUMN: reasons[rejected_mask], ROW_COLUMN: rows[rejected_mask]}
+    checked = check_rows(frame, params, source=source)
+    summary = summarize([checked])
+    accept(summary, params)
+    clean = checked.clean
+    report = quality_report(
+        summary,
+        kept=len(clean),
+        frauds=int(clean[schema.TX_FRAUD].sum()),
+        first=clean[schema.TX_DATETIME].iloc[0],
+        last=clean[schema.TX_DATETIME].iloc[-1],
     )
-    # Source values may mix types in one column (a number, then a typo): keep them as text.
-    mixed = [c for c in rejected.columns if pd.api.types.is_object_dtype(rejected[c])]
-    rejected = rejected.astype(dict.fromkeys(mixed, "string"))
-    report = {
-        "rows_read": n_read,
-        "rows_kept": len(clean),
-        "rows_rejected": n_rejected,
-        "rejected_share": n_rejected / n_read,
-        "exact_duplicates_dropped": n_read - len(deduplicated),
-        "rejected_by_reason": {rule: int(v.rows.sum()) for rule, v in violations.items()},
-        "fraud_rate": float(clean[schema.TX_FRAUD].mean()),
-        "first_tx_datetime": str(clean[schema.TX_DATETIME].iloc[0]),
-        "last_tx_datetime": str(clean[schema.TX_DATETIME].iloc[-1]),
-    }
-    return ValidationResult(clean=clean, rejected=rejected.reset_index(drop=True), report=report)
+    return ValidationResult(
+        clean=clean, rejected=finish_rejected([checked.rejected]), report=report
+    )

@@ -1,6 +1,10 @@
 """Stage ``validate``: read the source, map it onto the canonical schema, apply the data contract,
 quarantine bad rows, report data quality.
 
+The source is read in chunks (a Parquet row group; ``storage.rows_per_part`` rows of a CSV) and
+checked partition by partition (``fraudlab.partitioned_validate``), in this process or on a Dask
+cluster (``fraudlab.engine``): the same files either way.
+
 The source file is named by ``source.path`` in params.yaml and read from there, never passed on
 the command line: dvc.yaml's command is run by a shell, where a file name holding a space,
 ``$(...)``, backticks or ``;`` would split or run as a command.
@@ -9,12 +13,15 @@ the command line: dvc.yaml's command is run by a shell, where a file name holdin
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 
 from fraudlab.cli import run, stage_parser
-from fraudlab.ingest import columns_to_read, id_columns, read_header, read_transactions
-from fraudlab.io import write_dataset, write_json, write_parquet
+from fraudlab.engine import engine_config, open_engine
+from fraudlab.ingest import columns_to_read, id_columns, read_header
+from fraudlab.io import atomic_path, scratch_directory, write_json, write_parquet
 from fraudlab.params import load_params
-from fraudlab.validate import DataContractError, validate_transactions
+from fraudlab.partitioned_validate import validate_dataset
+from fraudlab.validate import DataContractError
 
 log = logging.getLogger(__name__)
 SECTIONS = ("validate", "source", "storage")
@@ -31,23 +38,34 @@ def validate(argv: list[str] | None = None) -> None:
     try:
         # Only the columns the pipeline uses are read; missing ones fail before any row is.
         columns = columns_to_read(read_header(source.path), source)
-        result = validate_transactions(
-            read_transactions(source.path, columns, text=id_columns(source)),
-            loaded["validate"],
-            source=source,
-        )
+        with (
+            open_engine(engine_config()) as engine,
+            atomic_path(args.clean, directory=True) as clean,
+            scratch_directory(args.clean) as scratch,
+        ):
+            result = validate_dataset(
+                engine,
+                Path(source.path),
+                columns=columns,
+                text=id_columns(source),
+                clean_out=clean,
+                scratch=scratch,
+                params=loaded["validate"],
+                source=source,
+                rows_per_part=loaded["storage"].rows_per_part,
+            )
     except DataContractError as exc:
         raise DataContractError(f"{source.path}: {exc}") from None
-    write_dataset(result.clean, args.clean, rows_per_part=loaded["storage"].rows_per_part)
     write_parquet(result.rejected, args.rejected)
     write_json(result.report, args.report)
+    report = result.report
     log.info(
         "kept %d of %d rows; quarantined %d (%s); dropped %d exact duplicates",
-        result.report["rows_kept"],
-        result.report["rows_read"],
-        result.report["rows_rejected"],
-        result.report["rejected_by_reason"] or "none",
-        result.report["exact_duplicates_dropped"],
+        report["rows_kept"],
+        report["rows_read"],
+        report["rows_rejected"],
+        report["rejected_by_reason"] or "none",
+        report["exact_duplicates_dropped"],
     )
 
 

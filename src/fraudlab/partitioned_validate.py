@@ -1,0 +1,301 @@
+"""The validate stage in chunks: a source of any size through the data contract with memory
+bounded by a chunk and a partition, on either engine (``fraudlab.engine``), the same files out.
+
+1. ``parse_chunk``, per chunk of the source (a Parquet row group; ``storage.rows_per_part`` rows
+   of a CSV, read in order by the stage): columns mapped and parsed row by row, then each row
+   sent to a partition by its transaction_id, so that every copy of an exact duplicate and every
+   row sharing an id meet in one partition (the rules across chunks);
+2. ``check_partition``, per partition: the contract (``validate.check_parsed``) on its rows in
+   source order; kept rows written in (time, id) order with their count per day, rejected rows
+   with their reasons;
+3. the stage adds the partitions' counts up and stops, writing nothing, when the source fails
+   as a whole (``validate.accept``); otherwise ``write_clean_part``, per output part, merges the
+   days its rows come from out of every partition.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator
+from pathlib import Path
+from typing import NamedTuple
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from fraudlab import schema
+from fraudlab.engine import partition_of
+from fraudlab.ingest import (
+    Parsed,
+    csv_chunks,
+    map_columns,
+    parse_columns,
+    require_canonical,
+)
+from fraudlab.io import (
+    dataset_parts,
+    part_days,
+    part_starts,
+    read_between,
+    write_part,
+    write_scratch,
+)
+from fraudlab.params import SourceParams, ValidateParams
+from fraudlab.validate import (
+    Checked,
+    Summary,
+    accept,
+    check_parsed,
+    finish_rejected,
+    mixed_as_text,
+    quality_report,
+    summarize,
+)
+
+log = logging.getLogger(__name__)
+
+_ROW = "__source_row"  # 0-based position in the source
+_RAW = "__raw__"  # prefix of a canonical column's value as given
+_PROBLEM = "__problem__|"  # prefix of a parse problem's row mask: __problem__|column|rule
+_NS_PER_DAY = 86_400 * 10**9
+
+
+class ParquetChunk(NamedTuple):
+    """A row group of a Parquet file, and the source position of its first row."""
+
+    path: Path
+    row_group: int
+    first_row: int
+
+
+def parquet_chunks(path: Path) -> list[ParquetChunk]:
+    """The row groups of a Parquet file or dataset directory, in row order."""
+    files = dataset_parts(path) if path.is_dir() else [path]
+    chunks, first_row = [], 0
+    for file in files:
+        metadata = pq.ParquetFile(file).metadata
+        for group in range(metadata.num_row_groups):
+            chunks.append(ParquetChunk(file, group, first_row))
+            first_row += metadata.row_group(group).num_rows
+    return chunks
+
+
+def _read_chunk(chunk: ParquetChunk | pd.DataFrame, columns: list[str] | None) -> pd.DataFrame:
+    if isinstance(chunk, pd.DataFrame):  # a CSV chunk, read by the stage
+        return chunk
+    table = pq.ParquetFile(chunk.path).read_row_group(chunk.row_group, columns=columns)
+    frame = table.to_pandas()
+    frame.index = pd.RangeIndex(chunk.first_row, chunk.first_row + len(frame))
+    return frame
+
+
+def _piece(scratch: Path, *, partition: int, chunk: int) -> Path:
+    return scratch / "chunks" / f"{partition:05d}" / f"{chunk:06d}.parquet"
+
+
+def parse_chunk(
+    number: int,
+    *,
+    chunk: ParquetChunk | pd.DataFrame,
+    columns: list[str] | None,
+    source: SourceParams,
+    scratch: Path,
+    partitions: int,
+) -> int:
+    """Task 1: chunk ``number`` mapped and parsed, its rows cut into one piece per partition
+    holding the parsed values, the values as given and the parse problems."""
+    frame = _read_chunk(chunk, columns)
+    mapped = map_columns(frame, source.columns)
+    require_canonical(list(mapped.columns))
+    parsed = parse_columns(mapped, source)
+    piece = parsed.frame.assign(
+        **{f"{_RAW}{c}": mapped[c] for c in schema.REQUIRED_COLUMNS},
+        **{f"{_PROBLEM}{column}|{rule}": mask for rule, (column, mask) in parsed.problems.items()},
+        **{_ROW: mapped.index.to_numpy(dtype=np.int64)},
+    )
+    ids = parsed.frame[schema.TRANSACTION_ID]
+    # an id that could not be read goes by its text: its exact duplicates share it
+    keys = ids.astype("string").fillna("raw:" + mapped[schema.TRANSACTION_ID].astype("string"))
+    which = partition_of(keys.fillna("missing"), partitions)
+    for partition in np.unique(which):
+        rows = piece.loc[which == partition]
+        table = pa.Table.from_pandas(rows, preserve_index=False)
+        write_scratch(table, _piece(scratch, partition=int(partition), chunk=number))
+    return len(frame)
+
+
+def _unpack(piece: pd.DataFrame) -> tuple[pd.DataFrame, Parsed]:
+    """The mapped rows as given and their parsed form, from a partition's pieces."""
+    problems = {}
+    for name in [c for c in piece.columns if c.startswith(_PROBLEM)]:
+        _, column, rule = name.split("|", 2)
+        mask = piece.pop(name).fillna(False).to_numpy(dtype=bool)
+        if mask.any():
+            problems[rule] = (column, mask)
+    piece.index = pd.Index(piece.pop(_ROW).to_numpy(), name=None)
+    raw_names = [f"{_RAW}{c}" for c in schema.REQUIRED_COLUMNS]
+    raw = piece[raw_names].rename(columns=lambda name: name[len(_RAW) :])
+    parsed = piece.drop(columns=raw_names)
+    order = list(parsed.columns)
+    mapped = parsed.drop(columns=list(schema.REQUIRED_COLUMNS)).join(raw)[order]
+    return mapped, Parsed(frame=parsed.reset_index(drop=True), problems=problems)
+
+
+class Checks(NamedTuple):
+    """What a partition's checks report back to the stage (its rows stay on disk)."""
+
+    summary: Summary
+    day_counts: dict[int, int]  # kept rows per day (days since 1970-01-01)
+    frauds: int
+    first: pd.Timestamp | None
+    last: pd.Timestamp | None
+
+
+def check_partition(
+    partition: int, *, params: ValidateParams, source: SourceParams, scratch: Path
+) -> Checks:
+    """Task 2: the contract on one partition's rows."""
+    paths = sorted((scratch / "chunks" / f"{partition:05d}").glob("*.parquet"))
+    if not paths:
+        return Checks(summarize([]), {}, 0, None, None)
+    piece = pd.concat([pd.read_parquet(path) for path in paths])
+    mapped, parsed = _unpack(piece)
+    checked: Checked = check_parsed(mapped, parsed, params, source=source)
+    clean = checked.clean
+    days = clean[schema.TX_DATETIME].to_numpy(dtype="datetime64[ns]").view(np.int64)
+    days = days // _NS_PER_DAY
+    write_scratch(
+        pa.Table.from_pandas(clean, preserve_index=False),
+        scratch / "clean" / f"{partition:05d}.parquet",
+        row_group_size=1 << 16,  # a part reads only the days it needs
+    )
+    write_scratch(
+        pa.Table.from_pandas(mixed_as_text(checked.rejected), preserve_index=False),
+        scratch / "rejected" / f"{partition:05d}.parquet",
+    )
+    distinct, counts = np.unique(days, return_counts=True)
+    return Checks(
+        summary=summarize([checked]),
+        day_counts=dict(zip(distinct.tolist(), counts.tolist(), strict=True)),
+        frauds=int(clean[schema.TX_FRAUD].sum()),
+        first=clean[schema.TX_DATETIME].min() if len(clean) else None,
+        last=clean[schema.TX_DATETIME].max() if len(clean) else None,
+    )
+
+
+def write_clean_part(
+    part: int,
+    *,
+    scratch: Path,
+    out: Path,
+    first_day: int,
+    day_starts: np.ndarray,
+    rows_per_part: int,
+) -> int:
+    """Task 3: output part ``part``: the kept rows of its days from every partition, in
+    (time, id) order (ids are unique among kept rows, so the order is total)."""
+    first, last, skip = part_days(part, rows_per_part=rows_per_part, day_starts=day_starts)
+    low = pd.Timestamp((first_day + first) * _NS_PER_DAY)
+    high = pd.Timestamp((first_day + last + 1) * _NS_PER_DAY)
+    paths = sorted((scratch / "clean").glob("*.parquet"))
+    tables = [t for t in read_between(paths, schema.TX_DATETIME, low, high) if t.num_rows]
+    frame = pd.concat([t.to_pandas() for t in tables], ignore_index=True) if tables else None
+    if frame is None:  # no rows at all: the empty part keeps the schema
+        frame = pd.read_parquet(paths[0]).iloc[:0]
+    frame = frame.sort_values(schema.SORT_KEYS, kind="stable", ignore_index=True)
+    frame = frame.iloc[skip : skip + rows_per_part]
+    write_part(pa.Table.from_pandas(frame, preserve_index=False), out, part)
+    return len(frame)
+
+
+def _chunks(
+    path: Path, columns: list[str] | None, *, text: dict[str, str], rows_per_part: int
+) -> Iterator[ParquetChunk | pd.DataFrame]:
+    if path.is_dir() or path.suffix.lower() in (".parquet", ".pq"):
+        yield from parquet_chunks(path)
+    else:
+        yield from csv_chunks(path, columns, text=text, rows=rows_per_part)
+
+
+class Validated(NamedTuple):
+    report: dict  # metrics/data_quality.json
+    rejected: pd.DataFrame  # in source order, with their reasons: small (validate.accept)
+
+
+def validate_dataset(
+    engine,
+    path: Path,
+    *,
+    columns: list[str] | None,
+    text: dict[str, str],
+    clean_out: Path,
+    scratch: Path,
+    params: ValidateParams,
+    source: SourceParams,
+    rows_per_part: int,
+) -> Validated:
+    """Validate the source at ``path`` through ``engine``: the clean dataset written into
+    ``clean_out`` (a directory being built); returns the data-quality report and the rejected
+    rows. Raises before writing anything when the source fails as a whole."""
+    path, clean_out, scratch = path.resolve(), clean_out.resolve(), scratch.resolve()
+    partitions = engine.partitions(_size_hint(path))
+    n_read = engine.map_iter(
+        parse_chunk,
+        _chunks(path, columns, text=text, rows_per_part=rows_per_part),
+        columns=columns,
+        source=source,
+        scratch=scratch,
+        partitions=partitions,
+    )
+    log.info(
+        "read %d rows in %d chunks; checking them in %d partitions on the %s engine",
+        sum(n_read),
+        len(n_read),
+        partitions,
+        engine.kind,
+    )
+    checks: list[Checks] = engine.map(
+        check_partition, range(partitions), params=params, source=source, scratch=scratch
+    )
+    summary = summarize([c.summary for c in checks])
+    accept(summary, params)  # raises before anything is written
+    day_counts: dict[int, int] = {}
+    for check in checks:
+        for day, count in check.day_counts.items():
+            day_counts[day] = day_counts.get(day, 0) + count
+    first_day = min(day_counts)
+    per_day = np.zeros(max(day_counts) - first_day + 1, dtype=np.int64)
+    for day, count in day_counts.items():
+        per_day[day - first_day] = count
+    day_starts = np.concatenate([[0], np.cumsum(per_day)])
+    kept = int(day_starts[-1])
+    engine.map(
+        write_clean_part,
+        range(len(part_starts(kept, rows_per_part))),
+        scratch=scratch,
+        out=clean_out,
+        first_day=first_day,
+        day_starts=day_starts,
+        rows_per_part=rows_per_part,
+    )
+    rejected = finish_rejected(
+        [pd.read_parquet(p) for p in sorted((scratch / "rejected").glob("*.parquet"))]
+    )
+    report = quality_report(
+        summary,
+        kept=kept,
+        frauds=sum(c.frauds for c in checks),
+        first=min(c.first for c in checks if c.first is not None),
+        last=max(c.last for c in checks if c.last is not None),
+    )
+    return Validated(report, rejected)
+
+
+def _size_hint(path: Path) -> int:
+    """Rows in a Parquet source (from its footers); a CSV's size in bytes / 50."""
+    if path.is_dir() or path.suffix.lower() in (".parquet", ".pq"):
+        files = dataset_parts(path) if path.is_dir() else [path]
+        return sum(pq.ParquetFile(f).metadata.num_rows for f in files)
+    return path.stat().st_size // 50
