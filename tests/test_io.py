@@ -86,3 +86,23 @@ def test_without_unnamed_files_a_sibling_temporary_is_used(tmp_path, monkeypatch
         _interrupted_write(tmp_path / "out.json", RuntimeError("killed"))
     assert (tmp_path / "out.json").read_text() == "{}"
     assert [p.name for p in tmp_path.iterdir()] == ["out.json"]
+
+
+def test_frames_appended_in_row_groups_are_the_bytes_of_their_concatenation(tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from fraudlab.io import RowGroupWriter
+
+    frames = [
+        pd.DataFrame({"id": range(start, start + n), "name": [f"x{i}" for i in range(n)]})
+        for start, n in ((0, 3), (3, 5), (8, 7), (15, 2))
+    ]
+    writer = RowGroupWriter(tmp_path / "appended.parquet", row_group_size=4)
+    for frame in frames:
+        writer.write(frame)
+    writer.close()
+    whole = pa.Table.from_pandas(pd.concat(frames, ignore_index=True), preserve_index=False)
+    pq.write_table(whole, tmp_path / "whole.parquet", compression="zstd", row_group_size=4)
+    assert pq.ParquetFile(tmp_path / "whole.parquet").metadata.num_row_groups == 5
+    assert (tmp_path / "appended.parquet").read_bytes() == (tmp_path / "whole.parquet").read_bytes()

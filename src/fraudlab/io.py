@@ -122,11 +122,14 @@ def scratch_directory(target: str | Path) -> Iterator[Path]:
         shutil.rmtree(scratch, ignore_errors=True)
 
 
+_ROW_GROUP = 1_000_000
+
+
 def write_parquet(frame: pd.DataFrame, path: str | Path) -> None:
     """Write ``frame`` without its index; bytes depend only on the data and library versions."""
     table = pa.Table.from_pandas(frame, preserve_index=False)
     with atomic_path(path) as tmp:
-        pq.write_table(table, tmp, compression="zstd", row_group_size=1_000_000)
+        pq.write_table(table, tmp, compression="zstd", row_group_size=_ROW_GROUP)
 
 
 def read_parquet(
@@ -234,6 +237,53 @@ def write_dataset(frame: pd.DataFrame, path: str | Path, *, rows_per_part: int) 
     with atomic_path(path, directory=True) as tmp:
         for number, start in enumerate(part_starts(len(frame), rows_per_part)):
             write_part(table.slice(start, rows_per_part), tmp, number)
+
+
+class RowGroupWriter:
+    """Frames appended one after the other to one Parquet file, in row groups of a fixed size:
+    the bytes ``write_parquet`` writes for their concatenation, without holding it."""
+
+    def __init__(self, path: Path, *, row_group_size: int = _ROW_GROUP) -> None:
+        self.path, self.size = path, row_group_size
+        self.writer: pq.ParquetWriter | None = None
+        self.schema: pa.Schema | None = None
+        self.pending: list[pa.Table] = []
+        self.n_pending = 0
+
+    def write(self, frame: pd.DataFrame) -> None:
+        table = pa.Table.from_pandas(frame, schema=self.schema, preserve_index=False)
+        if self.writer is None:
+            self.schema = table.schema
+            self.writer = pq.ParquetWriter(self.path, table.schema, compression="zstd")
+        self.pending.append(table)
+        self.n_pending += table.num_rows
+        while self.n_pending >= self.size:
+            self._flush(self.size)
+
+    def _flush(self, n_rows: int) -> None:
+        # one contiguous chunk per column, as a frame converted whole gives: the writer cuts
+        # pages at chunk boundaries too
+        table = pa.concat_tables(self.pending).combine_chunks()
+        self.writer.write_table(table.slice(0, n_rows), row_group_size=self.size)
+        rest = table.slice(n_rows)
+        self.pending, self.n_pending = [rest], rest.num_rows
+
+    def close(self) -> None:
+        if self.n_pending:
+            self._flush(self.n_pending)
+        if self.writer is not None:
+            self.writer.close()
+
+
+@contextlib.contextmanager
+def row_group_writer(path: str | Path) -> Iterator[RowGroupWriter]:
+    """A ``RowGroupWriter`` on ``path``, written atomically."""
+    with atomic_path(path) as tmp:
+        writer = RowGroupWriter(tmp)
+        try:
+            yield writer
+        finally:
+            writer.close()
 
 
 def write_json(data: Any, path: str | Path) -> None:

@@ -9,6 +9,7 @@ compromised: a fraud of that card on a day from 0 up to (test day - delay - 1).
 from __future__ import annotations
 
 import datetime as dt
+from collections.abc import Callable, Iterator
 
 import numpy as np
 import pandas as pd
@@ -70,7 +71,7 @@ def train_test_split(
     'validation fold 2') says which split a SplitError is about. Each part must be non-empty and
     hold both classes, the test part after the known cards are removed. ``test_part`` names that
     part in messages ('validation' in a fold). ``span``: the first and last time of the whole
-    data when ``frame`` holds only the days the split needs (``needed_days``)."""
+    data when ``frame`` holds only the days the split looks at."""
     day = day_index(frame[schema.TX_DATETIME], train_start)
     in_train = (day >= 0) & (day < train_days)
     test_begin = train_days + delay_days
@@ -131,11 +132,90 @@ def monitoring_start(params: SplitParams, *, delay_days: int) -> dt.date:
     return test_start(params, delay_days=delay_days) + dt.timedelta(days=params.test_days)
 
 
-def needed_days(params: SplitParams, *, delay_days: int) -> tuple[dt.date, dt.date]:
-    """The first day the split and the folds read, and the day after the last: earlier and
-    later rows change nothing, so a large dataset is read for these days only."""
-    first = fold_train_start(params, delay_days=delay_days, fold=params.n_folds - 1)
-    return first, test_start(params, delay_days=delay_days) + dt.timedelta(days=params.test_days)
+# Rows of [start, end) (midnights), with the given columns (None: all), in (time, id) order:
+# a frame in memory, or the days of a large dataset read from disk (``dataset_reader``).
+Reader = Callable[[dt.date, dt.date, "list[str] | None"], pd.DataFrame]
+
+
+def frame_reader(frame: pd.DataFrame) -> Reader:
+    times = frame[schema.TX_DATETIME]
+
+    def read(start: dt.date, end: dt.date, columns: list[str] | None) -> pd.DataFrame:
+        inside = (times >= pd.Timestamp(start)) & (times < pd.Timestamp(end))
+        rows = frame.loc[inside] if columns is None else frame.loc[inside, columns]
+        return rows.reset_index(drop=True)
+
+    return read
+
+
+_POSITION = "__position"
+
+
+def split_period(
+    read: Reader,
+    *,
+    train_start: dt.date,
+    train_days: int,
+    delay_days: int,
+    test_days: int,
+    span: tuple[pd.Timestamp, pd.Timestamp],
+    name: str = "",
+    test_part: str = "test",
+) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """``train_test_split`` reading only what it needs: the three columns the split looks at
+    over its days, then the training days and the test days whole, one after the other."""
+    test_begin = train_start + dt.timedelta(days=train_days + delay_days)
+    narrow = read(
+        train_start,
+        test_begin + dt.timedelta(days=test_days),
+        [schema.TX_DATETIME, schema.CUSTOMER_ID, schema.TX_FRAUD],
+    )
+    narrow[_POSITION] = np.arange(len(narrow))
+    _, kept = train_test_split(
+        narrow,
+        train_start=train_start,
+        train_days=train_days,
+        delay_days=delay_days,
+        test_days=test_days,
+        name=name,
+        test_part=test_part,
+        span=span,
+    )
+    train = read(train_start, train_start + dt.timedelta(days=train_days), None)
+    before_test = int((narrow[schema.TX_DATETIME] < pd.Timestamp(test_begin)).sum())
+    test = read(test_begin, test_begin + dt.timedelta(days=test_days), None)
+    test = test.iloc[kept[_POSITION].to_numpy() - before_test].reset_index(drop=True)
+    return train, test
+
+
+def fold_parts(
+    read: Reader,
+    params: SplitParams,
+    *,
+    delay_days: int,
+    span: tuple[pd.Timestamp, pd.Timestamp],
+) -> Iterator[pd.DataFrame]:
+    """Each fold's train rows, then its validation rows, tagged with ``fold`` and ``role``:
+    one period in memory at a time."""
+    for fold in range(params.n_folds):
+        start = fold_train_start(params, delay_days=delay_days, fold=fold)
+        if start < span[0].date():
+            raise SplitError(
+                f"validation fold {fold} would start training on {start}, before "
+                f"the first transaction; lower split.n_folds or move train_start"
+            )
+        train, valid = split_period(
+            read,
+            train_start=start,
+            train_days=params.train_days,
+            delay_days=delay_days,
+            test_days=params.test_days,
+            span=span,
+            name=f"fold {fold}",
+            test_part="validation",
+        )
+        yield train.assign(**{FOLD_COLUMN: fold, ROLE_COLUMN: "train"})
+        yield valid.assign(**{FOLD_COLUMN: fold, ROLE_COLUMN: "valid"})
 
 
 def prequential_folds(
@@ -147,30 +227,10 @@ def prequential_folds(
 ) -> pd.DataFrame:
     """All folds' train and validation rows, tagged with ``fold`` and ``role``. ``span`` as
     for ``train_test_split``."""
-    span = span or _span(frame)
-    parts = []
-    for fold in range(params.n_folds):
-        start = fold_train_start(params, delay_days=delay_days, fold=fold)
-        if start < span[0].date():
-            raise SplitError(
-                f"validation fold {fold} would start training on {start}, before "
-                f"the first transaction; lower split.n_folds or move train_start"
-            )
-        train, valid = train_test_split(
-            frame,
-            train_start=start,
-            train_days=params.train_days,
-            delay_days=delay_days,
-            test_days=params.test_days,
-            name=f"fold {fold}",
-            test_part="validation",
-            span=span,
-        )
-        parts += [
-            train.assign(**{FOLD_COLUMN: fold, ROLE_COLUMN: "train"}),
-            valid.assign(**{FOLD_COLUMN: fold, ROLE_COLUMN: "valid"}),
-        ]
-    return pd.concat(parts, ignore_index=True)
+    parts = fold_parts(
+        frame_reader(frame), params, delay_days=delay_days, span=span or _span(frame)
+    )
+    return pd.concat(list(parts), ignore_index=True)
 
 
 def split_summary(frame: pd.DataFrame) -> dict[str, float | int | str]:

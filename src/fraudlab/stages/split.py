@@ -1,26 +1,42 @@
-"""Stage ``split``: time-based train/test split and prequential validation folds."""
+"""Stage ``split``: time-based train/test split and prequential validation folds.
+
+Only the days the split looks at are read, a period at a time, and the folds are written as they
+come: the stage holds a few weeks of rows at most, whatever the size of the dataset.
+"""
 
 from __future__ import annotations
 
+import datetime as dt
 import logging
+from pathlib import Path
 
 import pandas as pd
 
 from fraudlab.cli import run, stage_parser
-from fraudlab.io import read_parquet, time_span, write_json, write_parquet
+from fraudlab.io import read_parquet, row_group_writer, time_span, write_json, write_parquet
 from fraudlab.params import load_params
 from fraudlab.schema import TX_DATETIME
 from fraudlab.split import (
     FOLD_COLUMN,
     ROLE_COLUMN,
-    needed_days,
-    prequential_folds,
+    Reader,
+    fold_parts,
+    split_period,
     split_summary,
-    train_test_split,
 )
 
 log = logging.getLogger(__name__)
 SECTIONS = ("split", "features")
+
+
+def dataset_reader(path: str | Path) -> Reader:
+    """The days of a Parquet file or dataset directory (row groups outside are skipped)."""
+
+    def read(start: dt.date, end: dt.date, columns: list[str] | None) -> pd.DataFrame:
+        window = [(TX_DATETIME, ">=", pd.Timestamp(start)), (TX_DATETIME, "<", pd.Timestamp(end))]
+        return read_parquet(path, columns, filters=window)
+
+    return read
 
 
 def split(argv: list[str] | None = None) -> None:
@@ -33,26 +49,23 @@ def split(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     loaded = load_params(args.params, *SECTIONS)
     params, delay = loaded["split"], loaded["features"].label_delay_days
-    span = time_span(args.features)
-    first, end = (pd.Timestamp(day) for day in needed_days(params, delay_days=delay))
-    frame = read_parquet(
-        args.features, filters=[(TX_DATETIME, ">=", first), (TX_DATETIME, "<", end)]
-    )
-    train, test = train_test_split(
-        frame,
+    read, span = dataset_reader(args.features), time_span(args.features)
+    train, test = split_period(
+        read,
         train_start=params.train_start,
         train_days=params.train_days,
         delay_days=delay,
         test_days=params.test_days,
         span=span,
     )
-    folds = prequential_folds(frame, params, delay_days=delay, span=span)
     summary = {"train": split_summary(train), "test": split_summary(test)}
-    for (fold, role), part in folds.groupby([FOLD_COLUMN, ROLE_COLUMN], sort=True):
-        summary[f"fold_{fold}_{role}"] = split_summary(part)
+    with row_group_writer(args.folds) as folds:
+        for part in fold_parts(read, params, delay_days=delay, span=span):
+            fold, role = part[FOLD_COLUMN].iloc[0], part[ROLE_COLUMN].iloc[0]
+            summary[f"fold_{fold}_{role}"] = split_summary(part)
+            folds.write(part)
     write_parquet(train, args.train)
     write_parquet(test, args.test)
-    write_parquet(folds, args.folds)
     write_json(summary, args.summary)
     log.info(
         "train %d rows (%d frauds), test %d rows (%d frauds), %d validation folds",
