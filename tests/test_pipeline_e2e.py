@@ -383,6 +383,29 @@ def test_a_forced_repro_on_the_dask_engine_leaves_the_lock_unchanged(repo):
     _assert_clean(repo)
 
 
+def test_a_local_folder_remote_carries_the_data_and_models_to_a_fresh_clone(repo, tmp_path):
+    """README "Scaling out": results pushed to a DVC remote (a shared folder here) come back
+    byte for byte on another machine's clone, with nothing to reproduce."""
+    remote = tmp_path / "remote"
+    _run(repo, *_dvc("remote", "add", "--local", "shared", str(remote)))
+    try:
+        _run(repo, *_dvc("push", "-q", "-r", "shared"))
+    finally:
+        _run(repo, *_dvc("remote", "remove", "--local", "shared"))
+    clone = tmp_path / "clone"
+    _run(repo, "git", "clone", "-q", str(repo), str(clone))
+    _run(clone, *_dvc("remote", "add", "--local", "shared", str(remote)))
+    _run(clone, *_dvc("pull", "-q", "-r", "shared"))
+    _assert_clean(clone)
+    for output in ("data/features/transactions.parquet", "models/model.joblib"):
+        theirs, ours = repo / output, clone / output
+        files = sorted(p.relative_to(theirs) for p in theirs.rglob("*")) if theirs.is_dir() else []
+        assert [(ours / f).read_bytes() for f in files] == [
+            (theirs / f).read_bytes() for f in files
+        ]
+        assert theirs.is_dir() or ours.read_bytes() == theirs.read_bytes()
+
+
 def test_experiment_run_and_comparison_commands(repo):
     _run(repo, *_dvc("exp", "run", "-S", "train.xgboost.learning_rate=0.1"))
     names = _run(repo, *_dvc("exp", "list", "--name-only")).stdout.split()

@@ -111,7 +111,7 @@ def features_params_module():
             {"FRAUDLAB_ENGINE": "dask", "DASK_SCHEDULER_ADDRESS": "tcp://10.0.0.5:8786"},
             ("dask", "tcp://10.0.0.5:8786", 2, None),
         ),
-        ({"FRAUDLAB_DASK_PARTITIONS": "8"}, ("local", None, 2, 8)),
+        ({"FRAUDLAB_PARTITIONS": "8"}, ("local", None, 2, 8)),
     ],
 )
 def test_the_engine_is_read_from_the_environment(environ, expected):
@@ -124,7 +124,7 @@ def test_the_engine_is_read_from_the_environment(environ, expected):
     [
         ({"FRAUDLAB_ENGINE": "spark"}, "FRAUDLAB_ENGINE='spark'"),
         ({"FRAUDLAB_DASK_WORKERS": "0"}, "FRAUDLAB_DASK_WORKERS='0'"),
-        ({"FRAUDLAB_DASK_PARTITIONS": "2; rm -rf /"}, "FRAUDLAB_DASK_PARTITIONS"),
+        ({"FRAUDLAB_PARTITIONS": "2; rm -rf /"}, "FRAUDLAB_PARTITIONS"),
     ],
 )
 def test_a_bad_engine_variable_is_named(environ, named):

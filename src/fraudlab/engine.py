@@ -7,9 +7,10 @@ change a byte of any output, so it must not change a hash in ``dvc.lock`` either
 * ``DASK_SCHEDULER_ADDRESS``: with ``dask``, the scheduler to use (``tcp://host:8786``); without
   it, a ``LocalCluster`` of ``FRAUDLAB_DASK_WORKERS`` worker processes (default 2) is started for
   the run on 127.0.0.1 and stopped after it;
-* ``FRAUDLAB_DASK_PARTITIONS``: how many pieces a stage cuts its work into (default: enough to
-  keep each under a few million rows, and at least one per worker). Any number gives the same
-  outputs.
+* ``FRAUDLAB_PARTITIONS``: how many pieces a stage cuts its work into. Dask's default keeps
+  each under a few million rows, and gives every worker one at least; the local engine's is one
+  (the data in memory whole, the fastest way when it fits). A larger number bounds a stage's
+  memory on either engine, at the cost of scratch files. Any number gives the same outputs.
 
 Workers read and write the workspace's paths, so every worker must see the workspace at the same
 path (one machine, or a shared file system: README "Scaling out").
@@ -34,7 +35,7 @@ log = logging.getLogger(__name__)
 ENGINE_VAR = "FRAUDLAB_ENGINE"
 ADDRESS_VAR = "DASK_SCHEDULER_ADDRESS"
 WORKERS_VAR = "FRAUDLAB_DASK_WORKERS"
-PARTITIONS_VAR = "FRAUDLAB_DASK_PARTITIONS"
+PARTITIONS_VAR = "FRAUDLAB_PARTITIONS"
 _ROWS_PER_PARTITION = 4_000_000  # the default's aim: a partition's arrays take a few hundred MB
 
 
@@ -76,6 +77,8 @@ def engine_config(environ: Mapping[str, str] = os.environ) -> EngineConfig:
 def partition_of(keys: pd.Series, partitions: int) -> np.ndarray:
     """Each row's partition: a hash of its id that is the same in every process (pandas'
     SipHash with a fixed key), for integer and text ids alike."""
+    if partitions == 1:
+        return np.zeros(len(keys), dtype=np.int64)
     hashes = pd.util.hash_pandas_object(keys, index=False).to_numpy()
     return (hashes % np.uint64(partitions)).astype(np.int64)
 
@@ -90,7 +93,8 @@ class LocalEngine:
         self._partitions = partitions
 
     def partitions(self, n_rows: int) -> int:
-        return self._partitions or max(1, -(-n_rows // _ROWS_PER_PARTITION))
+        # one: what fits this machine's memory is worked on whole, as fast as it goes
+        return self._partitions or 1
 
     def map(self, task: Callable[..., Any], items: Sequence, **kwargs: Any) -> list:
         return [task(item, **kwargs) for item in items]

@@ -233,10 +233,16 @@ def write_part(table: pa.Table, directory: str | Path, number: int) -> None:
 
 def write_dataset(frame: pd.DataFrame, path: str | Path, *, rows_per_part: int) -> None:
     """Write ``frame`` (in its row order) as a dataset directory, atomically."""
-    table = pa.Table.from_pandas(frame, preserve_index=False)
     with atomic_path(path, directory=True) as tmp:
-        for number, start in enumerate(part_starts(len(frame), rows_per_part)):
-            write_part(table.slice(start, rows_per_part), tmp, number)
+        write_parts(frame, tmp, rows_per_part=rows_per_part)
+
+
+def write_parts(frame: pd.DataFrame, directory: Path, *, rows_per_part: int) -> None:
+    """Write ``frame`` (in its row order) as the parts of a dataset being built in
+    ``directory``."""
+    table = pa.Table.from_pandas(frame, preserve_index=False)
+    for number, start in enumerate(part_starts(len(frame), rows_per_part)):
+        write_part(table.slice(start, rows_per_part), directory, number)
 
 
 class RowGroupWriter:

@@ -27,6 +27,7 @@ import pyarrow.parquet as pq
 
 from fraudlab import schema
 from fraudlab.engine import partition_of
+from fraudlab.errors import DataContractError
 from fraudlab.ingest import (
     Parsed,
     csv_chunks,
@@ -40,6 +41,7 @@ from fraudlab.io import (
     part_starts,
     read_between,
     write_part,
+    write_parts,
     write_scratch,
 )
 from fraudlab.params import SourceParams, ValidateParams
@@ -106,24 +108,39 @@ def parse_chunk(
 ) -> int:
     """Task 1: chunk ``number`` mapped and parsed, its rows cut into one piece per partition
     holding the parsed values, the values as given and the parse problems."""
-    frame = _read_chunk(chunk, columns)
-    mapped = map_columns(frame, source.columns)
-    require_canonical(list(mapped.columns))
-    parsed = parse_columns(mapped, source)
+    mapped, parsed = _parsed_chunk(chunk, columns, source)
     piece = parsed.frame.assign(
         **{f"{_RAW}{c}": mapped[c] for c in schema.REQUIRED_COLUMNS},
         **{f"{_PROBLEM}{column}|{rule}": mask for rule, (column, mask) in parsed.problems.items()},
         **{_ROW: mapped.index.to_numpy(dtype=np.int64)},
     )
-    ids = parsed.frame[schema.TRANSACTION_ID]
-    # an id that could not be read goes by its text: its exact duplicates share it
-    keys = ids.astype("string").fillna("raw:" + mapped[schema.TRANSACTION_ID].astype("string"))
-    which = partition_of(keys.fillna("missing"), partitions)
+    which = _id_partition(
+        parsed.frame[schema.TRANSACTION_ID], mapped[schema.TRANSACTION_ID], partitions
+    )
     for partition in np.unique(which):
         rows = piece.loc[which == partition]
         table = pa.Table.from_pandas(rows, preserve_index=False)
         write_scratch(table, _piece(scratch, partition=int(partition), chunk=number))
-    return len(frame)
+    return len(mapped)
+
+
+def _parsed_chunk(
+    chunk: ParquetChunk | pd.DataFrame, columns: list[str] | None, source: SourceParams
+) -> tuple[pd.DataFrame, Parsed]:
+    mapped = map_columns(_read_chunk(chunk, columns), source.columns)
+    require_canonical(list(mapped.columns))
+    return mapped, parse_columns(mapped, source)
+
+
+def _id_partition(ids: pd.Series, raw: pd.Series, partitions: int) -> np.ndarray:
+    """Each row's partition, by its transaction_id; an id that could not be read goes by its
+    text, which its exact duplicates share."""
+    which = np.zeros(len(ids), dtype=np.int64)
+    if partitions > 1:
+        known = ids.notna().to_numpy()
+        which[known] = partition_of(ids[known].astype("int64"), partitions)
+        which[~known] = partition_of(raw[~known].astype("string").fillna(""), partitions)
+    return which
 
 
 def _unpack(piece: pd.DataFrame) -> tuple[pd.DataFrame, Parsed]:
@@ -213,7 +230,7 @@ def write_clean_part(
 def _chunks(
     path: Path, columns: list[str] | None, *, text: dict[str, str], rows_per_part: int
 ) -> Iterator[ParquetChunk | pd.DataFrame]:
-    if path.is_dir() or path.suffix.lower() in (".parquet", ".pq"):
+    if _is_parquet(path):
         yield from parquet_chunks(path)
     else:
         yield from csv_chunks(path, columns, text=text, rows=rows_per_part)
@@ -240,10 +257,24 @@ def validate_dataset(
     ``clean_out`` (a directory being built); returns the data-quality report and the rejected
     rows. Raises before writing anything when the source fails as a whole."""
     path, clean_out, scratch = path.resolve(), clean_out.resolve(), scratch.resolve()
+    chunks = _chunks(path, columns, text=text, rows_per_part=rows_per_part)
     partitions = engine.partitions(_size_hint(path))
+    if partitions == 1:
+        if _is_parquet(path):
+            # typed columns: parsing the whole file gives each row what parsing its row group
+            # would, with no second copy of the rows held for the concatenation
+            chunks = iter([pd.read_parquet(path, columns=columns)])
+        return _validate_in_memory(
+            chunks,
+            columns=columns,
+            clean_out=clean_out,
+            params=params,
+            source=source,
+            rows_per_part=rows_per_part,
+        )
     n_read = engine.map_iter(
         parse_chunk,
-        _chunks(path, columns, text=text, rows_per_part=rows_per_part),
+        chunks,
         columns=columns,
         source=source,
         scratch=scratch,
@@ -293,9 +324,64 @@ def validate_dataset(
     return Validated(report, rejected)
 
 
+def _validate_in_memory(
+    chunks: Iterator[ParquetChunk | pd.DataFrame],
+    *,
+    columns: list[str] | None,
+    clean_out: Path,
+    params: ValidateParams,
+    source: SourceParams,
+    rows_per_part: int,
+) -> Validated:
+    """One partition, in this process, without scratch files: chunks parsed one by one as the
+    tasks would, then the contract on all their rows (what one partition would hold)."""
+    mapped, frames, problems = [], [], []
+    for chunk in chunks:
+        chunk_mapped, parsed = _parsed_chunk(chunk, columns, source)
+        mapped.append(chunk_mapped)
+        frames.append(parsed.frame)
+        problems.append(parsed.problems)
+    if not mapped:
+        raise DataContractError("no rows: the input holds no transactions")
+    lengths = [len(frame) for frame in frames]
+    rules = {rule: column for found in problems for rule, (column, _) in found.items()}
+    parsed = Parsed(
+        frame=pd.concat(frames),
+        problems={
+            rule: (
+                column,
+                np.concatenate(
+                    [
+                        found[rule][1] if rule in found else np.zeros(n, dtype=bool)
+                        for found, n in zip(problems, lengths, strict=True)
+                    ]
+                ),
+            )
+            for rule, column in rules.items()
+        },
+    )
+    checked = check_parsed(pd.concat(mapped), parsed, params, source=source)
+    summary = summarize([checked])
+    accept(summary, params)  # raises before anything is written
+    clean = checked.clean
+    write_parts(clean, clean_out, rows_per_part=rows_per_part)
+    report = quality_report(
+        summary,
+        kept=len(clean),
+        frauds=int(clean[schema.TX_FRAUD].sum()),
+        first=clean[schema.TX_DATETIME].min(),
+        last=clean[schema.TX_DATETIME].max(),
+    )
+    return Validated(report, finish_rejected([mixed_as_text(checked.rejected)]))
+
+
+def _is_parquet(path: Path) -> bool:
+    return path.is_dir() or path.suffix.lower() in (".parquet", ".pq")
+
+
 def _size_hint(path: Path) -> int:
     """Rows in a Parquet source (from its footers); a CSV's size in bytes / 50."""
-    if path.is_dir() or path.suffix.lower() in (".parquet", ".pq"):
+    if _is_parquet(path):
         files = dataset_parts(path) if path.is_dir() else [path]
         return sum(pq.ParquetFile(f).metadata.num_rows for f in files)
     return path.stat().st_size // 50

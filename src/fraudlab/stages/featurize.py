@@ -1,8 +1,8 @@
 """Stage ``featurize``: add point-in-time correct window features to clean transactions.
 
 On the local engine the whole dataset is featurized in this process; on the Dask engine
-(``FRAUDLAB_ENGINE=dask``, see ``fraudlab.engine``) partition by partition on the cluster. Both
-write the same bytes.
+(``FRAUDLAB_ENGINE=dask``, see ``fraudlab.engine``), or with ``FRAUDLAB_PARTITIONS`` set,
+partition by partition. Both write the same bytes.
 """
 
 from __future__ import annotations
@@ -31,7 +31,7 @@ def featurize(argv: list[str] | None = None) -> None:
     params, rows_per_part = loaded["features"], loaded["storage"].rows_per_part
     config = engine_config()
     started = time.perf_counter()
-    if config.kind == "local":
+    if config.kind == "local" and config.partitions is None:  # whole, in memory
         features = build_features(read_parquet(args.clean), params)
         write_dataset(features, args.out, rows_per_part=rows_per_part)
         n_rows = len(features)

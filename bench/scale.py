@@ -1,0 +1,248 @@
+"""The data stages at scale on each engine: simulate -> validate -> featurize -> split.
+
+    python bench/scale.py --rows 20M                      # both engines, ~10 minutes
+    python bench/scale.py --rows 200M --engines dask      # the Dask engine only
+    python bench/scale.py --rows 2M --keep /tmp/scale     # keep the data and the report
+
+The simulator's world grows with ``--rows`` at the reference density (customers and terminals
+x f, the reach radius / sqrt(f), compromises per day x f), drawn in independent blocks of
+customers (``simulate.customers_per_block``), so both engines draw the same data. Each stage's
+command from dvc.yaml runs in a scratch directory (the repository's data is untouched, and no
+DVC cache copies the data); with the Dask engine the stages use a ``LocalCluster`` this script
+starts (``--workers`` processes of one thread each).
+
+Printed per stage and in total: wall time, rows/s, rows/s per core (local: one core; Dask: one
+per worker) and the peak memory of the whole run: the resident memory of every process this
+script started (stage processes, the cluster's workers and nannies, and this process, which
+runs the scheduler), summed, sampled every 0.1 s. When both engines run, their outputs are
+compared file by file. Dask's performance report (task stream, worker profiles, bandwidth) is
+saved as HTML beside the data (``--keep``) or in the current directory.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import hashlib
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import psutil
+import yaml
+
+from stages import ROOT, command_argv, n_rows, resolve
+
+STAGES = ("simulate", "validate", "featurize", "split")
+_REFERENCE_ROWS = 1_788_956  # the reference params' transactions
+_UNITS = {"": 1, "K": 10**3, "M": 10**6, "G": 10**9}
+
+
+def row_count(text: str) -> int:
+    match = re.fullmatch(r"(\d+(?:\.\d+)?)([KMG]?)", text.strip().upper())
+    if not match:
+        raise argparse.ArgumentTypeError(f"{text!r}: a number of rows such as 20M or 2000000")
+    return round(float(match.group(1)) * _UNITS[match.group(2)])
+
+
+def scaled_params(rows: int, *, customers_per_block: int, rows_per_part: int) -> dict:
+    """params.yaml with the simulated world grown to about ``rows`` transactions."""
+    params = yaml.safe_load((ROOT / "params.yaml").read_text())
+    factor = rows / _REFERENCE_ROWS
+    simulate = params["simulate"]
+    simulate.update(
+        n_customers=round(simulate["n_customers"] * factor),
+        n_terminals=round(simulate["n_terminals"] * factor),
+        radius=simulate["radius"] / factor**0.5,
+        compromised_terminals_per_day=round(simulate["compromised_terminals_per_day"] * factor),
+        compromised_customers_per_day=round(simulate["compromised_customers_per_day"] * factor),
+        customers_per_block=customers_per_block,
+    )
+    params["storage"]["rows_per_part"] = rows_per_part
+    return params
+
+
+class PeakMemory:
+    """The largest sum of resident memory over this process and all its descendants."""
+
+    def __init__(self, interval: float = 0.1) -> None:
+        self.interval, self.peak = interval, 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+
+    def _sample(self) -> None:
+        me = psutil.Process()
+        while not self._stop.is_set():
+            total = 0
+            for process in [me, *me.children(recursive=True)]:
+                with contextlib.suppress(psutil.Error):
+                    total += process.memory_info().rss
+            self.peak = max(self.peak, total)
+            self._stop.wait(self.interval)
+
+    def __enter__(self) -> PeakMemory:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
+def _run(cmd: str, workdir: Path, env: dict[str, str]) -> float:
+    argv, env = command_argv(cmd, env)
+    started = time.perf_counter()
+    done = subprocess.run(argv, cwd=workdir, env=env, capture_output=True, text=True, check=False)
+    if done.returncode != 0:
+        sys.exit(f"stage failed: {cmd}\n{done.stderr}")
+    return time.perf_counter() - started
+
+
+def _digest(path: Path) -> str:
+    """MD5 over a file, or over a directory's files (names and bytes) in name order."""
+    md5 = hashlib.md5()
+    for file in sorted(path.rglob("*")) if path.is_dir() else [path]:
+        if file.is_file():
+            md5.update(file.name.encode())
+            with open(file, "rb") as handle:
+                while block := handle.read(1 << 24):
+                    md5.update(block)
+    return md5.hexdigest()
+
+
+_OUTPUTS = (
+    "data/raw/transactions.parquet",
+    "data/clean/transactions.parquet",
+    "data/clean/rejected.parquet",
+    "data/features/transactions.parquet",
+    "data/split/train.parquet",
+    "data/split/test.parquet",
+    "data/split/folds.parquet",
+)
+
+
+def run_engine(engine: str, workdir: Path, params: dict, *, env: dict[str, str]) -> list[tuple]:
+    """Each stage's (name, seconds, rows, peak bytes); the outputs stay in ``workdir``."""
+    stages = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
+    (workdir / "params.yaml").write_text(yaml.safe_dump(params))
+    if not (workdir / "src").exists():
+        (workdir / "src").symlink_to(ROOT / "src")  # stage commands import from ./src
+    env = env | {"FRAUDLAB_ENGINE": engine}
+    results = []
+    for name in STAGES:
+        cmd = resolve(" ".join(stages[name]["cmd"].split()), params)
+        with PeakMemory() as memory:
+            seconds = _run(cmd, workdir, env)
+        source = {
+            "simulate": "data/raw/transactions.parquet",
+            "validate": "data/raw/transactions.parquet",
+            "featurize": "data/clean/transactions.parquet",
+            "split": "data/features/transactions.parquet",
+        }[name]
+        results.append((name, seconds, n_rows(workdir / source), memory.peak))
+        print(f"  {engine} {name}: {seconds:.1f} s", file=sys.stderr, flush=True)
+    return results
+
+
+def _table(engine: str, results: list[tuple], cores: int) -> None:
+    gib = 1024**3
+    print(f"\n{engine} engine ({cores} core{'s' if cores > 1 else ''}):")
+    print(f"{'stage':<10} {'seconds':>8} {'rows':>13} {'rows/s':>11} {'/core':>10} {'peak GiB':>9}")
+    total_seconds, peak = 0.0, 0
+    for name, seconds, rows, stage_peak in results:
+        total_seconds += seconds
+        peak = max(peak, stage_peak)
+        print(
+            f"{name:<10} {seconds:>8.1f} {rows:>13,} {rows / seconds:>11,.0f} "
+            f"{rows / seconds / cores:>10,.0f} {stage_peak / gib:>9.2f}"
+        )
+    rows = results[0][2]
+    print(
+        f"{'all four':<10} {total_seconds:>8.1f} {rows:>13,} {rows / total_seconds:>11,.0f} "
+        f"{rows / total_seconds / cores:>10,.0f} {peak / gib:>9.2f}"
+    )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rows", type=row_count, default=row_count("20M"))
+    parser.add_argument("--engines", default="local,dask", help="local, dask or both (a,b)")
+    parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--customers-per-block", type=int, default=10_000)
+    parser.add_argument("--rows-per-part", type=int, default=1_000_000)
+    parser.add_argument("--keep", help="keep the data (one directory per engine) here")
+    args = parser.parse_args()
+    engines = [e.strip() for e in args.engines.split(",")]
+    params = scaled_params(
+        args.rows,
+        customers_per_block=args.customers_per_block,
+        rows_per_part=args.rows_per_part,
+    )
+    base = Path(args.keep or tempfile.mkdtemp(prefix="fraudlab-scale-"))
+    env = dict(os.environ)
+    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env['PATH']}"
+    env.pop("DASK_SCHEDULER_ADDRESS", None)
+    print(
+        f"~{args.rows:,} transactions: {params['simulate']['n_customers']:,} customers, "
+        f"{params['simulate']['n_terminals']:,} terminals, blocks of "
+        f"{args.customers_per_block:,} customers, parts of {args.rows_per_part:,} rows"
+    )
+    digests = {}
+    try:
+        for engine in engines:
+            workdir = base / engine
+            workdir.mkdir(parents=True, exist_ok=True)
+            if engine == "local":
+                results = run_engine("local", workdir, params, env=env)
+                _table("local", results, cores=1)
+            else:
+                report = (Path(args.keep) if args.keep else Path.cwd()) / "dask-report.html"
+                results = _run_on_cluster(
+                    workdir, params, env=env, workers=args.workers, report=report
+                )
+                _table("dask", results, cores=args.workers)
+            digests[engine] = {out: _digest(workdir / out) for out in _OUTPUTS}
+            if not args.keep:
+                shutil.rmtree(workdir / "data")
+    finally:
+        if not args.keep:
+            shutil.rmtree(base, ignore_errors=True)
+    if len(digests) == 2:
+        first, second = digests.values()
+        same = [out for out in _OUTPUTS if first[out] == second[out]]
+        print(f"\noutputs identical on both engines: {len(same)} of {len(_OUTPUTS)}")
+        for out in _OUTPUTS:
+            if first[out] != second[out]:
+                print(f"  DIFFERENT: {out}")
+
+
+def _run_on_cluster(
+    workdir: Path, params: dict, *, env: dict[str, str], workers: int, report: Path
+) -> list[tuple]:
+    from dask.distributed import Client, LocalCluster, performance_report
+
+    with (
+        LocalCluster(
+            n_workers=workers,
+            threads_per_worker=1,
+            processes=True,
+            host="127.0.0.1",
+            dashboard_address=None,
+        ) as cluster,
+        Client(cluster),
+        performance_report(filename=str(report)),  # every client's tasks in the meantime
+    ):
+        address = {"DASK_SCHEDULER_ADDRESS": cluster.scheduler_address}
+        results = run_engine("dask", workdir, params, env=env | address)
+    print(f"Dask performance report: {report}")
+    return results
+
+
+if __name__ == "__main__":
+    main()
