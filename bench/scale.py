@@ -127,16 +127,18 @@ _OUTPUTS = (
 )
 
 
-def run_engine(engine: str, workdir: Path, params: dict, *, env: dict[str, str]) -> list[tuple]:
+def run_engine(
+    engine: str, workdir: Path, params: dict, *, env: dict[str, str], stages: list[str]
+) -> list[tuple]:
     """Each stage's (name, seconds, rows, peak bytes); the outputs stay in ``workdir``."""
-    stages = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
+    commands = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
     (workdir / "params.yaml").write_text(yaml.safe_dump(params))
     if not (workdir / "src").exists():
         (workdir / "src").symlink_to(ROOT / "src")  # stage commands import from ./src
     env = env | {"FRAUDLAB_ENGINE": engine}
     results = []
-    for name in STAGES:
-        cmd = resolve(" ".join(stages[name]["cmd"].split()), params)
+    for name in stages:
+        cmd = resolve(" ".join(commands[name]["cmd"].split()), params)
         with PeakMemory() as memory:
             seconds = _run(cmd, workdir, env)
         source = {
@@ -164,7 +166,7 @@ def _table(engine: str, results: list[tuple], cores: int) -> None:
         )
     rows = results[0][2]
     print(
-        f"{'all four':<10} {total_seconds:>8.1f} {rows:>13,} {rows / total_seconds:>11,.0f} "
+        f"{'all':<10} {total_seconds:>8.1f} {rows:>13,} {rows / total_seconds:>11,.0f} "
         f"{rows / total_seconds / cores:>10,.0f} {peak / gib:>9.2f}"
     )
 
@@ -177,8 +179,12 @@ def main() -> None:
     parser.add_argument("--customers-per-block", type=int, default=10_000)
     parser.add_argument("--rows-per-part", type=int, default=1_000_000)
     parser.add_argument("--keep", help="keep the data (one directory per engine) here")
+    parser.add_argument(
+        "--stages", default=",".join(STAGES), help="a later part of the run, on kept data"
+    )
     args = parser.parse_args()
     engines = [e.strip() for e in args.engines.split(",")]
+    stages = [s.strip() for s in args.stages.split(",")]
     params = scaled_params(
         args.rows,
         customers_per_block=args.customers_per_block,
@@ -199,12 +205,12 @@ def main() -> None:
             workdir = base / engine
             workdir.mkdir(parents=True, exist_ok=True)
             if engine == "local":
-                results = run_engine("local", workdir, params, env=env)
+                results = run_engine("local", workdir, params, env=env, stages=stages)
                 _table("local", results, cores=1)
             else:
                 report = (Path(args.keep) if args.keep else Path.cwd()) / "dask-report.html"
                 results = _run_on_cluster(
-                    workdir, params, env=env, workers=args.workers, report=report
+                    workdir, params, env=env, workers=args.workers, report=report, stages=stages
                 )
                 _table("dask", results, cores=args.workers)
             digests[engine] = {out: _digest(workdir / out) for out in _OUTPUTS}
@@ -223,9 +229,15 @@ def main() -> None:
 
 
 def _run_on_cluster(
-    workdir: Path, params: dict, *, env: dict[str, str], workers: int, report: Path
+    workdir: Path,
+    params: dict,
+    *,
+    env: dict[str, str],
+    workers: int,
+    report: Path,
+    stages: list[str],
 ) -> list[tuple]:
-    from dask.distributed import Client, LocalCluster, performance_report
+    from dask.distributed import Client, LocalCluster, get_task_stream, performance_report
 
     with (
         LocalCluster(
@@ -237,11 +249,28 @@ def _run_on_cluster(
         ) as cluster,
         Client(cluster),
         performance_report(filename=str(report)),  # every client's tasks in the meantime
+        get_task_stream() as stream,
     ):
         address = {"DASK_SCHEDULER_ADDRESS": cluster.scheduler_address}
-        results = run_engine("dask", workdir, params, env=env | address)
+        results = run_engine("dask", workdir, params, env=env | address, stages=stages)
     print(f"Dask performance report: {report}")
+    _where_the_time_goes(stream.data)
     return results
+
+
+def _where_the_time_goes(records: list[dict]) -> None:
+    """Worker seconds per kind of task (computing, and moving data between workers)."""
+    seconds: dict[str, dict[str, float]] = {}
+    for record in records:
+        kind = str(record["key"]).rsplit("-", 1)[0].strip("('\"")
+        for part in record["startstops"]:
+            spent = seconds.setdefault(kind, {"n": 0, "compute": 0.0, "transfer": 0.0})
+            if part["action"] in ("compute", "transfer"):
+                spent[part["action"]] += part["stop"] - part["start"]
+        seconds[kind]["n"] += 1
+    print(f"\n{'task':<22} {'tasks':>6} {'compute s':>10} {'transfer s':>11}")
+    for kind, spent in sorted(seconds.items(), key=lambda item: -item[1]["compute"]):
+        print(f"{kind:<22} {spent['n']:>6} {spent['compute']:>10.1f} {spent['transfer']:>11.1f}")
 
 
 if __name__ == "__main__":

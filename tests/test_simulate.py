@@ -9,20 +9,21 @@ from conftest import small_simulate_params
 from fraudlab import schema
 from fraudlab.simulate import merge_blocks, n_blocks, simulate_block, simulate_transactions
 
+# The reference customer and terminal density (SPEC §3) over 60 days instead of 183.
+REFERENCE_DENSITY = {
+    "n_customers": 5000,
+    "n_terminals": 10000,
+    "n_days": 60,
+    "radius": 5.0,
+    "compromised_terminals_per_day": 2,
+    "compromised_customers_per_day": 3,
+    "seed": 1,
+}
+
 
 @pytest.fixture(scope="module")
 def reference_density():
-    """The reference customer and terminal density (SPEC §3) over 60 days instead of 183."""
-    params = small_simulate_params(
-        n_customers=5000,
-        n_terminals=10000,
-        n_days=60,
-        radius=5.0,
-        compromised_terminals_per_day=2,
-        compromised_customers_per_day=3,
-        seed=1,
-    )
-    return simulate_transactions(params)
+    return simulate_transactions(small_simulate_params(**REFERENCE_DENSITY))
 
 
 def test_volumes_and_fraud_rate_land_close_to_the_reference(reference_density):
@@ -181,17 +182,7 @@ def _in_blocks(params) -> pd.DataFrame:
 def test_blocks_of_customers_draw_a_world_like_one_generators(reference_density):
     """Blocks (independent generators per 1,000 customers) change the draws, not the world:
     the same volumes, fraud rate and mix of scenarios as one generator for all."""
-    params = small_simulate_params(
-        n_customers=5000,
-        n_terminals=10000,
-        n_days=60,
-        radius=5.0,
-        compromised_terminals_per_day=2,
-        compromised_customers_per_day=3,
-        seed=1,
-        customers_per_block=1000,
-    )
-    blocks = _in_blocks(params)
+    blocks = _in_blocks(small_simulate_params(**REFERENCE_DENSITY, customers_per_block=1000))
     assert abs(len(blocks) / len(reference_density) - 1) < 0.03
     assert abs(blocks["tx_fraud"].mean() / reference_density["tx_fraud"].mean() - 1) < 0.25
     for scenario in (1, 2, 3):

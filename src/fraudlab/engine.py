@@ -23,12 +23,14 @@ import logging
 import os
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
 import pandas as pd
 
 from fraudlab.errors import UserError
+from fraudlab.io import atomic_path, scratch_directory
 
 log = logging.getLogger(__name__)
 
@@ -179,3 +181,18 @@ def open_engine(config: EngineConfig) -> Iterator[LocalEngine | DaskEngine]:
                 ) from None
             log.info("using the Dask scheduler at %s", config.address)
         yield DaskEngine(client, config.partitions)
+
+
+@contextlib.contextmanager
+def partitioned_run(
+    config: EngineConfig, target: str | Path
+) -> Iterator[tuple[LocalEngine | DaskEngine, Path, Path]]:
+    """What a partitioned stage writes ``target`` with: the engine, the directory being built
+    (it becomes ``target`` when the block succeeds, and is removed otherwise) and a scratch
+    directory beside it (always removed)."""
+    with (
+        open_engine(config) as engine,
+        atomic_path(target, directory=True) as out,
+        scratch_directory(target) as scratch,
+    ):
+        yield engine, out, scratch

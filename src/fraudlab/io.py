@@ -127,9 +127,14 @@ _ROW_GROUP = 1_000_000
 
 def write_parquet(frame: pd.DataFrame, path: str | Path) -> None:
     """Write ``frame`` without its index; bytes depend only on the data and library versions."""
-    table = pa.Table.from_pandas(frame, preserve_index=False)
     with atomic_path(path) as tmp:
-        pq.write_table(table, tmp, compression="zstd", row_group_size=_ROW_GROUP)
+        write_parquet_into(frame, tmp)
+
+
+def write_parquet_into(frame: pd.DataFrame, path: Path) -> None:
+    """``write_parquet`` into a path already temporary (an ``atomic_path``)."""
+    table = pa.Table.from_pandas(frame, preserve_index=False)
+    pq.write_table(table, path, compression="zstd", row_group_size=_ROW_GROUP)
 
 
 def read_parquet(
@@ -267,12 +272,20 @@ class RowGroupWriter:
             self._flush(self.size)
 
     def _flush(self, n_rows: int) -> None:
+        """Write the first ``n_rows`` pending rows as one row group."""
+        head, rest, needed = [], [], n_rows
+        for table in self.pending:
+            taken = min(needed, table.num_rows)
+            if taken:
+                head.append(table.slice(0, taken))
+            if taken < table.num_rows:
+                rest.append(table.slice(taken))
+            needed -= taken
         # one contiguous chunk per column, as a frame converted whole gives: the writer cuts
-        # pages at chunk boundaries too
-        table = pa.concat_tables(self.pending).combine_chunks()
-        self.writer.write_table(table.slice(0, n_rows), row_group_size=self.size)
-        rest = table.slice(n_rows)
-        self.pending, self.n_pending = [rest], rest.num_rows
+        # pages at chunk boundaries too (only this row group is copied)
+        group = pa.concat_tables(head).combine_chunks()
+        self.writer.write_table(group, row_group_size=self.size)
+        self.pending, self.n_pending = rest, self.n_pending - n_rows
 
     def close(self) -> None:
         if self.n_pending:

@@ -10,6 +10,7 @@ with ``none`` the whole output, is the same as without it.
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -327,6 +328,7 @@ class _Shared:
     dark: np.ndarray  # per terminal: out of service from the start day (terminals_dark)
 
 
+@functools.lru_cache(maxsize=1)  # a worker drawing many blocks builds it once
 def _shared(params: SimulateParams) -> _Shared:
     terminals = _stream(params, _TERMINAL_STREAM).uniform(
         0, _AREA_SIZE, size=(params.n_terminals, 2)

@@ -12,9 +12,9 @@ import time
 from pathlib import Path
 
 from fraudlab.cli import run, stage_parser
-from fraudlab.engine import engine_config, open_engine
+from fraudlab.engine import engine_config, partitioned_run
 from fraudlab.features import build_features
-from fraudlab.io import atomic_path, read_parquet, scratch_directory, write_dataset
+from fraudlab.io import read_parquet, write_dataset
 from fraudlab.params import load_params
 from fraudlab.partitioned_features import featurize_dataset
 
@@ -36,11 +36,7 @@ def featurize(argv: list[str] | None = None) -> None:
         write_dataset(features, args.out, rows_per_part=rows_per_part)
         n_rows = len(features)
     else:
-        with (
-            open_engine(config) as engine,
-            atomic_path(args.out, directory=True) as out,
-            scratch_directory(args.out) as scratch,
-        ):
+        with partitioned_run(config, args.out) as (engine, out, scratch):
             n_rows = featurize_dataset(
                 engine,
                 Path(args.clean),

@@ -11,8 +11,8 @@ import logging
 import time
 
 from fraudlab.cli import run, stage_parser
-from fraudlab.engine import engine_config, open_engine
-from fraudlab.io import atomic_path, scratch_directory, write_dataset
+from fraudlab.engine import engine_config, partitioned_run
+from fraudlab.io import write_dataset
 from fraudlab.params import load_params
 from fraudlab.simulate import simulate_dataset, simulate_transactions
 
@@ -35,11 +35,7 @@ def simulate(argv: list[str] | None = None) -> None:
         write_dataset(frame, args.out, rows_per_part=rows_per_part)
         n_rows = len(frame)
     else:
-        with (
-            open_engine(config) as engine,
-            atomic_path(args.out, directory=True) as out,
-            scratch_directory(args.out) as scratch,
-        ):
+        with partitioned_run(config, args.out) as (engine, out, scratch):
             n_rows = simulate_dataset(
                 engine, out, scratch=scratch, params=params, rows_per_part=rows_per_part
             )

@@ -13,7 +13,14 @@ from pathlib import Path
 import pandas as pd
 
 from fraudlab.cli import run, stage_parser
-from fraudlab.io import read_parquet, row_group_writer, time_span, write_json, write_parquet
+from fraudlab.io import (
+    atomic_path,
+    read_parquet,
+    row_group_writer,
+    time_span,
+    write_json,
+    write_parquet_into,
+)
 from fraudlab.params import load_params
 from fraudlab.schema import TX_DATETIME
 from fraudlab.split import (
@@ -59,19 +66,26 @@ def split(argv: list[str] | None = None) -> None:
         span=span,
     )
     summary = {"train": split_summary(train), "test": split_summary(test)}
-    with row_group_writer(args.folds) as folds:
+    n_train, n_test = len(train), len(test)
+    # nothing appears unless every fold is sound: all three go into place together at the end
+    with (
+        atomic_path(args.train) as train_path,
+        atomic_path(args.test) as test_path,
+        row_group_writer(args.folds) as folds,
+    ):
+        write_parquet_into(train, train_path)
+        write_parquet_into(test, test_path)
+        del train, test  # the folds come a period at a time, with nothing else held
         for part in fold_parts(read, params, delay_days=delay, span=span):
             fold, role = part[FOLD_COLUMN].iloc[0], part[ROLE_COLUMN].iloc[0]
             summary[f"fold_{fold}_{role}"] = split_summary(part)
             folds.write(part)
-    write_parquet(train, args.train)
-    write_parquet(test, args.test)
     write_json(summary, args.summary)
     log.info(
         "train %d rows (%d frauds), test %d rows (%d frauds), %d validation folds",
-        len(train),
+        n_train,
         summary["train"]["frauds"],
-        len(test),
+        n_test,
         summary["test"]["frauds"],
         params.n_folds,
     )

@@ -16,9 +16,9 @@ import logging
 from pathlib import Path
 
 from fraudlab.cli import run, stage_parser
-from fraudlab.engine import engine_config, open_engine
+from fraudlab.engine import engine_config, partitioned_run
 from fraudlab.ingest import columns_to_read, id_columns, read_header
-from fraudlab.io import atomic_path, scratch_directory, write_json, write_parquet
+from fraudlab.io import write_json, write_parquet
 from fraudlab.params import load_params
 from fraudlab.partitioned_validate import validate_dataset
 from fraudlab.validate import DataContractError
@@ -38,11 +38,7 @@ def validate(argv: list[str] | None = None) -> None:
     try:
         # Only the columns the pipeline uses are read; missing ones fail before any row is.
         columns = columns_to_read(read_header(source.path), source)
-        with (
-            open_engine(engine_config()) as engine,
-            atomic_path(args.clean, directory=True) as clean,
-            scratch_directory(args.clean) as scratch,
-        ):
+        with partitioned_run(engine_config(), args.clean) as (engine, clean, scratch):
             result = validate_dataset(
                 engine,
                 Path(source.path),
