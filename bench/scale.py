@@ -260,9 +260,11 @@ def _run_on_cluster(
 
 def _where_the_time_goes(records: list[dict]) -> None:
     """Worker seconds per kind of task (computing, and moving data between workers)."""
+    from dask.utils import key_split
+
     seconds: dict[str, dict[str, float]] = {}
     for record in records:
-        kind = str(record["key"]).rsplit("-", 1)[0].strip("('\"")
+        kind = key_split(record["key"])
         for part in record["startstops"]:
             spent = seconds.setdefault(kind, {"n": 0, "compute": 0.0, "transfer": 0.0})
             if part["action"] in ("compute", "transfer"):
