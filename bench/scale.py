@@ -16,7 +16,7 @@ per worker) and the peak memory of the whole run: the resident memory of every p
 script started (stage processes, the cluster's workers and nannies, and this process, which
 runs the scheduler), summed, sampled every 0.1 s. When both engines run, their outputs are
 compared file by file. Dask's performance report (task stream, worker profiles, bandwidth) is
-saved as HTML beside the data (``--keep``) or in the current directory.
+saved as HTML beside the data (``--keep``) or in the temporary directory.
 """
 
 from __future__ import annotations
@@ -208,7 +208,7 @@ def main() -> None:
                 results = run_engine("local", workdir, params, env=env, stages=stages)
                 _table("local", results, cores=1)
             else:
-                report = (Path(args.keep) if args.keep else Path.cwd()) / "dask-report.html"
+                report = Path(args.keep or tempfile.gettempdir()) / "fraudlab-dask-report.html"
                 results = _run_on_cluster(
                     workdir, params, env=env, workers=args.workers, report=report, stages=stages
                 )
