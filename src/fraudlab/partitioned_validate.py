@@ -343,24 +343,12 @@ def _validate_in_memory(
         problems.append(parsed.problems)
     if not mapped:
         raise DataContractError("no rows: the input holds no transactions")
-    lengths = [len(frame) for frame in frames]
-    rules = {rule: column for found in problems for rule, (column, _) in found.items()}
-    parsed = Parsed(
-        frame=pd.concat(frames),
-        problems={
-            rule: (
-                column,
-                np.concatenate(
-                    [
-                        found[rule][1] if rule in found else np.zeros(n, dtype=bool)
-                        for found, n in zip(problems, lengths, strict=True)
-                    ]
-                ),
-            )
-            for rule, column in rules.items()
-        },
-    )
-    checked = check_parsed(pd.concat(mapped), parsed, params, source=source)
+    if len(frames) == 1:  # a Parquet source, read whole: nothing to join, nothing to copy
+        parsed = Parsed(frame=frames[0], problems=problems[0])
+        checked = check_parsed(mapped[0], parsed, params, source=source)
+    else:
+        checked = check_parsed(pd.concat(mapped), _joined(frames, problems), params, source=source)
+    del mapped, frames
     summary = summarize([checked])
     accept(summary, params)  # raises before anything is written
     clean = checked.clean
@@ -377,6 +365,27 @@ def _validate_in_memory(
 
 def _is_parquet(path: Path) -> bool:
     return path.is_dir() or path.suffix.lower() in (".parquet", ".pq")
+
+
+def _joined(frames: list[pd.DataFrame], problems: list[dict]) -> Parsed:
+    """Chunks parsed one by one, as one ``Parsed``."""
+    lengths = [len(frame) for frame in frames]
+    rules = {rule: column for found in problems for rule, (column, _) in found.items()}
+    return Parsed(
+        frame=pd.concat(frames),
+        problems={
+            rule: (
+                column,
+                np.concatenate(
+                    [
+                        found[rule][1] if rule in found else np.zeros(n, dtype=bool)
+                        for found, n in zip(problems, lengths, strict=True)
+                    ]
+                ),
+            )
+            for rule, column in rules.items()
+        },
+    )
 
 
 def _size_hint(path: Path) -> int:

@@ -322,18 +322,21 @@ def check_parsed(
     source gives each row what parsing all of it would)."""
     # A CSV's column is typed per chunk: a number read as a number in one chunk and as text in
     # another (one with a word in it) is one value, and its rows may be exact duplicates.
+    rows_read = len(mapped)
     keep = ~mixed_as_text(mapped).duplicated(keep="first").to_numpy()
-    deduplicated = mapped.loc[keep]
-    rows = deduplicated.index.to_numpy() + 1
-    deduplicated = deduplicated.reset_index(drop=True)
-    parsed = Parsed(
-        frame=parsed.frame.loc[keep].reset_index(drop=True),
-        problems={
-            rule: (column, mask[keep])
-            for rule, (column, mask) in parsed.problems.items()
-            if mask[keep].any()
-        },
-    )
+    if not keep.all():  # (no copies of the whole source when nothing repeats)
+        mapped = mapped.loc[keep]
+        parsed = Parsed(
+            frame=parsed.frame.loc[keep],
+            problems={
+                rule: (column, mask[keep])
+                for rule, (column, mask) in parsed.problems.items()
+                if mask[keep].any()
+            },
+        )
+    rows = mapped.index.to_numpy() + 1
+    deduplicated = mapped.reset_index(drop=True)
+    parsed = Parsed(parsed.frame.reset_index(drop=True), parsed.problems)
     violations = row_violations(parsed, params)
     reasons = _reasons(violations, len(deduplicated))
     rejected_mask = reasons != ""
@@ -345,7 +348,7 @@ def check_parsed(
     return Checked(
         clean=clean,
         rejected=rejected.reset_index(drop=True),
-        rows_read=len(mapped),
+        rows_read=rows_read,
         rows_deduplicated=len(deduplicated),
         rules={
             rule: RuleSummary(v.column, int(v.rows.sum()), found[rule])
