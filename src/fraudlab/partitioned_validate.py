@@ -346,8 +346,13 @@ def _validate_in_memory(
     if len(frames) == 1:  # a Parquet source, read whole: nothing to join, nothing to copy
         parsed = Parsed(frame=frames[0], problems=problems[0])
         checked = check_parsed(mapped[0], parsed, params, source=source)
-    else:
-        checked = check_parsed(pd.concat(mapped), _joined(frames, problems), params, source=source)
+    else:  # a CSV's chunks: each list goes as soon as it is joined, to hold one copy less
+        all_mapped = pd.concat(mapped)
+        mapped.clear()
+        joined = _joined(frames, problems)
+        frames.clear()
+        checked = check_parsed(all_mapped, joined, params, source=source)
+        del all_mapped, joined
     del mapped, frames
     summary = summarize([checked])
     accept(summary, params)  # raises before anything is written
