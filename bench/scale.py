@@ -37,7 +37,8 @@ from pathlib import Path
 import psutil
 import yaml
 
-from stages import ROOT, command_argv, n_rows, resolve
+from fraudlab.io import parquet_rows
+from stages import ROOT, command_argv, resolve
 
 STAGES = ("simulate", "validate", "featurize", "split")
 _REFERENCE_ROWS = 1_788_956  # the reference params' transactions
@@ -147,7 +148,7 @@ def run_engine(
             "featurize": "data/clean/transactions.parquet",
             "split": "data/features/transactions.parquet",
         }[name]
-        results.append((name, seconds, n_rows(workdir / source), memory.peak))
+        results.append((name, seconds, parquet_rows(workdir / source), memory.peak))
         print(f"  {engine} {name}: {seconds:.1f} s", file=sys.stderr, flush=True)
     return results
 

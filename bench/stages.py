@@ -21,10 +21,10 @@ import tempfile
 import time
 from pathlib import Path
 
-import pyarrow.parquet as pq
 import yaml
 
 from fraudlab.artifacts import file_md5
+from fraudlab.io import parquet_rows
 
 ROOT = Path(__file__).resolve().parents[1]
 _PARAM = re.compile(r"\$\{([\w.]+)\}")
@@ -49,13 +49,7 @@ def _rows(workdir: Path, stage: dict, params: dict) -> int:
     if not paths:
         outs = [o if isinstance(o, str) else next(iter(o)) for o in stage.get("outs", [])]
         paths = [o for o in outs if o.endswith(".parquet")][:1]
-    return sum(n_rows(workdir / path) for path in paths)
-
-
-def n_rows(path: Path) -> int:
-    """Rows of a Parquet file or dataset directory, from the footers."""
-    files = sorted(path.glob("part-*.parquet")) if path.is_dir() else [path]
-    return sum(pq.read_metadata(file).num_rows for file in files)
+    return sum(parquet_rows(workdir / path) for path in paths)
 
 
 def _record_outputs(workdir: Path, name: str, stage: dict) -> None:

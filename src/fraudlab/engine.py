@@ -50,7 +50,7 @@ class EngineConfig:
     kind: Literal["local", "dask"]
     address: str | None = None  # None with dask: a local cluster for the run
     workers: int = 2
-    partitions: int | None = None  # None: chosen from the data's size
+    partitions: int | None = None  # None: the engine's default (see FRAUDLAB_PARTITIONS)
 
 
 def _positive(environ: Mapping[str, str], name: str) -> int | None:
@@ -89,7 +89,6 @@ class LocalEngine:
     """Runs every task in this process, in order."""
 
     kind = "local"
-    workers = 1
 
     def __init__(self, partitions: int | None = None) -> None:
         self._partitions = partitions

@@ -165,12 +165,22 @@ def dataset_parts(path: str | Path) -> list[Path]:
     return parts
 
 
+def parquet_files(path: str | Path) -> list[Path]:
+    """A Parquet file, or a dataset directory's parts in row order."""
+    path = Path(path)
+    return dataset_parts(path) if path.is_dir() else [path]
+
+
+def parquet_rows(path: str | Path) -> int:
+    """Rows of a Parquet file or dataset directory, from the footers."""
+    return sum(pq.read_metadata(file).num_rows for file in parquet_files(path))
+
+
 def time_span(path: str | Path, column: str = "tx_datetime") -> tuple[pd.Timestamp, pd.Timestamp]:
     """The first and last value of ``column`` in a Parquet file or dataset directory, from the
     footers' statistics (the column itself is read only where a footer has none)."""
-    path = Path(path)
     lows, highs = [], []
-    for file in dataset_parts(path) if path.is_dir() else [path]:
+    for file in parquet_files(path):
         metadata = pq.ParquetFile(file).metadata
         index = metadata.schema.to_arrow_schema().get_field_index(column)
         for group in range(metadata.num_row_groups):

@@ -36,7 +36,8 @@ from fraudlab.ingest import (
     require_canonical,
 )
 from fraudlab.io import (
-    dataset_parts,
+    parquet_files,
+    parquet_rows,
     part_days,
     part_starts,
     read_between,
@@ -74,9 +75,8 @@ class ParquetChunk(NamedTuple):
 
 def parquet_chunks(path: Path) -> list[ParquetChunk]:
     """The row groups of a Parquet file or dataset directory, in row order."""
-    files = dataset_parts(path) if path.is_dir() else [path]
     chunks, first_row = [], 0
-    for file in files:
+    for file in parquet_files(path):
         metadata = pq.ParquetFile(file).metadata
         for group in range(metadata.num_row_groups):
             chunks.append(ParquetChunk(file, group, first_row))
@@ -395,7 +395,4 @@ def _joined(frames: list[pd.DataFrame], problems: list[dict]) -> Parsed:
 
 def _size_hint(path: Path) -> int:
     """Rows in a Parquet source (from its footers); a CSV's size in bytes / 50."""
-    if _is_parquet(path):
-        files = dataset_parts(path) if path.is_dir() else [path]
-        return sum(pq.ParquetFile(f).metadata.num_rows for f in files)
-    return path.stat().st_size // 50
+    return parquet_rows(path) if _is_parquet(path) else path.stat().st_size // 50
