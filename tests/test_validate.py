@@ -7,7 +7,12 @@ import pandas as pd
 import pytest
 
 from conftest import CANONICAL, VALIDATE_OUTPUTS, contract_params, run_validate_stage, transactions
-from fraudlab.validate import DataContractError, validate_transactions
+from fraudlab.validate import (
+    DataContractError,
+    exact_duplicates,
+    mixed_as_text,
+    validate_transactions,
+)
 
 
 def _good(n: int = 20) -> pd.DataFrame:
@@ -62,6 +67,24 @@ def test_row_problems_are_quarantined_with_every_reason(validate_params):
     }
     assert len(result.clean) == 16
     assert not result.clean["transaction_id"].isin([1, 2, 3, 4]).any()
+
+
+def test_exact_duplicates_are_the_rows_a_whole_row_comparison_finds():
+    # only rows sharing an id (or lacking one) are compared whole: the answer must be what
+    # comparing every row whole gives, first copy kept, with ids that repeat with other values,
+    # missing ids, and a column that reads a number in some rows and text in others
+    given = pd.DataFrame(
+        {
+            "transaction_id": ["1", "2", "1", None, "3", None, "1", "x", "x", None],
+            "tx_amount": np.array([5, 6, 5, 7, 8, 7, "5", 1, 2, 9], dtype=object),
+            "note": ["a", "b", "a", "c", "d", "c", "a", "e", "e", "c"],
+        },
+        index=[10, 11, 12, 13, 14, 15, 16, 17, 18, 19],
+    )
+    parsed = pd.Series([1, 2, 1, None, 3, None, 1, None, None, None], dtype="Int64")
+    expected = mixed_as_text(given).duplicated(keep="first").to_numpy()
+    assert expected.tolist() == [False, False, True, False, False, True, True, False, False, False]
+    assert exact_duplicates(given, parsed).tolist() == expected.tolist()
 
 
 def test_exact_duplicates_are_dropped_and_conflicting_ids_quarantined(validate_params):

@@ -15,6 +15,7 @@ bounded by a chunk and a partition, on either engine (``fraudlab.engine``), the 
 
 from __future__ import annotations
 
+import ctypes
 import logging
 from collections.abc import Iterator
 from pathlib import Path
@@ -351,6 +352,7 @@ def _validate_in_memory(
         mapped.clear()
         joined = _joined(frames, problems)
         frames.clear()
+        _release_freed_memory()
         checked = check_parsed(all_mapped, joined, params, source=source)
         del all_mapped, joined
     del mapped, frames
@@ -366,6 +368,18 @@ def _validate_in_memory(
         last=clean[schema.TX_DATETIME].max(),
     )
     return Validated(report, finish_rejected([mixed_as_text(checked.rejected)]))
+
+
+def _release_freed_memory() -> None:
+    """Give the heap's free pages back to the system (glibc only; elsewhere nothing happens).
+    glibc raises its mmap threshold once a large array is freed, so the chunks' arrays after
+    the first few come from the heap, and freeing them leaves the process as large as before
+    the join: at 20 M rows of CSV, about 1 GiB more at the peak."""
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+    except OSError:
+        return
+    libc.malloc_trim(0)
 
 
 def _is_parquet(path: Path) -> bool:
