@@ -182,3 +182,22 @@ def test_section_rules_name_the_section_not_an_empty_key(tmp_path, edit, message
     with pytest.raises(ParamsError, match=message) as raised:
         load_params(_write(tmp_path, edit), "simulate")
     assert ".:" not in str(raised.value)
+
+
+@pytest.mark.parametrize(
+    ("edit", "message"),
+    [
+        (
+            lambda p: p["train"].update(dask_workers=2),  # the default tree_method is exact
+            r"dask_workers needs xgboost\.tree_method 'hist' or 'approx'",
+        ),
+        (
+            lambda p: p["train"].update(dask_workers=2, model="random_forest"),
+            r"dask_workers applies to model 'xgboost' only",
+        ),
+        (lambda p: p["train"].update(dask_workers=-1), r"train\.dask_workers"),
+    ],
+)
+def test_training_on_dask_workers_is_refused_where_it_cannot_work(tmp_path, edit, message):
+    with pytest.raises(ParamsError, match=message):
+        load_params(_write(tmp_path, edit), "train")

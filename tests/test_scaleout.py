@@ -13,12 +13,16 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+from sklearn.metrics import roc_auc_score
+from xgboost import XGBClassifier
 
 from conftest import small_simulate_params
 from fraudlab import schema
 from fraudlab.engine import DaskEngine, EngineError, LocalEngine, engine_config
-from fraudlab.features import build_features
+from fraudlab.features import build_features, feature_names
 from fraudlab.io import atomic_path, scratch_directory, write_dataset
+from fraudlab.models import fit_pipeline, predict_scores
+from fraudlab.params import TrainParams
 from fraudlab.partitioned_features import DatasetError, check_layout, featurize_dataset
 from fraudlab.simulate import (
     merge_blocks,
@@ -304,3 +308,53 @@ def test_validate_in_chunks_is_validate_on_the_whole_source(small_transactions, 
     pd.testing.assert_frame_equal(pd.read_parquet(tmp_path / "c.parquet"), whole.clean)
     pd.testing.assert_frame_equal(rejected, whole.rejected)
     assert report == whole.report
+
+
+def _hist_params(dask_workers: int):
+    from test_models import _train_params
+
+    raw = _train_params("xgboost").model_dump()
+    raw["xgboost"] |= {"tree_method": "hist", "n_estimators": 15}
+    return TrainParams.model_validate(raw | {"dask_workers": dask_workers})
+
+
+@pytest.fixture(scope="module")
+def train_rows(small_transactions):
+    from test_models import FP
+
+    return build_features(small_transactions, FP), feature_names(FP)
+
+
+def _raw_model(pipeline) -> bytes:
+    return bytes(pipeline.named_steps["model"].get_booster().save_raw("json"))
+
+
+def test_boosting_on_one_dask_worker_is_boosting_in_process(client, train_rows):
+    frame, names = train_rows
+    here = fit_pipeline(frame, names, params=_hist_params(0))
+    on_one = fit_pipeline(frame, names, params=_hist_params(1), client=client)
+    assert isinstance(on_one.named_steps["model"], XGBClassifier)  # scored with no cluster
+    assert _raw_model(on_one) == _raw_model(here)
+    np.testing.assert_array_equal(
+        predict_scores(on_one, frame, features=names), predict_scores(here, frame, features=names)
+    )
+
+
+def test_boosting_on_two_dask_workers_is_reproducible_and_close(client, train_rows):
+    frame, names = train_rows
+    params = _hist_params(2)
+    first = fit_pipeline(frame, names, params=params, client=client)
+    second = fit_pipeline(frame, names, params=params, client=client)
+    assert _raw_model(first) == _raw_model(second)
+    # two workers sketch their own bins: another model than one process's, close to it
+    here = predict_scores(fit_pipeline(frame, names, params=_hist_params(0)), frame, features=names)
+    there = predict_scores(first, frame, features=names)
+    assert not np.array_equal(here, there)
+    labels = frame[schema.TX_FRAUD]
+    assert abs(roc_auc_score(labels, here) - roc_auc_score(labels, there)) < 0.02
+
+
+def test_more_training_workers_than_the_cluster_has_is_named(client, train_rows):
+    frame, names = train_rows
+    with pytest.raises(EngineError, match=r"train\.dask_workers is 3 but the Dask cluster has 2"):
+        fit_pipeline(frame, names, params=_hist_params(3), client=client)

@@ -12,6 +12,7 @@ import logging
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -25,6 +26,7 @@ from xgboost import XGBClassifier
 
 from fraudlab import schema
 from fraudlab.artifacts import load_verified_pickle
+from fraudlab.dask_training import fit_on_workers
 from fraudlab.errors import UserError
 from fraudlab.features import feature_names
 from fraudlab.metrics import SCORE
@@ -84,8 +86,11 @@ class TrainingDataError(UserError):
     """The rows to fit on cannot train a classifier."""
 
 
-def fit_pipeline(train: pd.DataFrame, features: list[str], *, params: TrainParams) -> Pipeline:
-    """Fit a new Pipeline on ``train`` (thread count pinned: BLAS sums depend on it)."""
+def fit_pipeline(
+    train: pd.DataFrame, features: list[str], *, params: TrainParams, client: Any = None
+) -> Pipeline:
+    """Fit a new Pipeline on ``train`` (thread count pinned: BLAS sums depend on it); with
+    ``train.dask_workers``, XGBoost boosts on the Dask cluster of ``client``."""
     y = train[schema.TX_FRAUD].to_numpy()
     classes = np.unique(y)
     if len(classes) < 2:
@@ -100,13 +105,27 @@ def fit_pipeline(train: pd.DataFrame, features: list[str], *, params: TrainParam
         scale_pos_weight = float((y == 0).sum() / max((y == 1).sum(), 1))
     pipeline = build_pipeline(params, scale_pos_weight=scale_pos_weight)
     with threadpool_limits(limits=params.n_jobs):
-        pipeline.fit(train[features], y)
+        if params.dask_workers:
+            _fit_on_cluster(pipeline, train[features], y, client=client, params=params)
+        else:
+            pipeline.fit(train[features], y)
     model = pipeline.named_steps["model"]
     if isinstance(model, RandomForestClassifier):
         # A forest predicting on several threads adds its trees' probabilities in whatever order
         # the threads finish: scores then differ in the last bit from run to run. Predict on one.
         model.set_params(n_jobs=1)
     return pipeline
+
+
+def _fit_on_cluster(
+    pipeline: Pipeline, inputs: pd.DataFrame, y: np.ndarray, *, client: Any, params: TrainParams
+) -> None:
+    """The preprocessing steps fitted here, the model's boosting on the cluster."""
+    if client is None:
+        raise ValueError(f"train.dask_workers is {params.dask_workers}: pass a Dask client")
+    prepared = np.asarray(pipeline[:-1].fit_transform(inputs), dtype=np.float64)
+    model = fit_on_workers(client, pipeline.steps[-1][1], prepared, y, workers=params.dask_workers)
+    pipeline.steps[-1] = ("model", model)
 
 
 def predict_scores(pipeline: Pipeline, frame: pd.DataFrame, *, features: list[str]) -> np.ndarray:
@@ -124,7 +143,7 @@ def score_frame(pipeline: Pipeline, frame: pd.DataFrame, *, features: list[str])
 
 
 def prequential_scores(
-    folds: pd.DataFrame, features: list[str], *, params: TrainParams
+    folds: pd.DataFrame, features: list[str], *, params: TrainParams, client: Any = None
 ) -> pd.DataFrame:
     """Score each fold's validation rows with a model fitted on that fold's training rows."""
     scored = []
@@ -133,7 +152,7 @@ def prequential_scores(
         started = time.perf_counter()
         train = rows[rows[ROLE_COLUMN] == "train"]
         valid = rows[rows[ROLE_COLUMN] == "valid"]
-        pipeline = fit_pipeline(train, features, params=params)
+        pipeline = fit_pipeline(train, features, params=params, client=client)
         scored.append(score_frame(pipeline, valid, features=features).assign(**{FOLD_COLUMN: fold}))
         log.info(
             "fold %d/%d: fitted on %d rows, scored %d in %.1f s",

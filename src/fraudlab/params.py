@@ -210,9 +210,23 @@ class TrainParams(_Section):
     imbalance: Literal["none", "class_weight", "scale_pos_weight"]
     seed: NonNegativeInt
     n_jobs: PositiveInt
+    # 0: fit in this process. N: XGBoost's boosting rounds run through xgboost.dask on N
+    # workers, the rows cut into N equal ranges; the model depends on N (not on the engine)
+    dask_workers: NonNegativeInt
     logistic_regression: LogisticRegressionParams
     random_forest: RandomForestParams
     xgboost: XGBoostParams
+
+    @model_validator(mode="after")
+    def _dask_fits_family(self) -> TrainParams:
+        if self.dask_workers and self.model != "xgboost":
+            raise ValueError("dask_workers applies to model 'xgboost' only; set it to 0")
+        if self.dask_workers and self.xgboost.tree_method == "exact":
+            raise ValueError(
+                "dask_workers needs xgboost.tree_method 'hist' or 'approx': xgboost.dask "
+                "cannot grow exact trees"
+            )
+        return self
 
     @model_validator(mode="after")
     def _imbalance_fits_family(self) -> TrainParams:

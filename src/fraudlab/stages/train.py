@@ -1,6 +1,10 @@
 """Stage ``train``: fit the configured model on each validation fold (scoring the fold's
 validation period), then on the training period; save the final Pipeline, and the reference
-profile of its inputs and scores on the training rows (what monitoring compares with)."""
+profile of its inputs and scores on the training rows (what monitoring compares with).
+
+With ``train.dask_workers`` (XGBoost only), the boosting runs through xgboost.dask
+(``fraudlab.dask_training``) on the Dask engine's scheduler, or on a local cluster started for
+the stage when there is none."""
 
 from __future__ import annotations
 
@@ -8,7 +12,9 @@ import logging
 import time
 
 from fraudlab.cli import run, stage_parser
+from fraudlab.dask_training import training_client
 from fraudlab.drift import reference_profile
+from fraudlab.engine import engine_config
 from fraudlab.features import feature_names
 from fraudlab.io import read_parquet, write_joblib, write_json, write_parquet
 from fraudlab.models import fit_pipeline, model_artifact, predict_scores, prequential_scores
@@ -33,10 +39,13 @@ def train(argv: list[str] | None = None) -> None:
     features_params: FeaturesParams = loaded["features"]
     features = feature_names(features_params)
 
-    scored = prequential_scores(read_parquet(args.folds), features, params=params)
-    started = time.perf_counter()
-    train_rows = read_parquet(args.train_rows)
-    pipeline = fit_pipeline(train_rows, features, params=params)
+    with training_client(params.dask_workers, engine_config()) as client:
+        scored = prequential_scores(
+            read_parquet(args.folds), features, params=params, client=client
+        )
+        started = time.perf_counter()
+        train_rows = read_parquet(args.train_rows)
+        pipeline = fit_pipeline(train_rows, features, params=params, client=client)
     log.info(
         "final %s model: fitted on %d rows in %.1f s",
         params.model,
