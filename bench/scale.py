@@ -11,10 +11,13 @@ command from dvc.yaml runs in a scratch directory (the repository's data is unto
 DVC cache copies the data); with the Dask engine the stages use a ``LocalCluster`` this script
 starts (``--workers`` processes of one thread each).
 
-Printed per stage and in total: wall time, rows/s, rows/s per core (local: one core; Dask: one
-per worker) and the peak memory of the whole run: the resident memory of every process this
-script started (stage processes, the cluster's workers and nannies, and this process, which
-runs the scheduler), summed, sampled every 0.1 s. When both engines run, their outputs are
+Printed per stage and in total: wall time; CPU seconds (user + system) and cores busy on
+average (CPU s / wall s); rows/s; rows/s per core (local: one core; Dask: one per worker);
+rows per CPU second; and the peak memory of the whole run. Memory and CPU cover every process
+this script started (stage processes, the cluster's workers and nannies, and this process,
+which runs the scheduler), summed, sampled every 0.1 s. The local engine is counted as one core
+though Arrow's threads use both at times: rows per CPU second compares the
+engines' work whatever the threads. When both engines run, their outputs are
 compared file by file. Dask's performance report (task stream, worker profiles, bandwidth) is
 saved as HTML beside the data (``--keep``) or in the temporary directory.
 """
@@ -69,31 +72,48 @@ def scaled_params(rows: int, *, customers_per_block: int, rows_per_part: int) ->
     return params
 
 
-class PeakMemory:
-    """The largest sum of resident memory over this process and all its descendants."""
+class Usage:
+    """Over a block: the largest sum of resident memory over this process and all its
+    descendants, and the CPU seconds (user + system) they spent, sampled every ``interval``
+    seconds (a process that ends between two samples loses at most its last interval)."""
 
     def __init__(self, interval: float = 0.1) -> None:
         self.interval, self.peak = interval, 0
+        self._start: dict[int, float] = {}
+        self._latest: dict[int, float] = {}
         self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._sample, daemon=True)
+        self._thread = threading.Thread(target=self._sample_until_stopped, daemon=True)
 
-    def _sample(self) -> None:
+    def _sample(self) -> dict[int, float]:
         me = psutil.Process()
+        total, cpu = 0, {}
+        for process in [me, *me.children(recursive=True)]:
+            with contextlib.suppress(psutil.Error):
+                total += process.memory_info().rss
+                times = process.cpu_times()
+                cpu[process.pid] = times.user + times.system
+        self.peak = max(self.peak, total)
+        self._latest.update(cpu)
+        return cpu
+
+    def _sample_until_stopped(self) -> None:
         while not self._stop.is_set():
-            total = 0
-            for process in [me, *me.children(recursive=True)]:
-                with contextlib.suppress(psutil.Error):
-                    total += process.memory_info().rss
-            self.peak = max(self.peak, total)
+            self._sample()
             self._stop.wait(self.interval)
 
-    def __enter__(self) -> PeakMemory:
+    @property
+    def cpu_seconds(self) -> float:
+        return sum(cpu - self._start.get(pid, 0.0) for pid, cpu in self._latest.items())
+
+    def __enter__(self) -> Usage:
+        self._start = self._sample()
         self._thread.start()
         return self
 
     def __exit__(self, *_: object) -> None:
         self._stop.set()
         self._thread.join()
+        self._sample()
 
 
 def _run(cmd: str, workdir: Path, env: dict[str, str]) -> float:
@@ -131,7 +151,8 @@ _OUTPUTS = (
 def run_engine(
     engine: str, workdir: Path, params: dict, *, env: dict[str, str], stages: list[str]
 ) -> list[tuple]:
-    """Each stage's (name, seconds, rows, peak bytes); the outputs stay in ``workdir``."""
+    """Each stage's (name, seconds, rows, peak bytes, CPU seconds); the outputs stay in
+    ``workdir``."""
     commands = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
     (workdir / "params.yaml").write_text(yaml.safe_dump(params))
     if not (workdir / "src").exists():
@@ -140,7 +161,7 @@ def run_engine(
     results = []
     for name in stages:
         cmd = resolve(" ".join(commands[name]["cmd"].split()), params)
-        with PeakMemory() as memory:
+        with Usage() as usage:
             seconds = _run(cmd, workdir, env)
         source = {
             "simulate": "data/raw/transactions.parquet",
@@ -148,7 +169,8 @@ def run_engine(
             "featurize": "data/clean/transactions.parquet",
             "split": "data/features/transactions.parquet",
         }[name]
-        results.append((name, seconds, parquet_rows(workdir / source), memory.peak))
+        rows = parquet_rows(workdir / source)
+        results.append((name, seconds, rows, usage.peak, usage.cpu_seconds))
         print(f"  {engine} {name}: {seconds:.1f} s", file=sys.stderr, flush=True)
     return results
 
@@ -156,20 +178,19 @@ def run_engine(
 def _table(engine: str, results: list[tuple], cores: int) -> None:
     gib = 1024**3
     print(f"\n{engine} engine ({cores} core{'s' if cores > 1 else ''}):")
-    print(f"{'stage':<10} {'seconds':>8} {'rows':>13} {'rows/s':>11} {'/core':>10} {'peak GiB':>9}")
-    total_seconds, peak = 0.0, 0
-    for name, seconds, rows, stage_peak in results:
-        total_seconds += seconds
-        peak = max(peak, stage_peak)
-        print(
-            f"{name:<10} {seconds:>8.1f} {rows:>13,} {rows / seconds:>11,.0f} "
-            f"{rows / seconds / cores:>10,.0f} {stage_peak / gib:>9.2f}"
-        )
-    rows = results[0][2]
     print(
-        f"{'all':<10} {total_seconds:>8.1f} {rows:>13,} {rows / total_seconds:>11,.0f} "
-        f"{rows / total_seconds / cores:>10,.0f} {peak / gib:>9.2f}"
+        f"{'stage':<10} {'seconds':>8} {'CPU s':>8} {'busy':>5} {'rows':>13} {'rows/s':>11} "
+        f"{'/core':>10} {'/CPU s':>10} {'peak GiB':>9}"
     )
+    rows = results[0][2]
+    total = ("all", sum(r[1] for r in results), rows, max(r[3] for r in results))
+    total += (sum(r[4] for r in results),)
+    for name, seconds, stage_rows, peak, cpu in [*results, total]:
+        print(
+            f"{name:<10} {seconds:>8.1f} {cpu:>8.1f} {cpu / seconds:>5.2f} {stage_rows:>13,} "
+            f"{stage_rows / seconds:>11,.0f} {stage_rows / seconds / cores:>10,.0f} "
+            f"{stage_rows / cpu:>10,.0f} {peak / gib:>9.2f}"
+        )
 
 
 def main() -> None:

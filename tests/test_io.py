@@ -6,10 +6,12 @@ import signal
 import subprocess
 import sys
 
+import numpy as np
 import pandas as pd
+import pyarrow as pa
 import pytest
 
-from fraudlab.io import atomic_path, write_json, write_parquet
+from fraudlab.io import atomic_path, read_days, write_days, write_json, write_parquet
 
 
 def _interrupted_write(target, error: BaseException) -> None:
@@ -106,3 +108,24 @@ def test_frames_appended_in_row_groups_are_the_bytes_of_their_concatenation(tmp_
     pq.write_table(whole, tmp_path / "whole.parquet", compression="zstd", row_group_size=4)
     assert pq.ParquetFile(tmp_path / "whole.parquet").metadata.num_row_groups == 5
     assert (tmp_path / "appended.parquet").read_bytes() == (tmp_path / "whole.parquet").read_bytes()
+
+
+def test_a_day_range_reads_those_days_rows_alone(tmp_path):
+    # days 3, 3, 5, 5, 5, 8: day 4 and days 6-7 are empty batches, still counted
+    frame = pd.DataFrame({"day": [3, 3, 5, 5, 5, 8], "value": list("abcdef")})
+    path = tmp_path / "days.arrow"
+    write_days(pa.Table.from_pandas(frame), path, days=frame["day"].to_numpy())
+    for first, last, expected in [
+        (0, 2, ""),
+        (3, 3, "ab"),
+        (4, 4, ""),
+        (4, 5, "cde"),
+        (5, 9, "cdef"),
+        (0, 100, "abcdef"),
+        (9, 12, ""),
+    ]:
+        read = read_days(path, first, last).to_pandas()
+        assert "".join(read["value"]) == expected, (first, last)
+        assert list(read.columns) == ["day", "value"]
+    write_days(pa.Table.from_pandas(frame.iloc[:0]), path, days=np.zeros(0, dtype=np.int64))
+    assert read_days(path, 0, 10).num_rows == 0

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import itertools
 import json
 import os
 import shutil
@@ -216,19 +217,61 @@ def part_days(number: int, *, rows_per_part: int, day_starts: np.ndarray) -> tup
     return first_day, last_day, first_row - int(day_starts[first_day])
 
 
-def read_between(paths: list[Path], column: str, low: Any, high: Any) -> list[pa.Table]:
-    """The rows of each file with ``low <= column < high`` (row groups outside are skipped)."""
-    window = [(column, ">=", low), (column, "<", high)]
-    return [pq.read_table(path, filters=window) for path in paths]
+_FIRST_DAY = b"fraudlab.first_day"
 
 
-def write_scratch(table: pa.Table, path: Path, **options: Any) -> None:
-    """An intermediate file of a partitioned stage: fast compression, written whole and then
-    renamed, so a task run again after its worker died replaces it."""
+def write_piece(table: pa.Table, path: Path) -> None:
+    """A file a partitioned stage hands from one round of tasks to the next, read whole: an
+    Arrow IPC file (LZ4), several times faster to write and read than Parquet."""
+    _write_ipc(path, table.schema, table.to_batches())
+
+
+def read_piece(path: Path) -> pd.DataFrame:
+    """A piece ``write_piece`` wrote, as the frame it was written from."""
+    with pa.memory_map(str(path)) as source:
+        return pa.ipc.open_file(source).read_all().to_pandas()
+
+
+def write_days(table: pa.Table, path: Path, *, days: np.ndarray) -> None:
+    """Rows in day order (``days``: each row's day number) as an Arrow IPC file of one batch
+    per day, from the first day to the last (empty days too), so that ``read_days`` reads a
+    range of days alone."""
+    first = int(days[0]) if len(days) else 0
+    counts = np.bincount(days - first) if len(days) else np.zeros(0, dtype=np.int64)
+    bounds = np.concatenate([[0], np.cumsum(counts)]).tolist()
+    table = table.combine_chunks()
+    schema = table.schema.with_metadata(
+        {**(table.schema.metadata or {}), _FIRST_DAY: str(first).encode()}
+    )
+    batches = [
+        pa.RecordBatch.from_arrays(
+            [column.combine_chunks() for column in table.slice(start, stop - start).columns],
+            schema=schema,
+        )
+        for start, stop in itertools.pairwise(bounds)
+    ]
+    _write_ipc(path, schema, batches)
+
+
+def read_days(path: Path, first: int, last: int) -> pa.Table:
+    """The rows of days ``first`` to ``last`` (inclusive) of a ``write_days`` file."""
+    with pa.memory_map(str(path)) as source:
+        reader = pa.ipc.open_file(source)
+        start = int(reader.schema.metadata[_FIRST_DAY])
+        wanted = range(max(first - start, 0), min(last - start + 1, reader.num_record_batches))
+        table = pa.Table.from_batches([reader.get_batch(i) for i in wanted], schema=reader.schema)
+        return table.combine_chunks()
+
+
+def _write_ipc(path: Path, schema: pa.Schema, batches: list[pa.RecordBatch]) -> None:
+    # written whole and then renamed: a task run again after its worker died replaces it
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}{_TMP_MARK}{os.getpid()}")
     try:
-        pq.write_table(table, tmp, compression="lz4", **options)
+        options = pa.ipc.IpcWriteOptions(compression="lz4")
+        with pa.ipc.new_file(tmp, schema, options=options) as writer:
+            for batch in batches:
+                writer.write_batch(batch)
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)

@@ -32,10 +32,10 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from fraudlab import schema
-from fraudlab.engine import partition_of
+from fraudlab.engine import partition_of, split_by_partition
 from fraudlab.errors import UserError
 from fraudlab.features import calendar_features, customer_features, terminal_features
-from fraudlab.io import dataset_parts, part_path, write_part, write_scratch
+from fraudlab.io import dataset_parts, part_path, read_piece, write_part, write_piece
 from fraudlab.params import FeaturesParams
 
 log = logging.getLogger(__name__)
@@ -55,11 +55,11 @@ class DatasetError(UserError):
 
 
 def _piece(scratch: Path, stage: str, *, partition: int, part: int) -> Path:
-    return scratch / stage / f"{partition:05d}" / f"{part:05d}.parquet"
+    return scratch / stage / f"{partition:05d}" / f"{part:05d}.arrow"
 
 
 def _write_piece(frame: pd.DataFrame, path: Path) -> None:
-    write_scratch(pa.Table.from_pandas(frame, preserve_index=False), path)
+    write_piece(pa.Table.from_pandas(frame, preserve_index=False), path)
 
 
 def check_layout(clean: Path, *, rows_per_part: int) -> list[int]:
@@ -99,19 +99,18 @@ def spread(part: int, *, clean: Path, scratch: Path, partitions: int) -> int:
     frame[_POSITION] = np.arange(len(frame), dtype=np.int64)
     for kind, columns in _COLUMNS.items():
         which = partition_of(frame[_KEY[kind]], partitions)
-        for partition in np.unique(which):
-            rows = frame.loc[which == partition, [_POSITION, *columns]]
-            _write_piece(rows, _piece(scratch, kind, partition=int(partition), part=part))
+        for partition, rows in split_by_partition(frame[[_POSITION, *columns]], which):
+            _write_piece(rows, _piece(scratch, kind, partition=partition, part=part))
     return len(frame)
 
 
 def windows(partition: int, *, kind: Kind, scratch: Path, params: FeaturesParams) -> int:
     """Task 2: one partition's windows, from its pieces of every part (in part order, so the
     rows are in (time, id) order), cut back into one piece per part."""
-    paths = sorted((scratch / kind / f"{partition:05d}").glob("*.parquet"))
+    paths = sorted((scratch / kind / f"{partition:05d}").glob("*.arrow"))
     if not paths:
         return 0
-    pieces = [pd.read_parquet(path) for path in paths]
+    pieces = [read_piece(path) for path in paths]
     frame = pd.concat(pieces, ignore_index=True)
     values = pd.DataFrame(_KERNEL[kind](frame, params))
     values.insert(0, _POSITION, frame[_POSITION].to_numpy())
@@ -127,8 +126,8 @@ def windows(partition: int, *, kind: Kind, scratch: Path, params: FeaturesParams
 
 def _gathered(scratch: Path, kind: Kind, *, part: int, n_rows: int) -> dict[str, np.ndarray]:
     """Part ``part``'s ``kind`` windows from every partition, in the part's row order."""
-    paths = sorted(scratch.glob(f"{kind}_windows/*/{part:05d}.parquet"))
-    values = pd.concat([pd.read_parquet(path) for path in paths], ignore_index=True)
+    paths = sorted(scratch.glob(f"{kind}_windows/*/{part:05d}.arrow"))
+    values = pd.concat([read_piece(path) for path in paths], ignore_index=True)
     if len(values) != n_rows:
         raise RuntimeError(f"part {part}: {len(values)} {kind} window rows for {n_rows} rows")
     position = values.pop(_POSITION).to_numpy()

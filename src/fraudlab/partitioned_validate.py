@@ -27,7 +27,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from fraudlab import schema
-from fraudlab.engine import partition_of
+from fraudlab.engine import partition_of, split_by_partition
 from fraudlab.errors import DataContractError
 from fraudlab.ingest import (
     Parsed,
@@ -41,10 +41,12 @@ from fraudlab.io import (
     parquet_rows,
     part_days,
     part_starts,
-    read_between,
+    read_days,
+    read_piece,
+    write_days,
     write_part,
     write_parts,
-    write_scratch,
+    write_piece,
 )
 from fraudlab.params import SourceParams, ValidateParams
 from fraudlab.validate import (
@@ -95,7 +97,7 @@ def _read_chunk(chunk: ParquetChunk | pd.DataFrame, columns: list[str] | None) -
 
 
 def _piece(scratch: Path, *, partition: int, chunk: int) -> Path:
-    return scratch / "chunks" / f"{partition:05d}" / f"{chunk:06d}.parquet"
+    return scratch / "chunks" / f"{partition:05d}" / f"{chunk:06d}.arrow"
 
 
 def parse_chunk(
@@ -118,10 +120,9 @@ def parse_chunk(
     which = _id_partition(
         parsed.frame[schema.TRANSACTION_ID], mapped[schema.TRANSACTION_ID], partitions
     )
-    for partition in np.unique(which):
-        rows = piece.loc[which == partition]
+    for partition, rows in split_by_partition(piece, which):
         table = pa.Table.from_pandas(rows, preserve_index=False)
-        write_scratch(table, _piece(scratch, partition=int(partition), chunk=number))
+        write_piece(table, _piece(scratch, partition=partition, chunk=number))
     return len(mapped)
 
 
@@ -175,23 +176,23 @@ def check_partition(
     partition: int, *, params: ValidateParams, source: SourceParams, scratch: Path
 ) -> Checks:
     """Task 2: the contract on one partition's rows."""
-    paths = sorted((scratch / "chunks" / f"{partition:05d}").glob("*.parquet"))
+    paths = sorted((scratch / "chunks" / f"{partition:05d}").glob("*.arrow"))
     if not paths:
         return Checks(summarize([]), {}, 0, None, None)
-    piece = pd.concat([pd.read_parquet(path) for path in paths])
+    piece = pd.concat([read_piece(path) for path in paths])
     mapped, parsed = _unpack(piece)
     checked: Checked = check_parsed(mapped, parsed, params, source=source)
     clean = checked.clean
     days = clean[schema.TX_DATETIME].to_numpy(dtype="datetime64[ns]").view(np.int64)
     days = days // _NS_PER_DAY
-    write_scratch(
+    write_days(  # a part reads only the days it needs
         pa.Table.from_pandas(clean, preserve_index=False),
-        scratch / "clean" / f"{partition:05d}.parquet",
-        row_group_size=1 << 16,  # a part reads only the days it needs
+        scratch / "clean" / f"{partition:05d}.arrow",
+        days=days,
     )
-    write_scratch(
+    write_piece(
         pa.Table.from_pandas(mixed_as_text(checked.rejected), preserve_index=False),
-        scratch / "rejected" / f"{partition:05d}.parquet",
+        scratch / "rejected" / f"{partition:05d}.arrow",
     )
     distinct, counts = np.unique(days, return_counts=True)
     return Checks(
@@ -215,17 +216,20 @@ def write_clean_part(
     """Task 3: output part ``part``: the kept rows of its days from every partition, in
     (time, id) order (ids are unique among kept rows, so the order is total)."""
     first, last, skip = part_days(part, rows_per_part=rows_per_part, day_starts=day_starts)
-    low = pd.Timestamp((first_day + first) * _NS_PER_DAY)
-    high = pd.Timestamp((first_day + last + 1) * _NS_PER_DAY)
-    paths = sorted((scratch / "clean").glob("*.parquet"))
-    tables = [t for t in read_between(paths, schema.TX_DATETIME, low, high) if t.num_rows]
-    frame = pd.concat([t.to_pandas() for t in tables], ignore_index=True) if tables else None
-    if frame is None:  # no rows at all: the empty part keeps the schema
-        frame = pd.read_parquet(paths[0]).iloc[:0]
-    frame = frame.sort_values(schema.SORT_KEYS, kind="stable", ignore_index=True)
-    frame = frame.iloc[skip : skip + rows_per_part]
+    paths = sorted((scratch / "clean").glob("*.arrow"))
+    tables = [read_days(path, first_day + first, first_day + last) for path in paths]
+    found = [table for table in tables if table.num_rows] or tables[:1]  # empty: the schema
+    frame = pd.concat([table.to_pandas() for table in found], ignore_index=True)
+    frame = frame.take(_time_id_order(frame)[skip : skip + rows_per_part])
     write_part(pa.Table.from_pandas(frame, preserve_index=False), out, part)
     return len(frame)
+
+
+def _time_id_order(frame: pd.DataFrame) -> np.ndarray:
+    """The (time, id) order of kept rows: ``sort_values(SORT_KEYS)``'s, as ids are unique
+    there, without pandas' factorizing of each key."""
+    times = frame[schema.TX_DATETIME].to_numpy(dtype="datetime64[ns]").view(np.int64)
+    return np.lexsort((frame[schema.TRANSACTION_ID].to_numpy(dtype=np.int64), times))
 
 
 def _chunks(
@@ -313,7 +317,7 @@ def validate_dataset(
         rows_per_part=rows_per_part,
     )
     rejected = finish_rejected(
-        [pd.read_parquet(p) for p in sorted((scratch / "rejected").glob("*.parquet"))]
+        [read_piece(p) for p in sorted((scratch / "rejected").glob("*.arrow"))]
     )
     report = quality_report(
         summary,

@@ -21,7 +21,7 @@ import pyarrow as pa
 from scipy.spatial import cKDTree
 
 from fraudlab import schema
-from fraudlab.io import part_days, part_starts, read_between, write_part, write_scratch
+from fraudlab.io import part_days, part_starts, read_days, write_days, write_part
 from fraudlab.params import DriftParams, SimulateParams
 
 log = logging.getLogger(__name__)
@@ -452,9 +452,9 @@ def merge_blocks(blocks: list[dict], *, first_id: int, params: SimulateParams) -
 def draw_block(block: int, *, params: SimulateParams, scratch: Path) -> np.ndarray:
     """Simulate task 1: block ``block`` to a scratch file; returns its rows per day."""
     rows = simulate_block(block, params)
-    # small row groups: a part reads only the days it needs
-    write_scratch(pa.table(rows), scratch / f"{block:05d}.parquet", row_group_size=1 << 16)
-    return np.bincount(rows["seconds"] // _SECONDS_PER_DAY, minlength=params.n_days)
+    days = rows["seconds"] // _SECONDS_PER_DAY
+    write_days(pa.table(rows), scratch / f"{block:05d}.arrow", days=days)  # a part reads its days
+    return np.bincount(days, minlength=params.n_days)
 
 
 def write_simulated_part(
@@ -468,12 +468,7 @@ def write_simulated_part(
 ) -> int:
     """Simulate task 2: output part ``part``: its rows' days from every block, merged."""
     first_day, last_day, skip = part_days(part, rows_per_part=rows_per_part, day_starts=day_starts)
-    tables = read_between(
-        sorted(scratch.glob("*.parquet")),
-        "seconds",
-        first_day * _SECONDS_PER_DAY,
-        (last_day + 1) * _SECONDS_PER_DAY,
-    )
+    tables = [read_days(path, first_day, last_day) for path in sorted(scratch.glob("*.arrow"))]
     blocks = [{name: table[name].to_numpy() for name in table.column_names} for table in tables]
     frame = merge_blocks(blocks, first_id=int(day_starts[first_day]), params=params)
     frame = frame.iloc[skip : skip + rows_per_part]
