@@ -182,9 +182,8 @@ def _table(engine: str, results: list[tuple], cores: int) -> None:
         f"{'stage':<10} {'seconds':>8} {'CPU s':>8} {'busy':>5} {'rows':>13} {'rows/s':>11} "
         f"{'/core':>10} {'/CPU s':>10} {'peak GiB':>9}"
     )
-    rows = results[0][2]
-    total = ("all", sum(r[1] for r in results), rows, max(r[3] for r in results))
-    total += (sum(r[4] for r in results),)
+    _, all_seconds, all_rows, all_peaks, all_cpu = zip(*results, strict=True)
+    total = ("all", sum(all_seconds), all_rows[0], max(all_peaks), sum(all_cpu))
     for name, seconds, stage_rows, peak, cpu in [*results, total]:
         print(
             f"{name:<10} {seconds:>8.1f} {cpu:>8.1f} {cpu / seconds:>5.2f} {stage_rows:>13,} "

@@ -58,6 +58,7 @@ from fraudlab.validate import (
     mixed_as_text,
     quality_report,
     summarize,
+    time_id_order,
 )
 
 log = logging.getLogger(__name__)
@@ -220,16 +221,9 @@ def write_clean_part(
     tables = [read_days(path, first_day + first, first_day + last) for path in paths]
     found = [table for table in tables if table.num_rows] or tables[:1]  # empty: the schema
     frame = pd.concat([table.to_pandas() for table in found], ignore_index=True)
-    frame = frame.take(_time_id_order(frame)[skip : skip + rows_per_part])
+    frame = frame.take(time_id_order(frame)[skip : skip + rows_per_part])
     write_part(pa.Table.from_pandas(frame, preserve_index=False), out, part)
     return len(frame)
-
-
-def _time_id_order(frame: pd.DataFrame) -> np.ndarray:
-    """The (time, id) order of kept rows: ``sort_values(SORT_KEYS)``'s, as ids are unique
-    there, without pandas' factorizing of each key."""
-    times = frame[schema.TX_DATETIME].to_numpy(dtype="datetime64[ns]").view(np.int64)
-    return np.lexsort((frame[schema.TRANSACTION_ID].to_numpy(dtype=np.int64), times))
 
 
 def _chunks(
