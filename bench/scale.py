@@ -3,6 +3,7 @@
     python bench/scale.py --rows 20M                      # both engines, ~10 minutes
     python bench/scale.py --rows 200M --engines dask      # the Dask engine only
     python bench/scale.py --rows 2M --keep /tmp/scale     # keep the data and the report
+    python bench/scale.py --rows 20M --repeat 3           # medians of 3 runs per engine
 
 The simulator's world grows with ``--rows`` at the reference density (customers and terminals
 x f, the reach radius / sqrt(f), compromises per day x f), drawn in independent blocks of
@@ -16,10 +17,13 @@ average (CPU s / wall s); rows/s; rows/s per core (local: one core; Dask: one pe
 rows per CPU second; and the peak memory of the whole run. Memory and CPU cover every process
 this script started (stage processes, the cluster's workers and nannies, and this process,
 which runs the scheduler), summed, sampled every 0.1 s. The local engine is counted as one core
-though Arrow's threads use both at times: rows per CPU second compares the
-engines' work whatever the threads. When both engines run, their outputs are
-compared file by file. Dask's performance report (task stream, worker profiles, bandwidth) is
-saved as HTML beside the data (``--keep``) or in the temporary directory.
+though Arrow's threads use both at times: rows per CPU second compares the engines' work
+whatever the threads. The same run's time varies by 10-20 % on this machine: with
+``--repeat N`` the engines take turns N times, and the last tables show each stage's median time
+and CPU seconds and the largest peak; the per-core ratio of every run is printed. When both
+engines run, their outputs are compared file by file. Dask's performance report (task stream,
+worker profiles, bandwidth) is saved as HTML beside the data (``--keep``) or in the temporary
+directory.
 """
 
 from __future__ import annotations
@@ -30,6 +34,7 @@ import hashlib
 import os
 import re
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -40,6 +45,7 @@ from pathlib import Path
 import psutil
 import yaml
 
+from fraudlab.engine import local_cluster
 from fraudlab.io import parquet_rows
 from stages import ROOT, command_argv, resolve
 
@@ -175,9 +181,29 @@ def run_engine(
     return results
 
 
-def _table(engine: str, results: list[tuple], cores: int) -> None:
+def _medians(runs: list[list[tuple]]) -> list[tuple]:
+    """Per stage, over runs: the median seconds and CPU seconds, and the largest peak."""
+    return [
+        (
+            stage[0][0],
+            statistics.median(r[1] for r in stage),
+            stage[0][2],
+            max(r[3] for r in stage),
+            statistics.median(r[4] for r in stage),
+        )
+        for stage in zip(*runs, strict=True)
+    ]
+
+
+def _per_core(results: list[tuple], cores: int) -> float:
+    """Rows per second per core over all stages of one run."""
+    return results[0][2] / sum(r[1] for r in results) / cores
+
+
+def _table(engine: str, results: list[tuple], cores: int, runs: int = 1) -> None:
     gib = 1024**3
-    print(f"\n{engine} engine ({cores} core{'s' if cores > 1 else ''}):")
+    medians = f", medians of {runs} runs" if runs > 1 else ""
+    print(f"\n{engine} engine ({cores} core{'s' if cores > 1 else ''}{medians}):")
     print(
         f"{'stage':<10} {'seconds':>8} {'CPU s':>8} {'busy':>5} {'rows':>13} {'rows/s':>11} "
         f"{'/core':>10} {'/CPU s':>10} {'peak GiB':>9}"
@@ -200,6 +226,7 @@ def main() -> None:
     parser.add_argument("--customers-per-block", type=int, default=10_000)
     parser.add_argument("--rows-per-part", type=int, default=1_000_000)
     parser.add_argument("--keep", help="keep the data (one directory per engine) here")
+    parser.add_argument("--repeat", type=int, default=1, help="runs per engine, taking turns")
     parser.add_argument(
         "--stages", default=",".join(STAGES), help="a later part of the run, on kept data"
     )
@@ -220,26 +247,42 @@ def main() -> None:
         f"{params['simulate']['n_terminals']:,} terminals, blocks of "
         f"{args.customers_per_block:,} customers, parts of {args.rows_per_part:,} rows"
     )
-    digests = {}
+    digests, runs = {}, {engine: [] for engine in engines}
+    cores = {"local": 1, "dask": args.workers}
     try:
-        for engine in engines:
-            workdir = base / engine
-            workdir.mkdir(parents=True, exist_ok=True)
-            if engine == "local":
-                results = run_engine("local", workdir, params, env=env, stages=stages)
-                _table("local", results, cores=1)
-            else:
-                report = Path(args.keep or tempfile.gettempdir()) / "fraudlab-dask-report.html"
-                results = _run_on_cluster(
-                    workdir, params, env=env, workers=args.workers, report=report, stages=stages
-                )
-                _table("dask", results, cores=args.workers)
-            digests[engine] = {out: _digest(workdir / out) for out in _OUTPUTS}
-            if not args.keep:
-                shutil.rmtree(workdir / "data")
+        for _ in range(args.repeat):
+            for engine in engines:
+                workdir = base / engine
+                workdir.mkdir(parents=True, exist_ok=True)
+                if engine == "local":
+                    results = run_engine("local", workdir, params, env=env, stages=stages)
+                else:
+                    report = Path(args.keep or tempfile.gettempdir()) / "fraudlab-dask-report.html"
+                    results = _run_on_cluster(
+                        workdir, params, env=env, workers=args.workers, report=report, stages=stages
+                    )
+                _table(engine, results, cores=cores[engine])
+                runs[engine].append(results)
+                digests[engine] = {out: _digest(workdir / out) for out in _OUTPUTS}
+                if not args.keep:
+                    shutil.rmtree(workdir / "data")
     finally:
         if not args.keep:
             shutil.rmtree(base, ignore_errors=True)
+    if args.repeat > 1:
+        for engine in engines:
+            _table(engine, _medians(runs[engine]), cores=cores[engine], runs=args.repeat)
+    if len(engines) == 2 and "local" in engines:
+        other = next(e for e in engines if e != "local")
+        ratios = [
+            _per_core(theirs, cores[other]) / _per_core(local, 1)
+            for local, theirs in zip(runs["local"], runs[other], strict=True)
+        ]
+        listed = ", ".join(f"{r:.2f}" for r in ratios)
+        print(
+            f"\nrows/s per core, {other} against local: {listed}"
+            + (f" (median {statistics.median(ratios):.2f})" if len(ratios) > 1 else "")
+        )
     if len(digests) == 2:
         first, second = digests.values()
         same = [out for out in _OUTPUTS if first[out] == second[out]]
@@ -258,16 +301,10 @@ def _run_on_cluster(
     report: Path,
     stages: list[str],
 ) -> list[tuple]:
-    from dask.distributed import Client, LocalCluster, get_task_stream, performance_report
+    from dask.distributed import Client, get_task_stream, performance_report
 
     with (
-        LocalCluster(
-            n_workers=workers,
-            threads_per_worker=1,
-            processes=True,
-            host="127.0.0.1",
-            dashboard_address=None,
-        ) as cluster,
+        local_cluster(workers) as cluster,  # the one a stage starts for itself
         Client(cluster),
         performance_report(filename=str(report)),  # every client's tasks in the meantime
         get_task_stream() as stream,

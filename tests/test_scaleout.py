@@ -18,7 +18,7 @@ from xgboost import XGBClassifier
 
 from conftest import small_simulate_params
 from fraudlab import schema
-from fraudlab.engine import DaskEngine, EngineError, LocalEngine, engine_config
+from fraudlab.engine import DaskEngine, EngineError, LocalEngine, engine_config, local_cluster
 from fraudlab.features import build_features, feature_names
 from fraudlab.io import atomic_path, scratch_directory, write_dataset
 from fraudlab.models import fit_pipeline, predict_scores
@@ -56,16 +56,7 @@ def _simulated(engine, out: Path, params) -> dict[str, bytes]:
 @pytest.fixture(scope="module")
 def client():
     distributed = pytest.importorskip("distributed")
-    with (
-        distributed.LocalCluster(
-            n_workers=2,
-            threads_per_worker=1,
-            processes=True,
-            host="127.0.0.1",
-            dashboard_address=None,
-        ) as cluster,
-        distributed.Client(cluster) as client,
-    ):
+    with local_cluster(2) as cluster, distributed.Client(cluster) as client:
         yield client
 
 
@@ -358,3 +349,90 @@ def test_more_training_workers_than_the_cluster_has_is_named(client, train_rows)
     frame, names = train_rows
     with pytest.raises(EngineError, match=r"train\.dask_workers is 3 but the Dask cluster has 2"):
         fit_pipeline(frame, names, params=_hist_params(3), client=client)
+
+
+@pytest.mark.parametrize(
+    ("raw", "parsed", "left_out"),
+    [
+        (pd.Series([1, 2], dtype="int64"), pd.Series([1, 2], dtype="Int64"), True),
+        (pd.Series([1.5, np.nan]), pd.Series([1.5, np.nan]), True),
+        (pd.Series([-0.0, 1.0]), pd.Series([0.0, 1.0]), False),  # equal, not the same bits
+        (pd.Series([1, 2], dtype="int64"), pd.Series([1, pd.NA], dtype="Int64"), False),
+        (pd.Series(["1", "2"], dtype=object), pd.Series([1, 2], dtype="Int64"), False),
+        (pd.Series([3, 2], dtype="int64"), pd.Series([1, 2], dtype="Int64"), False),
+    ],
+)
+def test_a_piece_leaves_out_only_values_as_given_it_can_rebuild_bit_for_bit(raw, parsed, left_out):
+    from fraudlab.partitioned_validate import _recoverable
+
+    assert _recoverable(raw, parsed) is left_out
+
+
+def test_workers_start_without_dasks_malloc_setting(client):
+    """``local_cluster`` reaches the workers: glibc's own thresholds, not Dask's fixed one."""
+    found = client.run(lambda: os.environ.get("MALLOC_TRIM_THRESHOLD_"))
+    assert set(found.values()) == {os.environ.get("MALLOC_TRIM_THRESHOLD_")}
+
+
+def test_tasks_run_under_their_own_names(client):
+    import math
+
+    from distributed import get_task_stream
+
+    with get_task_stream(client) as stream:
+        assert DaskEngine(client).map(math.sqrt, [4, 9]) == [2.0, 3.0]
+    assert {record["key"].split("-")[0] for record in stream.data} == {"sqrt"}
+
+
+def test_workers_started_by_hand_with_the_repositorys_dask_config_run_as_the_engines(tmp_path):
+    """README "Scaling out": `DASK_CONFIG=cluster dask worker ...` gives workers the settings
+    of the clusters the engine starts (``WORKER_CONFIG``); a plain `dask worker` does not."""
+    import socket
+    import subprocess
+    import sys
+
+    import dask.config
+    from distributed import Client
+
+    from fraudlab.engine import WORKER_CONFIG
+
+    config_dir = str(Path(__file__).resolve().parents[1] / "cluster")
+    collected = dask.config.collect(paths=[config_dir], env={})
+    for dotted, value in WORKER_CONFIG.items():  # the file says what the engine sets
+        found = collected
+        for key in dotted.split("."):
+            found = found[key]
+        assert found == value, dotted
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        address = f"tcp://127.0.0.1:{probe.getsockname()[1]}"
+    dask_cli = str(Path(sys.executable).parent / "dask")
+    env = {k: v for k, v in os.environ.items() if k != "MALLOC_TRIM_THRESHOLD_"}
+    commands = [
+        ([dask_cli, "scheduler", "--host", "127.0.0.1", "--port", address.rsplit(":", 1)[1]], env),
+        ([dask_cli, "worker", address, "--nthreads", "1"], env | {"DASK_CONFIG": config_dir}),
+        ([dask_cli, "worker", address, "--nthreads", "1"], env),
+    ]
+    started = []
+    try:
+        for argv, process_env in commands:
+            started.append(
+                subprocess.Popen(
+                    [*argv, "--no-dashboard"],
+                    cwd=tmp_path,
+                    env=process_env,
+                    stdout=subprocess.DEVNULL,
+                    stderr=subprocess.DEVNULL,
+                )
+            )
+        with Client(address, timeout="30s") as client:
+            client.wait_for_workers(2, timeout=60)
+            found = client.run(
+                lambda: (os.environ.get("DASK_CONFIG"), os.environ.get("MALLOC_TRIM_THRESHOLD_"))
+            )
+    finally:
+        for process in reversed(started):
+            process.terminate()
+            process.wait(timeout=30)
+    assert set(found.values()) == {(config_dir, None), (None, "65536")}

@@ -19,8 +19,10 @@ path (one machine, or a shared file system: README "Scaling out").
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import logging
 import os
+import uuid
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -39,6 +41,13 @@ ADDRESS_VAR = "DASK_SCHEDULER_ADDRESS"
 WORKERS_VAR = "FRAUDLAB_DASK_WORKERS"
 PARTITIONS_VAR = "FRAUDLAB_PARTITIONS"
 _ROWS_PER_PARTITION = 4_000_000  # the default's aim: a partition's arrays take a few hundred MB
+
+# Dask's nanny starts its workers with MALLOC_TRIM_THRESHOLD_=65536. Setting it also pins
+# glibc's mmap threshold at 128 KiB, so every array a task makes is mapped fresh and faulted in
+# page by page, and freed straight back. Our tasks make and drop arrays of hundreds of MB: at
+# 20 M rows that costs validate and featurize about a quarter of their time (bench/scale.py).
+# Without it glibc keeps freed memory for reuse; ``run_task`` gives it back after each task.
+WORKER_CONFIG = {"distributed.nanny.pre-spawn-environ.MALLOC_TRIM_THRESHOLD_": None}
 
 
 class EngineError(UserError):
@@ -98,6 +107,48 @@ def split_by_partition(
         yield partition, rows.iloc[start:end]
 
 
+def release_freed_memory() -> None:
+    """Give the heap's free pages back to the system (glibc only; elsewhere nothing happens):
+    glibc keeps memory freed by large arrays for reuse, and a process that freed them stays as
+    large as it was."""
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+    except OSError:
+        return
+    libc.malloc_trim(0)
+
+
+def run_task(task: Callable[..., Any], args: tuple, kwargs: dict[str, Any]) -> Any:
+    """``task(*args, **kwargs)`` on a worker, then the memory it freed given back, so that a
+    worker holds only what its tasks keep (stages run one after another on the same workers).
+    The task's arguments travel as a tuple and a dict, so none can clash with ``submit``'s."""
+    try:
+        return task(*args, **kwargs)
+    finally:
+        release_freed_memory()
+
+
+def _keys(task: Callable[..., Any], n: int) -> list[str]:
+    # the task's name, not run_task's, in the dashboard and the performance report
+    return [f"{task.__name__}-{uuid.uuid4().hex}" for _ in range(n)]
+
+
+def local_cluster(workers: int) -> Any:
+    """A ``LocalCluster`` of ``workers`` one-thread worker processes on 127.0.0.1 (no dashboard),
+    its workers started without Dask's malloc setting (``WORKER_CONFIG``)."""
+    import dask
+    from dask.distributed import LocalCluster
+
+    with dask.config.set(WORKER_CONFIG):  # read by each nanny as it starts, kept for restarts
+        return LocalCluster(
+            n_workers=workers,
+            threads_per_worker=1,
+            processes=True,
+            host="127.0.0.1",
+            dashboard_address=None,
+        )
+
+
 class LocalEngine:
     """Runs every task in this process, in order."""
 
@@ -135,11 +186,17 @@ class DaskEngine:
     def partitions(self, n_rows: int) -> int:
         if self._partitions:
             return self._partitions
-        return max(self.workers, -(-n_rows // _ROWS_PER_PARTITION))
+        # a whole number of rounds: with 5 partitions on 2 workers, one worker idles a round
+        rounds = max(1, -(-n_rows // (_ROWS_PER_PARTITION * self.workers)))
+        return rounds * self.workers
 
     def map(self, task: Callable[..., Any], items: Sequence, **kwargs: Any) -> list:
-        # pure=False: a task writes files, so Dask must run it even if it ran an equal one before
-        futures = self.client.map(task, list(items), pure=False, **kwargs)
+        # each key unique: a task writes files, so Dask must run it even if it ran an equal one
+        items = list(items)
+        futures = [
+            self.client.submit(run_task, task, (item,), kwargs, key=key)
+            for item, key in zip(items, _keys(task, len(items)), strict=True)
+        ]
         return self.client.gather(futures)
 
     def map_iter(self, task: Callable[..., Any], chunks: Iterable, **kwargs: Any) -> list:
@@ -153,7 +210,10 @@ class DaskEngine:
             while len(in_flight) >= 2 * self.workers:
                 done = wait(in_flight, return_when="FIRST_COMPLETED").done
                 in_flight = [f for f in in_flight if f not in done]
-            future = self.client.submit(task, number, chunk=chunk, pure=False, **kwargs)
+            [key] = _keys(task, 1)
+            future = self.client.submit(
+                run_task, task, (number,), {"chunk": chunk, **kwargs}, key=key
+            )
             futures.append(future)
             in_flight.append(future)
         return self.client.gather(futures)
@@ -166,22 +226,14 @@ def open_engine(config: EngineConfig) -> Iterator[LocalEngine | DaskEngine]:
     if config.kind == "local":
         yield LocalEngine(config.partitions)
         return
-    from dask.distributed import Client, LocalCluster  # only the Dask engine needs them
+    from dask.distributed import Client  # only the Dask engine needs it
 
     # the cluster's own chatter (workers starting and stopping) is not the stage's log
     logging.getLogger("distributed").setLevel(logging.WARNING)
 
     with contextlib.ExitStack() as stack:
         if config.address is None:
-            cluster = stack.enter_context(
-                LocalCluster(
-                    n_workers=config.workers,
-                    threads_per_worker=1,
-                    processes=True,
-                    host="127.0.0.1",
-                    dashboard_address=None,
-                )
-            )
+            cluster = stack.enter_context(local_cluster(config.workers))
             client = stack.enter_context(Client(cluster))
             log.info("started a local Dask cluster of %d workers", config.workers)
         else:

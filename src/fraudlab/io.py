@@ -239,15 +239,12 @@ def write_days(table: pa.Table, path: Path, *, days: np.ndarray) -> None:
     first = int(days[0]) if len(days) else 0
     counts = np.bincount(days - first) if len(days) else np.zeros(0, dtype=np.int64)
     bounds = np.concatenate([[0], np.cumsum(counts)]).tolist()
-    table = table.combine_chunks()
     schema = table.schema.with_metadata(
         {**(table.schema.metadata or {}), _FIRST_DAY: str(first).encode()}
     )
+    whole = table.combine_chunks().to_batches()  # one batch (none for no rows), sliced uncopied
     batches = [
-        pa.RecordBatch.from_arrays(
-            [column.combine_chunks() for column in table.slice(start, stop - start).columns],
-            schema=schema,
-        )
+        pa.RecordBatch.from_arrays(whole[0].slice(start, stop - start).columns, schema=schema)
         for start, stop in itertools.pairwise(bounds)
     ]
     _write_ipc(path, schema, batches)

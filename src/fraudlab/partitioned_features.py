@@ -104,9 +104,10 @@ def spread(part: int, *, clean: Path, scratch: Path, partitions: int) -> int:
     return len(frame)
 
 
-def windows(partition: int, *, kind: Kind, scratch: Path, params: FeaturesParams) -> int:
-    """Task 2: one partition's windows, from its pieces of every part (in part order, so the
-    rows are in (time, id) order), cut back into one piece per part."""
+def windows(which: tuple[Kind, int], *, scratch: Path, params: FeaturesParams) -> int:
+    """Task 2: the ``(kind, partition)`` partition's windows, from its pieces of every part (in
+    part order, so the rows are in (time, id) order), cut back into one piece per part."""
+    kind, partition = which
     paths = sorted((scratch / kind / f"{partition:05d}").glob("*.arrow"))
     if not paths:
         return 0
@@ -171,7 +172,8 @@ def featurize_dataset(
         engine.kind,
     )
     engine.map(spread, parts, clean=clean, scratch=scratch, partitions=partitions)
-    for kind in _COLUMNS:
-        engine.map(windows, range(partitions), kind=kind, scratch=scratch, params=params)
+    # both kinds in one round: a worker done with its customer partitions starts on terminals
+    partition_tasks = [(kind, partition) for kind in _COLUMNS for partition in range(partitions)]
+    engine.map(windows, partition_tasks, scratch=scratch, params=params)
     engine.map(assemble, parts, clean=clean, scratch=scratch, out=out, params=params)
     return n_rows

@@ -15,7 +15,6 @@ bounded by a chunk and a partition, on either engine (``fraudlab.engine``), the 
 
 from __future__ import annotations
 
-import ctypes
 import logging
 from collections.abc import Iterator
 from pathlib import Path
@@ -27,7 +26,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from fraudlab import schema
-from fraudlab.engine import partition_of, split_by_partition
+from fraudlab.engine import partition_of, release_freed_memory, split_by_partition
 from fraudlab.errors import DataContractError
 from fraudlab.ingest import (
     Parsed,
@@ -66,6 +65,7 @@ log = logging.getLogger(__name__)
 _ROW = "__source_row"  # 0-based position in the source
 _RAW = "__raw__"  # prefix of a canonical column's value as given
 _PROBLEM = "__problem__|"  # prefix of a parse problem's row mask: __problem__|column|rule
+_AS_PARSED = "fraudlab.raw_as_parsed"  # a piece's attrs: {column: dtype} of the raw values left out
 _NS_PER_DAY = 86_400 * 10**9
 
 
@@ -111,13 +111,23 @@ def parse_chunk(
     partitions: int,
 ) -> int:
     """Task 1: chunk ``number`` mapped and parsed, its rows cut into one piece per partition
-    holding the parsed values, the values as given and the parse problems."""
+    holding the parsed values, the values as given and the parse problems.
+
+    A column's values as given are left out when they are its parsed values cast back, bit for
+    bit (a typed source's usual case): the piece records their dtype instead, which halves what
+    the pieces carry between the two rounds of tasks."""
     mapped, parsed = _parsed_chunk(chunk, columns, source)
+    as_parsed = {
+        c: mapped[c].dtype.str
+        for c in schema.REQUIRED_COLUMNS
+        if _recoverable(mapped[c], parsed.frame[c])
+    }
     piece = parsed.frame.assign(
-        **{f"{_RAW}{c}": mapped[c] for c in schema.REQUIRED_COLUMNS},
+        **{f"{_RAW}{c}": mapped[c] for c in schema.REQUIRED_COLUMNS if c not in as_parsed},
         **{f"{_PROBLEM}{column}|{rule}": mask for rule, (column, mask) in parsed.problems.items()},
         **{_ROW: mapped.index.to_numpy(dtype=np.int64)},
     )
+    piece.attrs[_AS_PARSED] = as_parsed  # kept by the row selections and the Arrow file
     which = _id_partition(
         parsed.frame[schema.TRANSACTION_ID], mapped[schema.TRANSACTION_ID], partitions
     )
@@ -133,6 +143,28 @@ def _parsed_chunk(
     mapped = map_columns(_read_chunk(chunk, columns), source.columns)
     require_canonical(list(mapped.columns))
     return mapped, parse_columns(mapped, source)
+
+
+def _recoverable(raw: pd.Series, parsed: pd.Series) -> bool:
+    """Whether ``raw`` (a column as given) is ``parsed`` cast to raw's dtype, bit for bit, missing
+    values and all; only for NumPy numbers, booleans and times (their dtype round-trips as
+    ``dtype.str``)."""
+    dtype = raw.dtype
+    if not isinstance(dtype, np.dtype) or dtype.kind not in "biufM":
+        return False
+    try:
+        back = parsed.to_numpy(dtype=dtype)
+    except (TypeError, ValueError):  # e.g. a missing value with no integer form
+        return False
+    bits = f"u{dtype.itemsize}"
+    return bool(np.array_equal(back.view(bits), raw.to_numpy().view(bits)))
+
+
+def _with_raw(piece: pd.DataFrame) -> pd.DataFrame:
+    """A piece with the values as given that ``parse_chunk`` left out put back."""
+    for column, dtype in piece.attrs.pop(_AS_PARSED, {}).items():
+        piece[f"{_RAW}{column}"] = piece[column].to_numpy(dtype=np.dtype(dtype))
+    return piece
 
 
 def _id_partition(ids: pd.Series, raw: pd.Series, partitions: int) -> np.ndarray:
@@ -180,7 +212,7 @@ def check_partition(
     paths = sorted((scratch / "chunks" / f"{partition:05d}").glob("*.arrow"))
     if not paths:
         return Checks(summarize([]), {}, 0, None, None)
-    piece = pd.concat([read_piece(path) for path in paths])
+    piece = pd.concat([_with_raw(read_piece(path)) for path in paths])
     mapped, parsed = _unpack(piece)
     checked: Checked = check_parsed(mapped, parsed, params, source=source)
     clean = checked.clean
@@ -350,7 +382,7 @@ def _validate_in_memory(
         mapped.clear()
         joined = _joined(frames, problems)
         frames.clear()
-        _release_freed_memory()
+        release_freed_memory()  # the chunks' arrays: about 1 GiB of the peak at 20 M CSV rows
         checked = check_parsed(all_mapped, joined, params, source=source)
         del all_mapped, joined
     del mapped, frames
@@ -366,18 +398,6 @@ def _validate_in_memory(
         last=clean[schema.TX_DATETIME].max(),
     )
     return Validated(report, finish_rejected([mixed_as_text(checked.rejected)]))
-
-
-def _release_freed_memory() -> None:
-    """Give the heap's free pages back to the system (glibc only; elsewhere nothing happens).
-    glibc raises its mmap threshold once a large array is freed, so the chunks' arrays after
-    the first few come from the heap, and freeing them leaves the process as large as before
-    the join: at 20 M rows of CSV, about 1 GiB more at the peak."""
-    try:
-        libc = ctypes.CDLL("libc.so.6")
-    except OSError:
-        return
-    libc.malloc_trim(0)
 
 
 def _is_parquet(path: Path) -> bool:
