@@ -181,26 +181,35 @@ def run_engine(
     return results
 
 
+def _with_total(results: list[tuple]) -> list[tuple]:
+    """A run's stages and an "all" row: their seconds and CPU seconds added, the largest peak."""
+    _, seconds, rows, peaks, cpu = zip(*results, strict=True)
+    return [*results, ("all", sum(seconds), rows[0], max(peaks), sum(cpu))]
+
+
 def _medians(runs: list[list[tuple]]) -> list[tuple]:
-    """Per stage, over runs: the median seconds and CPU seconds, and the largest peak."""
+    """Per stage and for the whole run, over runs: the median seconds and CPU seconds, and the
+    largest peak."""
     return [
         (
-            stage[0][0],
-            statistics.median(r[1] for r in stage),
-            stage[0][2],
-            max(r[3] for r in stage),
-            statistics.median(r[4] for r in stage),
+            rows[0][0],
+            statistics.median(r[1] for r in rows),
+            rows[0][2],
+            max(r[3] for r in rows),
+            statistics.median(r[4] for r in rows),
         )
-        for stage in zip(*runs, strict=True)
+        for rows in zip(*(_with_total(run) for run in runs), strict=True)
     ]
 
 
 def _per_core(results: list[tuple], cores: int) -> float:
     """Rows per second per core over all stages of one run."""
-    return results[0][2] / sum(r[1] for r in results) / cores
+    _, seconds, rows, _, _ = _with_total(results)[-1]
+    return rows / seconds / cores
 
 
 def _table(engine: str, results: list[tuple], cores: int, runs: int = 1) -> None:
+    """``results``: stage rows and the "all" row."""
     gib = 1024**3
     medians = f", medians of {runs} runs" if runs > 1 else ""
     print(f"\n{engine} engine ({cores} core{'s' if cores > 1 else ''}{medians}):")
@@ -208,9 +217,7 @@ def _table(engine: str, results: list[tuple], cores: int, runs: int = 1) -> None
         f"{'stage':<10} {'seconds':>8} {'CPU s':>8} {'busy':>5} {'rows':>13} {'rows/s':>11} "
         f"{'/core':>10} {'/CPU s':>10} {'peak GiB':>9}"
     )
-    _, all_seconds, all_rows, all_peaks, all_cpu = zip(*results, strict=True)
-    total = ("all", sum(all_seconds), all_rows[0], max(all_peaks), sum(all_cpu))
-    for name, seconds, stage_rows, peak, cpu in [*results, total]:
+    for name, seconds, stage_rows, peak, cpu in results:
         print(
             f"{name:<10} {seconds:>8.1f} {cpu:>8.1f} {cpu / seconds:>5.2f} {stage_rows:>13,} "
             f"{stage_rows / seconds:>11,.0f} {stage_rows / seconds / cores:>10,.0f} "
@@ -261,7 +268,7 @@ def main() -> None:
                     results = _run_on_cluster(
                         workdir, params, env=env, workers=args.workers, report=report, stages=stages
                     )
-                _table(engine, results, cores=cores[engine])
+                _table(engine, _with_total(results), cores=cores[engine])
                 runs[engine].append(results)
                 digests[engine] = {out: _digest(workdir / out) for out in _OUTPUTS}
                 if not args.keep:
