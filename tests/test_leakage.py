@@ -27,15 +27,6 @@ from fraudlab.params import FeaturesParams
 CUT_QUANTILES = (0.35, 0.6, 0.85)
 
 
-def _params() -> FeaturesParams:
-    return FeaturesParams(
-        customer_windows_days=[1, 7, 30],
-        terminal_windows_days=[1, 7, 30],
-        label_delay_days=7,
-        night_end_hour=6,
-    )
-
-
 @pytest.fixture(scope="module", params=["exact", "floored to the hour"])
 def frame(request, small_transactions) -> pd.DataFrame:
     frame = small_transactions.sort_values(schema.SORT_KEYS, kind="stable")
@@ -110,8 +101,8 @@ PERTURBATIONS = [
 
 
 @pytest.mark.parametrize("perturb", PERTURBATIONS, ids=lambda f: f.__name__.strip("_"))
-def test_no_feature_up_to_the_cut_sees_what_it_could_not_know(frame, perturb):
-    params = _params()
+def test_no_feature_up_to_the_cut_sees_what_it_could_not_know(frame, perturb, features_params):
+    params = features_params
     for number, cut in enumerate(_cuts(frame)):
         rng = np.random.default_rng(number)
         expected = _features_up_to(frame, cut, params)
@@ -121,10 +112,10 @@ def test_no_feature_up_to_the_cut_sees_what_it_could_not_know(frame, perturb):
         pd.testing.assert_frame_equal(got, expected, check_exact=True)
 
 
-def test_the_battery_catches_a_feature_that_reads_labels_inside_the_delay(frame):
+def test_the_battery_catches_a_feature_that_reads_labels_inside_the_delay(frame, features_params):
     """The control: terminal features computed with no delay (params refuse it, so the copy
     skips validation) see the randomised labels, and the battery's comparison fails."""
-    params = _params()
+    params = features_params
     leaky = params.model_copy(update={"label_delay_days": 0})
     moved = []
     for number, cut in enumerate(_cuts(frame)):
