@@ -11,8 +11,10 @@ import pandas as pd
 import pytest
 
 from fraudlab import schema
+from fraudlab.features import GROUPS
 from fraudlab.params import FeaturesParams, SimulateParams, SourceParams, ValidateParams
 from fraudlab.simulate import simulate_transactions
+from helpers import features_with
 
 
 def small_simulate_params(**overrides) -> SimulateParams:
@@ -41,7 +43,9 @@ def small_transactions() -> pd.DataFrame:
 
 @pytest.fixture
 def features_params() -> FeaturesParams:
-    return FeaturesParams(
+    # every group, whichever the committed params select: each kernel is exercised
+    return features_with(
+        groups=list(GROUPS),
         customer_windows_days=[1, 7, 30],
         terminal_windows_days=[1, 7, 30],
         label_delay_days=7,

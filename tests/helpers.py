@@ -16,7 +16,12 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+import yaml
+
 from fraudlab.cli import run
+from fraudlab.params import FeaturesParams
+
+_COMMITTED_PARAMS = Path(__file__).resolve().parents[1] / "params.yaml"
 
 
 def run_stage(stage: Callable, argv: list[str], caplog) -> int:
@@ -157,3 +162,22 @@ def refused_start(args: list[str], *, env: dict[str, str] | None = None, cwd=Non
         check=False,
     )
     return done.returncode, done.stderr
+
+
+def features_with(**values) -> FeaturesParams:
+    """The committed params' features section with ``values`` on top."""
+    committed = yaml.safe_load(_COMMITTED_PARAMS.read_text())["features"]
+    return FeaturesParams(**(committed | values))
+
+
+def features_yaml(**values) -> str:
+    """``features_with(**values)`` as a params.yaml section (one line)."""
+    section = features_with(**values).model_dump()
+    return "features: " + yaml.safe_dump(section, default_flow_style=True, width=10**6)
+
+
+def exact_columns(names: list[str]) -> list[int]:
+    """Positions of the features the online path gives bit for bit; the others (means and rates
+    from running sums, which online start at the stored history's first row) agree to 1e-9."""
+    summed = ("avg_amount", "risk", "amount_over_mean")
+    return [k for k, name in enumerate(names) if not any(part in name for part in summed)]

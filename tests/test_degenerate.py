@@ -18,16 +18,17 @@ import pytest
 from conftest import STORAGE_YAML, transactions
 from fraudlab.features import feature_names
 from fraudlab.models import TrainingDataError, fit_pipeline
-from fraudlab.params import FeaturesParams, SplitParams
+from fraudlab.params import SplitParams
 from fraudlab.split import SplitError, prequential_folds
 from fraudlab.stages.split import split
-from helpers import run_stage
+from helpers import features_with, features_yaml, run_stage
 from test_models import FAMILIES, _train_params
 
 SPLIT_PARAMS = (
     "split: {train_start: '2018-04-10', train_days: 2, test_days: 2, n_folds: 1}\n"
-    "features: {customer_windows_days: [1], terminal_windows_days: [1], "
-    "label_delay_days: 1, night_end_hour: 6}\n"
+    + features_yaml(
+        customer_windows_days=[1], terminal_windows_days=[1], label_delay_days=1, night_end_hour=6
+    )
 )
 # day 0 = 2018-04-10: train days 0-1, gap day 2, test days 3-4; fold 0 trains on days -3..-2
 # and validates on days 0-1 (the training period: its labels are known when training).
@@ -161,7 +162,7 @@ def test_a_fold_emptied_by_card_removal_names_the_fold():
 
 @pytest.mark.parametrize("family", FAMILIES)
 def test_every_family_refuses_one_class_the_same_way(family):
-    params = FeaturesParams(
+    params = features_with(
         customer_windows_days=[1], terminal_windows_days=[1], label_delay_days=1, night_end_hour=6
     )
     names = feature_names(params)
@@ -183,8 +184,7 @@ def test_a_write_that_hits_the_file_size_limit_is_one_line(tmp_path, small_trans
     out = tmp_path / "out"
     params = tmp_path / "params.yaml"
     params.write_text(
-        "features: {customer_windows_days: [1, 7], terminal_windows_days: [1], "
-        "label_delay_days: 7, night_end_hour: 6}\n" + STORAGE_YAML
+        features_yaml(customer_windows_days=[1, 7], terminal_windows_days=[1]) + STORAGE_YAML
     )
     command = [sys.executable, "-m", "fraudlab.stages.featurize", str(raw), "--params"]
     command += [str(params), "--out", str(out / "features.parquet")]

@@ -99,10 +99,14 @@ def test_the_stationary_world_raises_no_alert_in_any_week(deployed, tmp_path):
 @pytest.mark.parametrize(
     ("scenario", "strength", "week", "kind", "moved"),
     [
-        # the amount rule of fraud scenario 1 goes stale: the model decays with the drift
+        # the amount rule of fraud scenario 1 goes stale: the model decays with the drift; the
+        # amounts over the card's earlier mean (and the long windows' max) jump with them
         ("amount_inflation", 1.0, "week_1", "data drift and model decay",
          {"tx_amount", "customer_id_avg_amount_1day_window", "customer_id_avg_amount_7day_window",
-          "customer_id_avg_amount_30day_window", "score"}),
+          "customer_id_avg_amount_30day_window", "customer_id_amount_over_mean_7day_window",
+          "customer_id_amount_over_mean_30day_window", "customer_id_amount_over_mean_90day_window",
+          "customer_id_amount_over_max_30day_window", "customer_id_amount_over_max_90day_window",
+          "score"}),
         # customers pay at night: only the night flag moves, from the first week; AP holds
         ("night_shift", 0.5, "week_1", "data drift", {"tx_during_night"}),
         # half the terminals go dark: the others' payment counts double. Terminal windows end a

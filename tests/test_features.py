@@ -9,13 +9,16 @@ import pytest
 from conftest import transactions
 from fraudlab import schema
 from fraudlab.features import (
+    GROUPS,
     build_features,
     feature_names,
+    group_feature_names,
     histories,
+    history_needed,
     online_features,
     transaction_features,
 )
-from fraudlab.params import FeaturesParams
+from helpers import exact_columns, features_with
 
 
 def _by_id(frame: pd.DataFrame) -> pd.DataFrame:
@@ -32,7 +35,7 @@ def test_customer_windows_cover_t_minus_n_to_t_including_current():
             (5, "2018-04-02 11:00", "B", 1, 99.0, 0),  # another customer never counts for A
         ]
     )
-    params = FeaturesParams(
+    params = features_with(
         customer_windows_days=[1, 7, 30],
         terminal_windows_days=[1],
         label_delay_days=7,
@@ -73,7 +76,7 @@ def test_terminal_windows_are_shifted_by_the_label_delay():
             (9, "2018-04-08 10:00", 9, "U", 5.0, 0),  # a terminal with no known history
         ]
     )
-    params = FeaturesParams(
+    params = features_with(
         customer_windows_days=[1],
         terminal_windows_days=[1, 7],
         label_delay_days=7,
@@ -96,7 +99,7 @@ def test_same_timestamp_rule_orders_ties_by_transaction_id():
             (9, "2018-04-02 10:00", "A", 1, 60.0, 0),
         ]
     )
-    params = FeaturesParams(
+    params = features_with(
         customer_windows_days=[1], terminal_windows_days=[1], label_delay_days=1, night_end_hour=6
     )
     got = _by_id(build_features(frame, params))
@@ -112,7 +115,7 @@ def test_calendar_flags():
             (3, "2018-04-08 00:00", "A", 1, 1.0, 0),  # Sunday midnight
         ]
     )
-    params = FeaturesParams(
+    params = features_with(
         customer_windows_days=[1], terminal_windows_days=[1], label_delay_days=1, night_end_hour=6
     )
     got = _by_id(build_features(frame, params))
@@ -196,8 +199,9 @@ def test_online_features_handle_simultaneous_arrivals(features_params):
 
 def test_every_transaction_scored_online_equals_batch(small_transactions, features_params):
     """The online path (the batch kernels on one customer's and one terminal's stored rows) gives
-    every transaction of the data its batch features: counts and flags exactly, means and rates
-    to 1e-9 (a sum over fewer rows may differ in the last bits)."""
+    every transaction of the data its batch features: counts, flags, maxima, medians and run
+    lengths exactly, means and rates to 1e-9 (a sum over fewer rows may differ in the last
+    bits)."""
     names = feature_names(features_params)
     batch = build_features(small_transactions, features_params)
     history = batch[list(schema.REQUIRED_COLUMNS)]
@@ -228,6 +232,155 @@ def test_every_transaction_scored_online_equals_batch(small_transactions, featur
         ]
     )
     expected = batch[names].to_numpy(dtype=np.float64)
-    exact = [i for i, name in enumerate(names) if "avg_amount" not in name and "risk" not in name]
+    exact = exact_columns(names)
     np.testing.assert_array_equal(online[:, exact], expected[:, exact])
     np.testing.assert_allclose(online, expected, rtol=0, atol=1e-9)
+
+
+def _extended(**values):
+    """Every group, short windows for hand-computed frames."""
+    return features_with(
+        groups=list(GROUPS),
+        customer_windows_days=[1],
+        terminal_windows_days=[1, 7],
+        label_delay_days=7,
+        amount_windows_days=[7, 30],
+        last_payments=3,
+        anomaly_factor=3.0,
+        anomaly_windows_days=[2, 14],
+    ).model_copy(update=values)
+
+
+def test_amount_ratios_compare_with_earlier_payments_only():
+    frame = transactions(
+        [
+            (1, "2018-04-01 10:00", "A", 1, 10.0, 0),  # no earlier payment: ratios 1
+            (2, "2018-04-02 10:00", "A", 1, 30.0, 0),  # earlier [10]
+            (3, "2018-04-05 10:00", "A", 1, 20.0, 0),  # earlier [10, 30]
+            (4, "2018-04-09 10:00", "A", 1, 40.0, 0),  # 7 days: id 2 is at t - 7d, out: [20]
+            (5, "2018-04-05 10:00", "B", 1, 999.0, 0),  # another card never counts for A
+            (6, "2018-04-01 10:00", "C", 1, 0.0, 0),
+            (7, "2018-04-01 11:00", "C", 1, 5.0, 0),  # a zero baseline gives 1, not infinity
+        ]
+    )
+    got = _by_id(build_features(frame, _extended()))
+    mean_7, max_7 = (
+        got["customer_id_amount_over_mean_7day_window"],
+        got["customer_id_amount_over_max_7day_window"],
+    )
+    mean_30, max_30 = (
+        got["customer_id_amount_over_mean_30day_window"],
+        got["customer_id_amount_over_max_30day_window"],
+    )
+    assert mean_7.loc[[1, 2, 3, 4, 5, 6, 7]].tolist() == [1.0, 3.0, 1.0, 2.0, 1.0, 1.0, 1.0]
+    assert max_7.loc[[1, 2, 3, 4, 5, 7]].tolist() == [1.0, 3.0, 20 / 30, 2.0, 1.0, 1.0]
+    assert mean_30.loc[4] == 2.0  # earlier [10, 30, 20]
+    assert max_30.loc[4] == 40 / 30
+
+
+def test_last_payments_median_and_zscore_of_the_cards_last_n():
+    frame = transactions(
+        [
+            (1, "2018-04-01 10:00", "A", 1, 10.0, 0),
+            (2, "2018-04-02 10:00", "A", 1, 30.0, 0),  # last [10]: median 10, z 0 (one value)
+            (3, "2018-04-03 10:00", "A", 1, 20.0, 0),  # last [30, 10]: median 20, z 0
+            (4, "2018-04-04 10:00", "A", 1, 40.0, 0),
+            (5, "2018-04-05 10:00", "A", 1, 100.0, 0),  # last 3: [40, 20, 30]
+            (6, "2018-05-20 10:00", "A", 1, 50.0, 0),  # 45 days on: past the 30-day look-back
+            (7, "2018-04-01 10:00", "B", 1, 20.0, 0),
+            (8, "2018-04-01 10:00", "B", 1, 20.0, 0),
+            (9, "2018-04-01 10:00", "B", 1, 60.0, 0),  # last [20, 20]: no spread, z 0
+        ]
+    )
+    got = _by_id(build_features(frame, _extended()))
+    median = got["customer_id_amount_over_median_last_3"]
+    zscore = got["customer_id_amount_zscore_last_3"]
+    assert median.loc[[1, 2, 3, 5, 6, 9]].tolist() == [1.0, 3.0, 1.0, 100 / 30, 1.0, 3.0]
+    # mean 30, sample std sqrt((10² + 10² + 0²) / 2) = 10
+    assert zscore.loc[5] == 7.0
+    assert zscore.loc[[1, 2, 3, 6, 9]].tolist() == [0.0] * 5
+    # id 4's last 3: [20, 30, 10], mean 20, std 10
+    assert zscore.loc[4] == 2.0
+
+
+def test_anomaly_counts_count_payments_far_above_the_cards_median():
+    frame = transactions(
+        [
+            (1, "2018-04-01 10:00", "A", 1, 10.0, 0),  # no median: never anomalous
+            (2, "2018-04-02 10:00", "A", 1, 10.0, 0),
+            (3, "2018-04-03 10:00", "A", 1, 50.0, 0),  # > 3 x 10: anomalous
+            (4, "2018-04-05 10:00", "A", 1, 10.0, 0),  # 2 days: id 3 at exactly t - 2d is out
+            (5, "2018-04-21 10:00", "A", 1, 100.0, 0),  # last 3 [10, 50, 10]: anomalous
+            (6, "2018-04-21 10:00", "A", 1, 30.0, 0),  # = 3 x 10, not above; counts id 5
+        ]
+    )
+    got = _by_id(build_features(frame, _extended()))
+    assert got["customer_id_nb_anomalies_2day_window"].tolist() == [0, 0, 1, 0, 1, 1]
+    assert got["customer_id_nb_anomalies_14day_window"].tolist() == [0, 0, 1, 1, 1, 1]
+
+
+def test_known_labels_see_the_terminals_labels_up_to_t_minus_the_delay():
+    frame = transactions(
+        [
+            (1, "2018-04-01 10:00", 1, "T", 5.0, 0),
+            (2, "2018-04-02 10:00", 2, "T", 5.0, 1),
+            (3, "2018-04-03 10:00", 3, "T", 5.0, 1),
+            (4, "2018-04-09 10:00", 4, "T", 5.0, 0),  # knows ids 1, 2: a run of one, 7 days old
+            (5, "2018-04-10 12:00", 5, "T", 5.0, 0),  # knows ids 1-3: a run of two since id 2
+            (6, "2018-04-17 09:00", 6, "T", 5.0, 0),  # knows ids 3, 4 (14 days back): no run
+            (7, "2018-04-17 11:00", 7, "T", 5.0, 0),  # knows id 4 only: no fraud within reach
+            (8, "2018-04-01 00:00", 8, "U", 5.0, 1),
+            (9, "2018-04-05 00:00", 9, "U", 5.0, 1),
+            (10, "2018-04-16 00:00", 10, "U", 5.0, 0),  # id 8 is out of reach: the run is id 9
+            (11, "2018-04-16 00:00", 11, "V", 5.0, 0),  # nothing known
+        ]
+    )
+    got = _by_id(build_features(frame, _extended()))
+    ids = [4, 5, 6, 7, 10, 11]
+    assert got.loc[ids, "terminal_id_last_known_fraud"].tolist() == [1, 1, 0, 0, 1, 0]
+    assert got.loc[ids, "terminal_id_known_fraud_run_length"].tolist() == [1, 2, 0, 0, 1, 0]
+    assert got.loc[ids, "terminal_id_known_fraud_run_age_days"].tolist() == [
+        7.0,
+        8 + 2 / 24,
+        0.0,
+        0.0,
+        11.0,
+        0.0,
+    ]
+    # none within reach: the reach itself, delay + longest window = 14 days
+    assert got.loc[ids, "terminal_id_days_since_known_fraud"].tolist() == [
+        7.0,
+        7 + 2 / 24,
+        13 + 23 / 24,
+        14.0,
+        11.0,
+        14.0,
+    ]
+
+
+def test_the_handbook_set_is_the_15_features_and_groups_add_their_columns(small_transactions):
+    windows = {"customer_windows_days": [1, 7, 30], "terminal_windows_days": [1, 7, 30]}
+    handbook = _extended(groups=[], **windows)
+    assert len(feature_names(handbook)) == 15
+    got = build_features(small_transactions, handbook)
+    assert not [name for name in got if name.startswith(("customer_id_amount", "terminal_id_k"))]
+    every = build_features(small_transactions, _extended(**windows))
+    pd.testing.assert_frame_equal(every[list(got.columns)], got)
+    for group in GROUPS:
+        alone = _extended(groups=[group], **windows)
+        names = feature_names(alone)
+        assert names[:15] == feature_names(handbook)
+        assert names[15:] == group_feature_names(alone)[group]
+        pd.testing.assert_frame_equal(
+            build_features(small_transactions, alone)[names], every[names]
+        )
+
+
+def test_history_needed_covers_what_each_group_reads():
+    customer, terminal = history_needed(_extended(groups=[]))
+    assert (customer.days, terminal.days) == (1, 14)
+    assert history_needed(_extended(groups=["amount_ratios"]))[0].days == 30
+    assert history_needed(_extended(groups=["last_payments"]))[0].days == 30
+    # an anomaly 14 days back was judged against the 30 days before it
+    assert history_needed(_extended(groups=["anomaly_counts"]))[0].days == 44
+    assert history_needed(_extended(groups=["known_labels"]))[1].days == 14

@@ -21,7 +21,7 @@ import pandas as pd
 import pytest
 
 from fraudlab import schema
-from fraudlab.features import build_features, feature_names
+from fraudlab.features import KNOWN_LABEL_FEATURES, build_features, feature_names
 from fraudlab.params import FeaturesParams
 
 CUT_QUANTILES = (0.35, 0.6, 0.85)
@@ -117,12 +117,16 @@ def test_the_battery_catches_a_feature_that_reads_labels_inside_the_delay(frame,
     skips validation) see the randomised labels, and the battery's comparison fails."""
     params = features_params
     leaky = params.model_copy(update={"label_delay_days": 0})
+    label_based = [
+        name for name in feature_names(params) if "risk" in name or name in KNOWN_LABEL_FEATURES
+    ]
+    assert len(label_based) == 3 + len(KNOWN_LABEL_FEATURES)
     moved = []
     for number, cut in enumerate(_cuts(frame)):
         rng = np.random.default_rng(number)
         tampered = _labels_in_the_delay_randomised(frame, cut, rng, params)
         expected = _features_up_to(frame, cut, leaky)
         got = _features_up_to(tampered, cut, leaky)
-        risk = [name for name in feature_names(params) if "risk" in name]
-        moved.append(not got[risk].equals(expected[risk]))
-    assert all(moved)
+        moved.append({name: not got[name].equals(expected[name]) for name in label_based})
+    # every label-based feature moves at every cut: each one could fail the battery
+    assert all(all(cut.values()) for cut in moved), moved

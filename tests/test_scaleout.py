@@ -87,9 +87,12 @@ def local_features(clean, tmp_path_factory, features_params_module) -> dict[str,
 
 @pytest.fixture(scope="module")
 def features_params_module():
-    from fraudlab.params import FeaturesParams
+    from fraudlab.features import GROUPS
+    from helpers import features_with
 
-    return FeaturesParams(
+    # every group, whichever the committed params select: each kernel is exercised
+    return features_with(
+        groups=list(GROUPS),
         customer_windows_days=[1, 7, 30],
         terminal_windows_days=[1, 7, 30],
         label_delay_days=7,

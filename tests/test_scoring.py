@@ -139,14 +139,15 @@ def transactions_of_customer(customer: int, n: int) -> list[Transaction]:
 
 def test_old_rows_are_pruned_from_store_and_memory(scorer):
     scorer.score([[_tx(1, seconds=0)]])
-    scorer.score([[_tx(2, seconds=60 * 86_400)]])  # 60 days later: the first is out of reach
+    # 200 days later: the first is out of reach of every window (the longest is 90 days)
+    scorer.score([[_tx(2, seconds=200 * 86_400)]])
     assert sorted(scorer.store.lookup([1, 2])) == [2]
     assert scorer.recent.size() == 1
 
 
 def test_a_transaction_older_than_every_window_leaves_nothing_in_memory(scorer):
-    scorer.score([[_tx(1, seconds=60 * 86_400)]])
-    # 60 days late, on another card and terminal: scored, stored, then out of reach at once
+    scorer.score([[_tx(1, seconds=200 * 86_400)]])
+    # 200 days late, on another card and terminal: scored, stored, then out of reach at once
     (answer,) = scorer.score([[Transaction(2, pd.Timestamp("2018-06-01").value, 9, 9, 5.0)]])[0]
     assert json.loads(answer)["features"]["customer_id_nb_tx_1day_window"] == 1
     assert 9 not in scorer.recent.customers

@@ -11,6 +11,12 @@ Rules (SPEC section 4), for a transaction at time t:
   larger one. Ids follow arrival order, so this is exactly what an online scorer sees when it
   scores transactions one at a time, and row order in the input never matters.
 
+The groups of ``features.groups`` follow the same rules: the amount against the card's earlier
+payments (the current one never enters its own baseline; windows (t - n, t)), and what the
+terminal's labels known by t - d say about it now. Each looks back a fixed span
+(``history_needed``), never over "all earlier payments", so the online scorer's history stays
+bounded.
+
 The kernels work on plain arrays sorted by (group, time, id) and never look at another group's
 rows, so they run unchanged per partition of a frame split by customer or by terminal.
 """
@@ -46,14 +52,49 @@ def terminal_feature_names(windows_days: list[int]) -> list[str]:
     ]
 
 
+# The groups beyond the handbook's 15 features, in the order their columns come
+GROUPS = ("amount_ratios", "last_payments", "anomaly_counts", "known_labels")
+KNOWN_LABEL_FEATURES = [
+    "terminal_id_last_known_fraud",
+    "terminal_id_known_fraud_run_length",
+    "terminal_id_known_fraud_run_age_days",
+    "terminal_id_days_since_known_fraud",
+]
+
+
+def group_feature_names(params: FeaturesParams) -> dict[str, list[str]]:
+    """Every group's feature columns (whether ``params.groups`` selects it or not)."""
+    last = params.last_payments
+    return {
+        "amount_ratios": [
+            name
+            for n in params.amount_windows_days
+            for name in (
+                f"customer_id_amount_over_mean_{n}day_window",
+                f"customer_id_amount_over_max_{n}day_window",
+            )
+        ],
+        "last_payments": [
+            f"customer_id_amount_over_median_last_{last}",
+            f"customer_id_amount_zscore_last_{last}",
+        ],
+        "anomaly_counts": [
+            f"customer_id_nb_anomalies_{n}day_window" for n in params.anomaly_windows_days
+        ],
+        "known_labels": list(KNOWN_LABEL_FEATURES),
+    }
+
+
 def feature_names(params: FeaturesParams) -> list[str]:
-    """Model input columns, in a fixed order."""
+    """Model input columns, in a fixed order: the handbook's 15, then the selected groups."""
+    by_group = group_feature_names(params)
     return [
         schema.TX_AMOUNT,
         "tx_during_weekend",
         "tx_during_night",
         *customer_feature_names(params.customer_windows_days),
         *terminal_feature_names(params.terminal_windows_days),
+        *(name for group in GROUPS if group in params.groups for name in by_group[group]),
     ]
 
 
@@ -109,6 +150,7 @@ def customer_windows(
     windows_days: list[int],
     cumulative: np.ndarray | None = None,
     rows: np.ndarray | None = None,
+    at_or_before: Callable[..., np.ndarray] | None = None,
 ) -> dict[str, np.ndarray]:
     """Count and mean amount over (t - n, t], current row included. Inputs sorted by
     (group, time, transaction_id); outputs aligned with the inputs, or with ``rows`` (positions)
@@ -117,10 +159,9 @@ def customer_windows(
     where pandas' grouped (compensated) sum costs far more than the arithmetic."""
     position = np.arange(len(groups)) if rows is None else rows
     starts = _group_starts(groups)[position]
-    at_or_before = _window_bounds(groups, times)
+    at_or_before = at_or_before or _window_bounds(groups, times)
     if cumulative is None:
-        # Restarting at each group makes a group's result depend on its rows alone.
-        cumulative = pd.Series(amounts).groupby(groups, sort=False).cumsum().to_numpy()
+        cumulative = _cumulative(groups, amounts)
     names = customer_feature_names(windows_days)
     out = {}
     for n, count_name, mean_name in zip(windows_days, names[::2], names[1::2], strict=True):
@@ -132,6 +173,213 @@ def customer_windows(
     return out
 
 
+def _cumulative(groups: np.ndarray, amounts: np.ndarray) -> np.ndarray:
+    # Restarting at each group makes a group's result depend on its rows alone.
+    return pd.Series(amounts).groupby(groups, sort=False).cumsum().to_numpy()
+
+
+def _ratio(amounts: np.ndarray, baselines: np.ndarray) -> np.ndarray:
+    """amount / baseline; 1 (nothing unusual) where there is no baseline (NaN) or it is 0."""
+    return np.divide(
+        amounts, baselines, out=np.ones(len(amounts), dtype=np.float64), where=baselines > 0
+    )
+
+
+def _range_max(values: np.ndarray, starts: np.ndarray, ends: np.ndarray) -> np.ndarray:
+    """max(values[start:end]) for each range; NaN for an empty one. A sparse table built one
+    level at a time: a range of length L reads level floor(log2 L) twice, and only the current
+    level is held, so memory stays two arrays however long the ranges."""
+    lengths = ends - starts
+    out = np.full(len(starts), np.nan)
+    if not len(starts) or lengths.max() <= 0:
+        return out
+    level_of = np.where(lengths > 0, np.frexp(np.maximum(lengths, 1))[1] - 1, -1)
+    table, width, level = values.astype(np.float64), 1, 0
+    while True:
+        asked = level_of == level
+        out[asked] = np.maximum(table[starts[asked]], table[ends[asked] - width])
+        if 2 * width > lengths.max():
+            return out
+        table = np.maximum(table[:-width], table[width:])  # table[i]: max of values[i:i+2w]
+        width, level = 2 * width, level + 1
+
+
+def _last_payments(amounts: np.ndarray, *, position: np.ndarray, first: np.ndarray, k: int):
+    """(rows, k) matrix of each row's k latest earlier amounts, latest first, among positions
+    >= first; NaN where there are fewer."""
+    out = np.full((len(position), k), np.nan)
+    for back in range(1, k + 1):
+        earlier = position - back
+        present = earlier >= first
+        out[present, back - 1] = amounts[earlier[present]]
+    return out
+
+
+def _row_median(matrix: np.ndarray) -> np.ndarray:
+    """Median of each row's non-NaN values (NaN for none): sorting puts NaN last."""
+    ordered = np.sort(matrix, axis=1)
+    count = matrix.shape[1] - np.isnan(matrix).sum(axis=1)
+    rows = np.arange(len(matrix))
+    low = ordered[rows, np.maximum(count - 1, 0) // 2]
+    high = ordered[rows, count // 2]
+    return np.where(count > 0, (low + high) / 2, np.nan)
+
+
+def _row_zscore(amounts: np.ndarray, matrix: np.ndarray) -> np.ndarray:
+    """(amount - mean) / sample std of each row's non-NaN values; 0 with fewer than two or no
+    spread. Sums run column by column, so a row's result depends on its own values alone, the
+    same for one row online as for millions in the batch."""
+    present = ~np.isnan(matrix)
+    values = np.where(present, matrix, 0.0)
+    count = present.sum(axis=1)
+    total = np.zeros(len(matrix))
+    for column in values.T:
+        total = total + column
+    mean = total / np.maximum(count, 1)
+    squares = np.zeros(len(matrix))
+    for column, here in zip(values.T, present.T, strict=True):
+        squares = squares + np.where(here, (column - mean) ** 2, 0.0)
+    std = np.sqrt(squares / np.maximum(count - 1, 1))
+    return np.divide(amounts - mean, std, out=np.zeros(len(matrix)), where=(count >= 2) & (std > 0))
+
+
+def _amount_ratios(
+    amounts: np.ndarray,
+    *,
+    position: np.ndarray,
+    firsts: list[np.ndarray],
+    starts: np.ndarray,
+    cumulative: np.ndarray,
+) -> list[np.ndarray]:
+    """Amount over the mean and over the max of the earlier rows [first, position), per
+    window."""
+    current = amounts[position]
+    # one sparse table serves every window's max
+    maxes = np.split(
+        _range_max(amounts, np.concatenate(firsts), np.tile(position, len(firsts))), len(firsts)
+    )
+    through_previous = cumulative[np.maximum(position - 1, 0)]
+    ratios = []
+    for first, window_max in zip(firsts, maxes, strict=True):
+        earlier = position - first
+        before_window = np.where(first > starts, cumulative[np.maximum(first - 1, 0)], 0)
+        mean = np.divide(
+            through_previous - before_window,
+            earlier,
+            out=np.full(len(position), np.nan),
+            where=earlier > 0,
+        )
+        ratios += [_ratio(current, mean), _ratio(current, window_max)]
+    return ratios
+
+
+def amount_history(
+    groups: np.ndarray,
+    times: np.ndarray,
+    *,
+    amounts: np.ndarray,
+    params: FeaturesParams,
+    cumulative: np.ndarray | None = None,
+    rows: np.ndarray | None = None,
+    at_or_before: Callable[..., np.ndarray] | None = None,
+) -> dict[str, np.ndarray]:
+    """The selected groups of the amount against the card's own earlier payments (the current
+    one never enters its baseline): ``amount_ratios``, over its mean and its max over (t - n, t)
+    for each amount window; ``last_payments``, over the median and as a z-score of its last
+    ``last_payments`` payments within the longest amount window; ``anomaly_counts``, the number
+    of the card's payments above ``anomaly_factor`` x that median over (t - n, t], current row
+    included, for each anomaly window. No baseline gives a ratio of 1 and a z-score of 0. Inputs
+    and ``rows`` as for ``customer_windows``."""
+    position = np.arange(len(groups)) if rows is None else rows
+    at_or_before = at_or_before or _window_bounds(groups, times)
+    names = group_feature_names(params)
+    current = amounts[position]
+    out = {}
+    if "amount_ratios" in params.groups:
+        firsts = [at_or_before(n * _NS_PER_DAY, rows) for n in params.amount_windows_days]
+        ratios = _amount_ratios(
+            amounts,
+            position=position,
+            firsts=firsts,
+            starts=_group_starts(groups)[position],
+            cumulative=_cumulative(groups, amounts) if cumulative is None else cumulative,
+        )
+        out |= dict(zip(names["amount_ratios"], ratios, strict=True))
+    if not {"last_payments", "anomaly_counts"} & set(params.groups):
+        return out
+    look_back = max(params.amount_windows_days) * _NS_PER_DAY
+    k = params.last_payments
+    if "anomaly_counts" in params.groups:
+        # the counts read earlier rows' medians: every row's is needed
+        last = _last_payments(
+            amounts, position=np.arange(len(groups)), first=at_or_before(look_back), k=k
+        )
+        median = _row_median(last)
+        anomalous = np.concatenate([[0], np.cumsum(amounts > params.anomaly_factor * median)])
+        counts = [
+            anomalous[position + 1] - anomalous[at_or_before(n * _NS_PER_DAY, rows)]
+            for n in params.anomaly_windows_days
+        ]
+        out |= dict(zip(names["anomaly_counts"], counts, strict=True))
+        last, median = last[position], median[position]
+    else:
+        last = _last_payments(amounts, position=position, first=at_or_before(look_back, rows), k=k)
+        median = _row_median(last)
+    if "last_payments" in params.groups:
+        stats = [_ratio(current, median), _row_zscore(current, last)]
+        out |= dict(zip(names["last_payments"], stats, strict=True))
+    return out
+
+
+def known_labels(
+    groups: np.ndarray,
+    times: np.ndarray,
+    *,
+    labels: np.ndarray,
+    params: FeaturesParams,
+    rows: np.ndarray | None = None,
+    at_or_before: Callable[..., np.ndarray] | None = None,
+) -> dict[str, np.ndarray]:
+    """What the terminal's known labels (rows up to t - d, within the longest terminal window
+    before that) say about it now: whether its last known payment was a fraud; the length of
+    the run of known frauds ending there and its age in days (0 without a run); the days since
+    its last known fraud (d + the longest window when none). A compromise has a lifetime, which
+    the rates of fixed windows blur. Inputs and ``rows`` as for ``terminal_windows``."""
+    position = np.arange(len(groups)) if rows is None else rows
+    at_or_before = at_or_before or _window_bounds(groups, times)
+    delay = params.label_delay_days * _NS_PER_DAY
+    look_back = delay + max(params.terminal_windows_days) * _NS_PER_DAY
+    end = at_or_before(delay, rows)
+    begin = at_or_before(look_back, rows)
+    known = end > begin
+    last = np.maximum(end - 1, 0)
+    index = np.arange(len(groups))
+    # latest legitimate and latest fraud at or before each row (any group: ``begin`` clamps)
+    last_legit = np.maximum.accumulate(np.where(labels == 0, index, -1))[last]
+    last_fraud = np.maximum.accumulate(np.where(labels == 1, index, -1))[last]
+    now = times[position]
+    run_start = np.maximum(last_legit + 1, begin)
+    run_length = np.where(known, end - run_start, 0)
+    in_run = run_length > 0
+    seen_fraud = known & (last_fraud >= begin)
+    return dict(
+        zip(
+            KNOWN_LABEL_FEATURES,
+            (
+                (known & (labels[last] == 1)).astype(np.int64),
+                run_length,
+                np.where(in_run, (now - times[np.where(in_run, run_start, 0)]) / _NS_PER_DAY, 0),
+                np.where(
+                    seen_fraud,
+                    (now - times[np.maximum(last_fraud, 0)]) / _NS_PER_DAY,
+                    look_back / _NS_PER_DAY,
+                ),
+            ),
+            strict=True,
+        )
+    )
+
+
 def terminal_windows(
     groups: np.ndarray,
     times: np.ndarray,
@@ -140,11 +388,12 @@ def terminal_windows(
     windows_days: list[int],
     delay_days: int,
     rows: np.ndarray | None = None,
+    at_or_before: Callable[..., np.ndarray] | None = None,
 ) -> dict[str, np.ndarray]:
     """Count and fraud rate over (t - d - n, t - d]; rate 0 for an empty window. Inputs sorted by
     (group, time, transaction_id); outputs aligned with the inputs, or with ``rows`` when
     given."""
-    at_or_before = _window_bounds(groups, times)
+    at_or_before = at_or_before or _window_bounds(groups, times)
     delay = delay_days * _NS_PER_DAY
     end = at_or_before(delay, rows)
     frauds_before = np.concatenate([[0], np.cumsum(labels, dtype=np.int64)])
@@ -196,10 +445,54 @@ def customer_features(frame: pd.DataFrame, params: FeaturesParams) -> dict[str, 
     depend on its own rows alone, so any frame holding all its rows gives the same."""
     groups, times, order = _by_group(frame, schema.CUSTOMER_ID)
     amounts = frame[schema.TX_AMOUNT].to_numpy(dtype=np.float64)[order]
-    return _scatter(
-        customer_windows(groups, times, amounts=amounts, windows_days=params.customer_windows_days),
-        order,
+    return _scatter(customer_values(groups, times, amounts=amounts, params=params), order)
+
+
+def customer_values(
+    groups: np.ndarray,
+    times: np.ndarray,
+    *,
+    amounts: np.ndarray,
+    params: FeaturesParams,
+    cumulative: np.ndarray | None = None,
+    rows: np.ndarray | None = None,
+) -> dict[str, np.ndarray]:
+    """Every customer feature: the windows and the selected groups of the amount history.
+    Inputs and ``rows`` as for ``customer_windows``."""
+    at_or_before = _window_bounds(groups, times)
+    if cumulative is None:
+        cumulative = _cumulative(groups, amounts)
+    shared = {"cumulative": cumulative, "rows": rows, "at_or_before": at_or_before}
+    out = customer_windows(
+        groups, times, amounts=amounts, windows_days=params.customer_windows_days, **shared
     )
+    if {"amount_ratios", "last_payments", "anomaly_counts"} & set(params.groups):
+        out |= amount_history(groups, times, amounts=amounts, params=params, **shared)
+    return out
+
+
+def terminal_values(
+    groups: np.ndarray,
+    times: np.ndarray,
+    *,
+    labels: np.ndarray,
+    params: FeaturesParams,
+    rows: np.ndarray | None = None,
+) -> dict[str, np.ndarray]:
+    """Every terminal feature: the windows and, when selected, the known labels. Inputs and
+    ``rows`` as for ``terminal_windows``."""
+    shared = {"rows": rows, "at_or_before": _window_bounds(groups, times)}
+    out = terminal_windows(
+        groups,
+        times,
+        labels=labels,
+        windows_days=params.terminal_windows_days,
+        delay_days=params.label_delay_days,
+        **shared,
+    )
+    if "known_labels" in params.groups:
+        out |= known_labels(groups, times, labels=labels, params=params, **shared)
+    return out
 
 
 def terminal_features(frame: pd.DataFrame, params: FeaturesParams) -> dict[str, np.ndarray]:
@@ -210,16 +503,7 @@ def terminal_features(frame: pd.DataFrame, params: FeaturesParams) -> dict[str, 
         labels = frame[schema.TX_FRAUD].fillna(0).to_numpy(dtype=np.int64)
     else:
         labels = np.zeros(len(frame), dtype=np.int64)
-    return _scatter(
-        terminal_windows(
-            groups,
-            times,
-            labels=labels[order],
-            windows_days=params.terminal_windows_days,
-            delay_days=params.label_delay_days,
-        ),
-        order,
-    )
+    return _scatter(terminal_values(groups, times, labels=labels[order], params=params), order)
 
 
 def build_features(frame: pd.DataFrame, params: FeaturesParams) -> pd.DataFrame:
@@ -237,10 +521,17 @@ def build_features(frame: pd.DataFrame, params: FeaturesParams) -> pd.DataFrame:
 
 
 def history_needed(params: FeaturesParams) -> tuple[pd.Timedelta, pd.Timedelta]:
-    """How far back the online scorer must look: (customer history, terminal history)."""
+    """How far back the online scorer must look: (customer history, terminal history). The
+    anomaly counts read earlier rows' medians, each looking back the longest amount window;
+    the known labels look back no further than the terminal windows."""
     day = pd.Timedelta(days=1)
+    customer = max(params.customer_windows_days)
+    if {"amount_ratios", "last_payments"} & set(params.groups):
+        customer = max(customer, max(params.amount_windows_days))
+    if "anomaly_counts" in params.groups:
+        customer = max(customer, max(params.amount_windows_days) + max(params.anomaly_windows_days))
     return (
-        max(params.customer_windows_days) * day,
+        customer * day,
         (params.label_delay_days + max(params.terminal_windows_days)) * day,
     )
 
@@ -406,11 +697,11 @@ def online_feature_matrix(
     by_customer = _merged(
         new.customers, new=History(new.times, new.ids, new.amounts), stored=customers
     )
-    customer_values = customer_windows(
+    customer = customer_values(
         by_customer.groups,
         by_customer.times,
         amounts=by_customer.values,
-        windows_days=params.customer_windows_days,
+        params=params,
         cumulative=_running_sums(
             by_customer.groups, by_customer.values, n_groups=len(by_customer.keys)
         ),
@@ -421,17 +712,23 @@ def online_feature_matrix(
     by_terminal = _merged(
         new.terminals, new=History(new.times, new.ids, unlabelled), stored=terminals
     )
-    terminal_values = terminal_windows(
+    terminal = terminal_values(
         by_terminal.groups,
         by_terminal.times,
         labels=by_terminal.values.astype(np.int64, copy=False),
-        windows_days=params.terminal_windows_days,
-        delay_days=params.label_delay_days,
+        params=params,
         rows=by_terminal.rows,
     )
-    matrix = np.column_stack(
-        [new.amounts, weekend, night, *customer_values.values(), *terminal_values.values()]
-    ).astype(np.float64)
+    columns = (
+        customer
+        | terminal
+        | {
+            schema.TX_AMOUNT: new.amounts,
+            "tx_during_weekend": weekend,
+            "tx_during_night": night,
+        }
+    )
+    matrix = np.column_stack([columns[name] for name in feature_names(params)]).astype(np.float64)
     return OnlineFeatures(matrix, by_customer, by_terminal)
 
 

@@ -138,19 +138,35 @@ class ValidateParams(_Section):
 
 
 class FeaturesParams(_Section):
+    # Groups of features beyond the handbook's 15 (features.py, README "Features"); [] gives
+    # the handbook's set.
+    groups: list[Literal["amount_ratios", "last_payments", "anomaly_counts", "known_labels"]]
     customer_windows_days: list[PositiveInt]
     terminal_windows_days: list[PositiveInt]
     # A label becomes known this many days after its transaction; at least one day, or the
     # current transaction's own label would enter its terminal features.
     label_delay_days: PositiveInt
     night_end_hour: Annotated[int, Field(ge=0, le=23)]
+    # Read by the groups only. The longest amount window is also the look-back of the last
+    # payments' statistics, which keeps the online scorer's history bounded.
+    amount_windows_days: list[PositiveInt]
+    last_payments: Annotated[int, Field(ge=2)]
+    anomaly_factor: Annotated[float, Field(gt=1)]
+    anomaly_windows_days: list[PositiveInt]
 
     @model_validator(mode="after")
     def _windows_distinct(self) -> FeaturesParams:
-        for name in ("customer_windows_days", "terminal_windows_days"):
+        for name in (
+            "customer_windows_days",
+            "terminal_windows_days",
+            "amount_windows_days",
+            "anomaly_windows_days",
+        ):
             windows = getattr(self, name)
             if not windows or len(set(windows)) != len(windows):
                 raise ValueError(f"{name} must be a non-empty list of distinct days: {windows}")
+        if len(set(self.groups)) != len(self.groups):
+            raise ValueError(f"groups must be distinct: {self.groups}")
         return self
 
 
