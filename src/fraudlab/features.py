@@ -33,6 +33,7 @@ from fraudlab import schema
 from fraudlab.params import FeaturesParams
 
 _NS_PER_DAY = 86_400 * 10**9
+_FEW_RANGES = 64  # below this many, _range_max slices instead of building a sparse table
 _SATURDAY = 5
 
 
@@ -192,6 +193,12 @@ def _range_max(values: np.ndarray, starts: np.ndarray, ends: np.ndarray) -> np.n
     lengths = ends - starts
     out = np.full(len(starts), np.nan)
     if not len(starts) or lengths.max() <= 0:
+        return out
+    if len(starts) <= _FEW_RANGES:
+        # an online round's few rows: a slice each costs less than building the table
+        for i, (start, end) in enumerate(zip(starts.tolist(), ends.tolist(), strict=True)):
+            if end > start:
+                out[i] = values[start:end].max()
         return out
     level_of = np.where(lengths > 0, np.frexp(np.maximum(lengths, 1))[1] - 1, -1)
     table, width, level = values.astype(np.float64), 1, 0
