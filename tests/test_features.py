@@ -10,6 +10,7 @@ from conftest import transactions
 from fraudlab import schema
 from fraudlab.features import (
     GROUPS,
+    _range_max,
     build_features,
     feature_names,
     group_feature_names,
@@ -384,3 +385,14 @@ def test_history_needed_covers_what_each_group_reads():
     # an anomaly 14 days back was judged against the 30 days before it
     assert history_needed(_extended(groups=["anomaly_counts"]))[0].days == 44
     assert history_needed(_extended(groups=["known_labels"]))[1].days == 14
+
+
+@pytest.mark.parametrize("n_ranges", [5, 500])  # slices, and the sparse table
+def test_range_max_is_the_max_of_each_range(n_ranges):
+    rng = np.random.default_rng(n_ranges)
+    values = rng.normal(size=300)
+    starts = rng.integers(0, 300, n_ranges)
+    ends = np.minimum(starts + rng.integers(0, 80, n_ranges), 300)
+    got = _range_max(values, starts, ends)
+    expected = [values[a:b].max() if b > a else np.nan for a, b in zip(starts, ends, strict=True)]
+    np.testing.assert_array_equal(got, expected)
