@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import ast
 import importlib
+import typing
 from pathlib import Path
 
 import pytest
 import yaml
 
-from fraudlab.params import ParamsError, load_params
+from fraudlab.features import GROUPS
+from fraudlab.params import FeaturesParams, ParamsError, load_params
 
 ROOT = Path(__file__).resolve().parents[1]
 STAGES = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
@@ -44,6 +46,10 @@ def test_committed_params_load(tmp_path):
         ),
         (lambda p: p["features"].update(label_delay_days=0), r"features\.label_delay_days"),
         (lambda p: p["features"].update(customer_windows_days=[7, 7]), "distinct"),
+        (lambda p: p["features"].update(groups=["velocity"]), r"features\.groups\.0"),
+        (lambda p: p["features"].update(groups=["known_labels"] * 2), "groups must be distinct"),
+        (lambda p: p["features"].update(anomaly_factor=1.0), r"features\.anomaly_factor"),
+        (lambda p: p["features"].pop("amount_windows_days"), r"features\.amount_windows_days"),
     ],
 )
 def test_bad_params_fail_at_load_naming_the_key(tmp_path, edit, message):
@@ -201,3 +207,8 @@ def test_section_rules_name_the_section_not_an_empty_key(tmp_path, edit, message
 def test_training_on_dask_workers_is_refused_where_it_cannot_work(tmp_path, edit, message):
     with pytest.raises(ParamsError, match=message):
         load_params(_write(tmp_path, edit), "train")
+
+
+def test_the_groups_params_accept_are_the_groups_features_computes():
+    field = FeaturesParams.model_fields["groups"].annotation
+    assert typing.get_args(typing.get_args(field)[0]) == GROUPS
