@@ -1,10 +1,11 @@
 """Which feature groups earn their place: prequential validation AP fold by fold.
 
-Fits the configured model (params.yaml ``train``) on each validation fold of the committed split
-and prints its validation AP per fold for: the handbook's 15 features; the handbook set plus
-each group alone; a greedy forward selection (from the handbook set, add the group that raises
-the mean validation AP most, while one raises it by ``--min-gain`` (0.001) or more and on most
-folds); the selection without each of its groups; and every group.
+Fits the configured model (params.yaml ``train``) on each prequential validation fold (cut as
+the split stage cuts them) and prints its validation AP per fold for: the handbook's 15
+features; the handbook set plus each group alone; a greedy forward selection (from the handbook
+set, add the group that raises the mean validation AP most, while one raises it by
+``--min-gain`` (0.001) or more and on most folds); the selection without each of its groups;
+and every group.
 Gains are fold by fold against the row named. Choices read the validation folds only; the test
 AP and AUC (the model fitted on the training period) are printed for the record.
 
