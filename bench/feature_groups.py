@@ -28,9 +28,10 @@ from sklearn.metrics import average_precision_score, roc_auc_score
 
 from fraudlab import schema
 from fraudlab.features import GROUPS, build_features, feature_names
-from fraudlab.models import fit_pipeline, predict_scores
+from fraudlab.metrics import SCORE
+from fraudlab.models import fit_pipeline, predict_scores, prequential_scores
 from fraudlab.params import FeaturesParams, SplitParams, TrainParams, load_params
-from fraudlab.split import FOLD_COLUMN, ROLE_COLUMN, prequential_folds, train_test_split
+from fraudlab.split import FOLD_COLUMN, prequential_folds, train_test_split
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -38,13 +39,13 @@ ROOT = Path(__file__).resolve().parents[1]
 def evaluate(
     features: list[str], *, folds: pd.DataFrame, train: pd.DataFrame, test: pd.DataFrame, params
 ) -> tuple[list[float], float, float]:
-    """Validation AP per fold; test AP and AUC of a model fitted on the training period."""
-    per_fold = []
-    for _, rows in folds.groupby(FOLD_COLUMN, sort=True):
-        fitted = fit_pipeline(rows[rows[ROLE_COLUMN] == "train"], features, params=params)
-        valid = rows[rows[ROLE_COLUMN] == "valid"]
-        scores = predict_scores(fitted, valid, features=features)
-        per_fold.append(float(average_precision_score(valid[schema.TX_FRAUD], scores)))
+    """Validation AP per fold (the train stage's prequential scores); test AP and AUC of a model
+    fitted on the training period."""
+    scored = prequential_scores(folds, features, params=params)
+    per_fold = [
+        float(average_precision_score(rows[schema.TX_FRAUD], rows[SCORE]))
+        for _, rows in scored.groupby(FOLD_COLUMN, sort=True)
+    ]
     scores = predict_scores(fit_pipeline(train, features, params=params), test, features=features)
     labels = test[schema.TX_FRAUD]
     return per_fold, average_precision_score(labels, scores), roc_auc_score(labels, scores)

@@ -201,7 +201,7 @@ def _range_max(values: np.ndarray, starts: np.ndarray, ends: np.ndarray) -> np.n
                 out[i] = values[start:end].max()
         return out
     level_of = np.where(lengths > 0, np.frexp(np.maximum(lengths, 1))[1] - 1, -1)
-    table, width, level = values.astype(np.float64), 1, 0
+    table, width, level = np.asarray(values, dtype=np.float64), 1, 0
     while True:
         asked = level_of == level
         out[asked] = np.maximum(table[starts[asked]], table[ends[asked] - width])
@@ -286,9 +286,9 @@ def amount_history(
     *,
     amounts: np.ndarray,
     params: FeaturesParams,
-    cumulative: np.ndarray | None = None,
-    rows: np.ndarray | None = None,
-    at_or_before: Callable[..., np.ndarray] | None = None,
+    cumulative: np.ndarray,
+    rows: np.ndarray | None,
+    at_or_before: Callable[..., np.ndarray],
 ) -> dict[str, np.ndarray]:
     """The selected groups of the amount against the card's own earlier payments (the current
     one never enters its baseline): ``amount_ratios``, over its mean and its max over (t - n, t)
@@ -296,9 +296,9 @@ def amount_history(
     ``last_payments`` payments within the longest amount window; ``anomaly_counts``, the number
     of the card's payments above ``anomaly_factor`` x that median over (t - n, t], current row
     included, for each anomaly window. No baseline gives a ratio of 1 and a z-score of 0. Inputs
-    and ``rows`` as for ``customer_windows``."""
+    and ``rows`` as for ``customer_windows``; ``customer_values`` shares ``cumulative`` and
+    ``at_or_before`` with the windows."""
     position = np.arange(len(groups)) if rows is None else rows
-    at_or_before = at_or_before or _window_bounds(groups, times)
     names = group_feature_names(params)
     current = amounts[position]
     out = {}
@@ -309,7 +309,7 @@ def amount_history(
             position=position,
             firsts=firsts,
             starts=_group_starts(groups)[position],
-            cumulative=_cumulative(groups, amounts) if cumulative is None else cumulative,
+            cumulative=cumulative,
         )
         out |= dict(zip(names["amount_ratios"], ratios, strict=True))
     if not {"last_payments", "anomaly_counts"} & set(params.groups):
@@ -344,16 +344,16 @@ def known_labels(
     *,
     labels: np.ndarray,
     params: FeaturesParams,
-    rows: np.ndarray | None = None,
-    at_or_before: Callable[..., np.ndarray] | None = None,
+    rows: np.ndarray | None,
+    at_or_before: Callable[..., np.ndarray],
 ) -> dict[str, np.ndarray]:
     """What the terminal's known labels (rows up to t - d, within the longest terminal window
     before that) say about it now: whether its last known payment was a fraud; the length of
     the run of known frauds ending there and its age in days (0 without a run); the days since
     its last known fraud (d + the longest window when none). A compromise has a lifetime, which
-    the rates of fixed windows blur. Inputs and ``rows`` as for ``terminal_windows``."""
+    the rates of fixed windows blur. Inputs and ``rows`` as for ``terminal_windows``;
+    ``terminal_values`` shares ``at_or_before`` with the windows."""
     position = np.arange(len(groups)) if rows is None else rows
-    at_or_before = at_or_before or _window_bounds(groups, times)
     delay = params.label_delay_days * _NS_PER_DAY
     look_back = delay + max(params.terminal_windows_days) * _NS_PER_DAY
     end = at_or_before(delay, rows)
