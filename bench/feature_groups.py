@@ -26,12 +26,13 @@ import numpy as np
 import pandas as pd
 from sklearn.metrics import average_precision_score, roc_auc_score
 
-from fraudlab import schema
-from fraudlab.features import GROUPS, build_features, feature_names
-from fraudlab.metrics import SCORE
-from fraudlab.models import fit_pipeline, predict_scores, prequential_scores
-from fraudlab.params import FeaturesParams, SplitParams, TrainParams, load_params
-from fraudlab.split import FOLD_COLUMN, prequential_folds, train_test_split
+from fraudlab.core import schema
+from fraudlab.core.params import FeaturesParams, SplitParams, TrainParams, load_params
+from fraudlab.features.batch import build_features
+from fraudlab.features.names import GROUPS, feature_names
+from fraudlab.modeling.metrics import SCORE
+from fraudlab.modeling.pipeline import fit_pipeline, predict_scores, prequential_scores
+from fraudlab.modeling.split import FOLD_COLUMN, prequential_folds, train_test_split
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -29,9 +29,9 @@ import pyarrow as pa
 import pyarrow.csv as pacsv
 import yaml
 
-from fraudlab import schema
-from fraudlab.params import load_params
-from fraudlab.simulate import simulate_transactions
+from fraudlab.core import schema
+from fraudlab.core.params import load_params
+from fraudlab.data.simulate import simulate_transactions
 from peak import PREFIX
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -6,7 +6,7 @@ scoring service's drift window adds to a scoring round.
 Drift: the reference is the first ``--rows`` transactions of the reference data's features
 (data/features/transactions.parquet) with the committed model's scores, the current sample the
 last ``--rows`` (drawn with replacement when the data hold fewer); every feature and the score
-get PSI, KS and Wasserstein (``fraudlab.drift.drift_columns``), best of three runs, after the
+get PSI, KS and Wasserstein (``monitoring.drift.drift_columns``), best of three runs, after the
 reference profile is built once (timed separately). Service: a ``ServiceMetrics`` with and
 without a ``DriftWindow`` of 10,000 transactions records rounds of 1 and of 1,000 scored
 transactions (features of the test period); the difference is the monitoring's share of a round.
@@ -26,9 +26,10 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
-from fraudlab.drift import DriftWindow, drift_columns, reference_profile
-from fraudlab.models import load_model, predict_scores
-from fraudlab.service_metrics import ServiceMetrics
+from fraudlab.modeling.artifact import load_model
+from fraudlab.modeling.pipeline import predict_scores
+from fraudlab.monitoring.drift import DriftWindow, drift_columns, reference_profile
+from fraudlab.serving.metrics import ServiceMetrics
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -18,9 +18,10 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from fraudlab import schema
-from fraudlab.features import feature_names, histories, transaction_features
-from fraudlab.params import load_params
+from fraudlab.core import schema
+from fraudlab.core.params import load_params
+from fraudlab.features.names import feature_names
+from fraudlab.features.online import histories, transaction_features
 
 ROOT = Path(__file__).resolve().parents[1]
 

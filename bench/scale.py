@@ -45,8 +45,8 @@ from pathlib import Path
 import psutil
 import yaml
 
-from fraudlab.engine import local_cluster
-from fraudlab.io import parquet_rows
+from fraudlab.core.io import parquet_rows
+from fraudlab.scaleout.engine import local_cluster
 from stages import ROOT, command_argv, resolve
 
 STAGES = ("simulate", "validate", "featurize", "split")

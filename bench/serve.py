@@ -41,13 +41,21 @@ import numpy as np
 import pandas as pd
 from pydantic import TypeAdapter
 
-from fraudlab import schema
-from fraudlab.features import NewRows, feature_names, history_needed, online_feature_matrix
-from fraudlab.models import load_model, predict_scores
-from fraudlab.params import load_params
-from fraudlab.scoring import load_scorer, row_scorer
-from fraudlab.service import Settings, parse_body, request_fields, request_models
-from fraudlab.store import Checkpointer, RecentHistory, SQLiteHistory, seed, transactions_from_frame
+from fraudlab.core import schema
+from fraudlab.core.params import load_params
+from fraudlab.features.names import feature_names, history_needed
+from fraudlab.features.online import NewRows, online_feature_matrix
+from fraudlab.modeling.artifact import load_model
+from fraudlab.modeling.pipeline import predict_scores
+from fraudlab.serving.app import Settings, parse_body, request_fields, request_models
+from fraudlab.serving.scorer import load_scorer, row_scorer
+from fraudlab.serving.store import (
+    Checkpointer,
+    RecentHistory,
+    SQLiteHistory,
+    seed,
+    transactions_from_frame,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 KEY = "bench-key"
@@ -78,7 +86,7 @@ class Service:
     def __init__(self, workdir: Path, args: list[str], *, workers: int = 1) -> None:
         self.log = open(workdir / "server.log", "w")  # noqa: SIM115 (closed in stop)
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "fraudlab.serve", "--port", "0", *args],
+            [sys.executable, "-m", "fraudlab", "serve", "--port", "0", *args],
             cwd=ROOT,
             env={**os.environ, "FRAUDLAB_API_KEYS": KEY},
             stderr=subprocess.PIPE,

@@ -23,8 +23,8 @@ from pathlib import Path
 
 import yaml
 
-from fraudlab.artifacts import file_md5
-from fraudlab.io import parquet_rows
+from fraudlab.core.io import parquet_rows
+from fraudlab.integrity.lock import file_md5
 
 ROOT = Path(__file__).resolve().parents[1]
 _PARAM = re.compile(r"\$\{([\w.]+)\}")

@@ -21,13 +21,13 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from fraudlab.dask_training import training_client
-from fraudlab.engine import EngineConfig
-from fraudlab.features import feature_names
-from fraudlab.metrics import SCORE, card_precision_key, ranking_metrics, validation_metrics
-from fraudlab.models import fit_pipeline, prequential_scores, score_frame
-from fraudlab.params import TrainParams, load_params
-from fraudlab.split import FOLD_COLUMN
+from fraudlab.core.params import TrainParams, load_params
+from fraudlab.features.names import feature_names
+from fraudlab.modeling.metrics import SCORE, card_precision_key, ranking_metrics, validation_metrics
+from fraudlab.modeling.pipeline import fit_pipeline, prequential_scores, score_frame
+from fraudlab.modeling.split import FOLD_COLUMN
+from fraudlab.scaleout.engine import EngineConfig
+from fraudlab.scaleout.training import training_client
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -1,4 +1,4 @@
-"""Throughput of `python -m fraudlab.verify` on this repository's DVC cache and outputs.
+"""Throughput of `fraudlab verify` on this repository's DVC cache and outputs.
 
     dvc repro && python bench/verify.py      # the reference size: every output of dvc.lock
 
@@ -15,8 +15,8 @@ from pathlib import Path
 
 import yaml
 
-from fraudlab.artifacts import locked_outputs, read_lock
-from fraudlab.verify import cache_dir, dvc_file_outputs, plan, tree_size, verify
+from fraudlab.integrity.lock import locked_outputs, read_lock
+from fraudlab.integrity.verify import cache_dir, dvc_file_outputs, plan, tree_size, verify
 
 ROOT = Path(__file__).resolve().parents[1]
 

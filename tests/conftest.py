@@ -10,10 +10,10 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from fraudlab import schema
-from fraudlab.features import GROUPS
-from fraudlab.params import FeaturesParams, SimulateParams, SourceParams, ValidateParams
-from fraudlab.simulate import simulate_transactions
+from fraudlab.core import schema
+from fraudlab.core.params import FeaturesParams, SimulateParams, SourceParams, ValidateParams
+from fraudlab.data.simulate import simulate_transactions
+from fraudlab.features.names import GROUPS
 from helpers import features_with
 
 

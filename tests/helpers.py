@@ -18,8 +18,8 @@ from pathlib import Path
 
 import yaml
 
-from fraudlab.cli import run
-from fraudlab.params import FeaturesParams
+from fraudlab.core.params import FeaturesParams
+from fraudlab.core.runner import run
 
 _COMMITTED_PARAMS = Path(__file__).resolve().parents[1] / "params.yaml"
 
@@ -66,7 +66,8 @@ class Server:
             [
                 sys.executable,
                 "-m",
-                "fraudlab.serve",
+                "fraudlab",
+                "serve",
                 "--host",
                 "127.0.0.1",
                 "--port",
@@ -153,7 +154,17 @@ class Server:
 def refused_start(args: list[str], *, env: dict[str, str] | None = None, cwd=None):
     """The exit status and log of a ``fraudlab serve`` that must stop before listening."""
     done = subprocess.run(
-        [sys.executable, "-m", "fraudlab.serve", "--host", "127.0.0.1", "--port", "0", *args],
+        [
+            sys.executable,
+            "-m",
+            "fraudlab",
+            "serve",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            "0",
+            *args,
+        ],
         capture_output=True,
         text=True,
         env={**os.environ, **(env or {})},
@@ -181,3 +192,8 @@ def exact_columns(names: list[str]) -> list[int]:
     from running sums, which online start at the stored history's first row) agree to 1e-9."""
     summed = ("avg_amount", "risk", "amount_over_mean")
     return [k for k, name in enumerate(names) if not any(part in name for part in summed)]
+
+
+def cells(line: str) -> list[str]:
+    """The cells of one row of a Markdown table, stripped of their padding."""
+    return [cell.strip() for cell in line.strip().strip("|").split("|")]

@@ -12,7 +12,7 @@ import joblib
 import pytest
 import yaml
 
-from fraudlab.artifacts import (
+from fraudlab.integrity.lock import (
     IntegrityError,
     file_md5,
     load_verified_pickle,

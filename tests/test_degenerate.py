@@ -16,10 +16,10 @@ import pandas as pd
 import pytest
 
 from conftest import STORAGE_YAML, transactions
-from fraudlab.features import feature_names
-from fraudlab.models import TrainingDataError, fit_pipeline
-from fraudlab.params import SplitParams
-from fraudlab.split import SplitError, prequential_folds
+from fraudlab.core.params import SplitParams
+from fraudlab.features.names import feature_names
+from fraudlab.modeling.pipeline import TrainingDataError, fit_pipeline
+from fraudlab.modeling.split import SplitError, prequential_folds
 from fraudlab.stages.split import split
 from helpers import features_with, features_yaml, run_stage
 from test_models import FAMILIES, _train_params

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from fraudlab.drift import (
+from fraudlab.monitoring.drift import (
     ColumnProfile,
     DriftWindow,
     bin_shares,

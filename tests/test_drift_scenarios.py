@@ -16,15 +16,21 @@ import pandas as pd
 import pytest
 import yaml
 
-from fraudlab import schema
-from fraudlab.check_reproducible import merge
-from fraudlab.drift import reference_profile
-from fraudlab.features import build_features, feature_names
-from fraudlab.models import fit_pipeline, predict_scores
-from fraudlab.monitor import baseline_performance, data_end, monitored_weeks, monitoring_report
-from fraudlab.params import load_params
-from fraudlab.simulate import simulate_transactions
-from fraudlab.split import monitoring_start, train_test_split
+from fraudlab.core import schema
+from fraudlab.core.params import load_params
+from fraudlab.data.simulate import simulate_transactions
+from fraudlab.features.batch import build_features
+from fraudlab.features.names import feature_names
+from fraudlab.integrity.reproducibility import merge
+from fraudlab.modeling.pipeline import fit_pipeline, predict_scores
+from fraudlab.modeling.split import monitoring_start, train_test_split
+from fraudlab.monitoring.drift import reference_profile
+from fraudlab.monitoring.weekly import (
+    baseline_performance,
+    data_end,
+    monitored_weeks,
+    monitoring_report,
+)
 from test_params import ROOT
 
 TINY = yaml.safe_load((Path(__file__).parent / "tiny_params.yaml").read_text())

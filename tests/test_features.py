@@ -7,15 +7,12 @@ import pandas as pd
 import pytest
 
 from conftest import transactions
-from fraudlab import schema
-from fraudlab.features import (
-    GROUPS,
-    _range_max,
-    build_features,
-    feature_names,
-    group_feature_names,
+from fraudlab.core import schema
+from fraudlab.features.batch import build_features
+from fraudlab.features.kernels import _range_max
+from fraudlab.features.names import GROUPS, feature_names, group_feature_names, history_needed
+from fraudlab.features.online import (
     histories,
-    history_needed,
     online_features,
     transaction_features,
 )

@@ -7,16 +7,16 @@ import pandas as pd
 import pytest
 
 from conftest import VALIDATE_OUTPUTS, contract_params, run_validate_stage, source_params
-from fraudlab import schema
-from fraudlab.ingest import (
+from fraudlab.core import schema
+from fraudlab.core.params import ParamsError, parse_section
+from fraudlab.data.ingest import (
     columns_to_read,
     map_columns,
     parse_columns,
     read_header,
     read_transactions,
 )
-from fraudlab.params import ParamsError, parse_section
-from fraudlab.validate import DataContractError, validate_transactions
+from fraudlab.data.validate import DataContractError, validate_transactions
 
 UPPER = {c: c.upper() for c in schema.REQUIRED_COLUMNS}
 TEXT_IDS = ["customer_id", "terminal_id"]  # the foreign layouts below use card tokens

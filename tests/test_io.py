@@ -11,7 +11,7 @@ import pandas as pd
 import pyarrow as pa
 import pytest
 
-from fraudlab.io import atomic_path, read_days, write_days, write_json, write_parquet
+from fraudlab.core.io import atomic_path, read_days, write_days, write_json, write_parquet
 
 
 def _interrupted_write(target, error: BaseException) -> None:
@@ -63,7 +63,7 @@ def test_a_writer_killed_with_sigkill_leaves_nothing_at_all(tmp_path):
     next `dvc repro` may restore the stage from the run cache and never run it to clean up."""
     script = (
         "import os, signal, sys\n"
-        "from fraudlab.io import atomic_path\n"
+        "from fraudlab.core.io import atomic_path\n"
         "with atomic_path(sys.argv[1]) as tmp:\n"
         "    with open(tmp, 'wb') as out:\n"
         "        out.write(b'x' * 1_000_000)\n"
@@ -78,7 +78,7 @@ def test_a_writer_killed_with_sigkill_leaves_nothing_at_all(tmp_path):
 
 
 def test_without_unnamed_files_a_sibling_temporary_is_used(tmp_path, monkeypatch):
-    monkeypatch.setattr("fraudlab.io._open_unnamed", lambda directory: None)
+    monkeypatch.setattr("fraudlab.core.io._open_unnamed", lambda directory: None)
     with atomic_path(tmp_path / "out.json") as tmp:
         assert tmp.parent == tmp_path
         assert tmp.name.startswith(".out.json.tmp-")
@@ -94,7 +94,7 @@ def test_frames_appended_in_row_groups_are_the_bytes_of_their_concatenation(tmp_
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    from fraudlab.io import RowGroupWriter
+    from fraudlab.core.io import RowGroupWriter
 
     frames = [
         pd.DataFrame({"id": range(start, start + n), "name": [f"x{i}" for i in range(n)]})

@@ -20,9 +20,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from fraudlab import schema
-from fraudlab.features import KNOWN_LABEL_FEATURES, build_features, feature_names
-from fraudlab.params import FeaturesParams
+from fraudlab.core import schema
+from fraudlab.core.params import FeaturesParams
+from fraudlab.features.batch import build_features
+from fraudlab.features.names import KNOWN_LABEL_FEATURES, feature_names
 
 CUT_QUANTILES = (0.35, 0.6, 0.85)
 

@@ -5,14 +5,14 @@ from __future__ import annotations
 import pandas as pd
 import pytest
 
-from fraudlab.metrics import (
+from fraudlab.core.params import CostParams
+from fraudlab.modeling.metrics import (
     card_precision_at_k,
     ranking_metrics,
     threshold_for_alert_budget,
     threshold_for_cost,
     threshold_metrics,
 )
-from fraudlab.params import CostParams
 
 COSTS = CostParams(missed_fraud=1.0, missed_fraud_amount_share=0.5, false_alert=3.0)
 

@@ -11,17 +11,16 @@ import numpy as np
 import pytest
 import yaml
 
-from fraudlab.features import KNOWN_LABEL_FEATURES, build_features, feature_names
-from fraudlab.models import (
+from fraudlab.core.params import TrainParams
+from fraudlab.features.batch import build_features
+from fraudlab.features.names import KNOWN_LABEL_FEATURES, feature_names
+from fraudlab.modeling.artifact import (
     ModelArtifact,
     ModelVersionError,
     check_artifact,
-    feature_importance,
-    fit_pipeline,
     model_artifact,
-    predict_scores,
 )
-from fraudlab.params import TrainParams
+from fraudlab.modeling.pipeline import feature_importance, fit_pipeline, predict_scores
 from helpers import features_with
 from test_params import ROOT
 

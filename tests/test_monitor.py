@@ -8,9 +8,12 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from fraudlab import schema
-from fraudlab.drift import reference_profile
-from fraudlab.monitor import (
+from fraudlab.core import schema
+from fraudlab.core.params import MonitorParams
+from fraudlab.monitoring.drift import reference_profile
+from fraudlab.monitoring.page import drift_heatmap, render_html, score_figure
+from fraudlab.monitoring.status import status_text
+from fraudlab.monitoring.weekly import (
     Week,
     data_end,
     diagnose,
@@ -18,12 +21,12 @@ from fraudlab.monitor import (
     level,
     monitored_weeks,
     monitoring_report,
+    monitoring_summary,
     performance_trend,
     plot_tables,
+    verdict,
     week_performance,
 )
-from fraudlab.monitor_report import render_html
-from fraudlab.params import MonitorParams
 
 PARAMS = MonitorParams(
     statistic="psi", warn=0.1, act=0.25, decay=0.1, label_shift_p=0.001, strict=False
@@ -137,7 +140,9 @@ def test_the_diagnosis_tells_data_drift_from_model_decay(amount, score, trend, k
     assert found["score_moved"] == (score == "act")
 
 
-def _two_week_report(*, shift: float, frauds_follow_amount: bool) -> dict:
+def _two_week_report(
+    *, shift: float, frauds_follow_amount: bool, end: str = "2018-07-01", weeks: int = 2
+) -> dict:
     """Week 1 like the reference; week 2 with amounts ``shift`` standard deviations up. The
     model scores by amount; frauds are the large amounts, or (concept drift) random rows."""
     rng = np.random.default_rng(1)
@@ -160,11 +165,11 @@ def _two_week_report(*, shift: float, frauds_follow_amount: bool) -> dict:
     ).astype(int)
     day = pd.Timedelta(days=1)
     first = pd.Timestamp("2018-06-01")
-    weeks = [Week(i + 1, first + 7 * i * day, first + 7 * (i + 1) * day) for i in range(2)]
+    weeks = [Week(i + 1, first + 7 * i * day, first + 7 * (i + 1) * day) for i in range(weeks)]
     scores = (frame["amount"].to_numpy() - 20) / 60
     # the first week's: the largest amounts are the frauds, 2 % of them
     baseline = {"average_precision": 1.0, "frauds": 40, "transactions": 2000}
-    return monitoring_report(frame, scores, weeks=weeks, end=pd.Timestamp("2018-07-01"),
+    return monitoring_report(frame, scores, weeks=weeks, end=pd.Timestamp(end),
                              reference=reference, params=PARAMS, delay_days=7, k=10,
                              baseline=baseline)  # fmt: skip
 
@@ -259,3 +264,62 @@ def test_a_label_shift_alone_leads_the_page():
     assert '<h2 id="verdict">Label shift in week_2: the share of frauds moved</h2>' in page
     assert "from 2.00% to 8.00% in week_2" in page
     assert "frauds 8.00% (label shift)" in page
+
+
+def test_the_summary_holds_the_few_figures_a_reviewer_compares():
+    report = _two_week_report(shift=1.5, frauds_follow_amount=True)
+    summary = monitoring_summary(report)
+    assert len(summary) <= 12  # what `dvc metrics diff` and `dvc exp show` show of monitoring
+    assert summary["alert"] is True
+    assert summary["worst_level"] == "act"
+    week_2 = report["weeks"]["week_2"]["drift"]
+    assert summary["worst_psi"] == max(found["psi"] for found in week_2.values())
+    assert summary["drifted_features"] == len(report["drifted_features"]) == 2  # amount, score
+    assert (summary["weeks"], summary["matured_weeks"]) == (2, 2)
+    latest = report["weeks"]["week_2"]["performance"]["average_precision"]
+    assert summary["latest_matured_average_precision"] == latest
+    assert summary["baseline_average_precision"] == 1.0
+
+
+def test_weeks_whose_labels_are_all_pending_are_never_called_nothing_to_do():
+    # data end 2018-06-09: week 1 (06-01..06-07) matures on 06-14, so no week has labels
+    report = _two_week_report(shift=0.0, frauds_follow_amount=True, end="2018-06-09", weeks=1)
+    found = verdict(report)
+    assert found["kind"] == "stable"
+    assert found["pending_weeks"] == ["week_1"]
+    assert "Nothing to do" not in found["advice"]
+    assert "performance is unknown until then" in found["advice"]
+    assert monitoring_summary(report)["latest_matured_average_precision"] is None
+    page = render_html(report, reference_shares=[0.1] * 10 + [0.0], model_md5="0" * 32)
+    assert "performance unknown until labels mature" in page
+    assert "leaves out cards already known to be compromised" in page  # the baseline, said
+
+
+def test_the_score_figure_draws_the_bin_above_the_reference_only_when_used():
+    report = _two_week_report(shift=0.0, frauds_follow_amount=True)
+    shares = [0.1] * 10 + [0.0]
+    ticks = [t.get_text() for t in score_figure(report, shares).axes[0].get_xticklabels()]
+    assert ticks == [str(i) for i in range(1, 11)]  # no phantom 11th bin at 0
+    for entry in report["weeks"].values():
+        entry["score_shares"][-1] = 0.05  # scores above the reference's highest
+    ticks = [t.get_text() for t in score_figure(report, shares).axes[0].get_xticklabels()]
+    assert ticks[-1] == "above"
+
+
+def test_the_heatmap_of_one_week_is_wide_enough_for_its_labels():
+    report = _two_week_report(shift=0.0, frauds_follow_amount=True, weeks=1)
+    figure = drift_heatmap(report)
+    longest = max(map(len, report["weeks"]["week_1"]["drift"]))
+    # 0.06 in a 7-pt character, 0.9 in for the week's column, and never under the title's width
+    assert figure.get_size_inches()[0] >= max(5.5, 0.06 * longest + 0.9)
+
+
+def test_the_terminal_status_names_the_verdict_and_one_line_a_week():
+    report = _two_week_report(shift=1.5, frauds_follow_amount=True)
+    text = status_text(report)
+    lines = text.splitlines()
+    assert lines[0].startswith("data drift: ")
+    assert "moved past act (0.25): amount, score" in text
+    rows = [line for line in lines if line.startswith("week_")]
+    assert len(rows) == 2
+    assert rows[1].split()[3] == "amount"  # the worst-moved input of week 2

@@ -23,11 +23,11 @@ import pandas as pd
 import pytest
 import yaml
 
-from fraudlab import schema
-from fraudlab.check_reproducible import merge, stages_run
-from fraudlab.drift import ReferenceProfile
-from fraudlab.features import feature_names
-from fraudlab.params import load_params
+from fraudlab.core import schema
+from fraudlab.core.params import load_params
+from fraudlab.features.names import feature_names
+from fraudlab.integrity.reproducibility import merge, stages_run
+from fraudlab.monitoring.drift import ReferenceProfile
 from helpers import Payload, Server
 from test_params import ROOT, STAGES
 
@@ -224,6 +224,30 @@ def test_a_foreign_layout_through_the_mapping_reaches_the_same_metrics(repo):
     assert (repo / "metrics/evaluate/metrics.json").read_text() == committed
 
 
+def test_an_experiment_keeps_a_yes_no_source_parsing_after_dvc_rewrites_params(repo):
+    """`dvc exp run -S` writes params.yaml back in YAML 1.2 without the quotes of "yes" and
+    "no": the experiment's validate must still read them as label words."""
+    head = _run(repo, "git", "rev-parse", "HEAD").stdout.strip()
+    committed = (repo / "metrics/evaluate/metrics.json").read_text()
+    raw = pd.read_parquet(repo / "data/raw/transactions.parquet")
+    export = repo / "data" / "external" / "yes_no.csv"
+    export.parent.mkdir(parents=True, exist_ok=True)
+    raw.assign(tx_fraud=raw["tx_fraud"].map({0: "no", 1: "yes"})).to_csv(export, index=False)
+    _run(repo, *_dvc("add", "-q", "data/external/yes_no.csv"))
+    _set_params(repo, {"source": {"path": "data/external/yes_no.csv"}})
+    try:
+        _run(repo, "git", "add", "-A")
+        _run(repo, "git", "commit", "-qm", "a source labelled yes/no")
+        _run(repo, *_dvc("exp", "run", "-S", "validate.example_values=6"))
+        params = (repo / "params.yaml").read_text()
+        assert "- yes\n" in params or " yes]" in params or " yes," in params  # DVC unquoted it
+        quality = json.loads((repo / "metrics/data_quality.json").read_text())
+        assert quality["rows_rejected"] == 0
+        assert (repo / "metrics/evaluate/metrics.json").read_text() == committed
+    finally:
+        _run(repo, "git", "reset", "-q", "--hard", head)
+
+
 def test_a_hostile_source_path_is_read_by_dvc_repro_and_runs_nothing(repo):
     """source.path is never pasted into a shell: a file name with a space, $(...), backticks,
     ; and quotes is read as a name, and none of its commands run."""
@@ -351,7 +375,7 @@ def test_verify_finds_a_flipped_bit_dvc_restores_and_calls_up_to_date(repo):
     cached = _cache_object(repo, _output_md5(repo, "split", raw))
     flipped = bytearray(cached.read_bytes())
     flipped[len(flipped) // 2] ^= 0x04
-    command = [sys.executable, "-m", "fraudlab.verify"]
+    command = [sys.executable, "-m", "fraudlab", "verify"]
     env = _env(repo) | {"PYTHONPATH": str(repo / "src")}
     with _tampered(cached, bytes(flipped)):
         (repo / raw).unlink()
@@ -573,7 +597,7 @@ def test_grid_search_ranks_flags_failures_and_the_winner_applies(repo):
         "grids: {xgboost: {max_depth: [2, 4, -1]}}\nrandom: {}\n"
     )
     env = _env(repo) | {"PYTHONPATH": str(repo / "src")}
-    command = [sys.executable, "-m", "fraudlab.search", "--space", "tiny-search.yaml"]
+    command = [sys.executable, "-m", "fraudlab", "search", "--space", "tiny-search.yaml"]
     command += ["--poll", "2", "--markdown", "board.md", "grid", "xgboost"]
     done = subprocess.run(command, cwd=repo, env=env, capture_output=True, text=True, check=False)
     assert done.returncode == 1, done.stdout + done.stderr
@@ -623,7 +647,7 @@ def test_retraining_after_drift_beats_the_old_model_on_the_drifted_weeks(repo):
         # train on the newest labelled week: 2018-05-31 is day 60, the first drifted day
         _run(repo, *_dvc("exp", "run", "-n", "challenger", "-S", "split.train_start=2018-05-31"))
         env = _env(repo) | {"PYTHONPATH": str(repo / "src")}
-        command = [sys.executable, "-m", "fraudlab.compare", "--baseline", "HEAD"]
+        command = [sys.executable, "-m", "fraudlab", "compare", "--baseline", "HEAD"]
         done = subprocess.run(
             [*command, "--json", "challenge.json", "--out", "challenge.md"],
             cwd=repo, env=env, capture_output=True, text=True, check=False,
@@ -697,14 +721,14 @@ def test_the_pull_request_script_reports_on_a_fresh_clone_with_no_experiments(re
 
 
 def test_reproducibility_check_fails_when_committed_metrics_were_not_produced(repo):
-    """`fraudlab.check_reproducible` on a commit whose metrics file was edited by hand: the fresh
+    """`fraudlab check-reproducible` on a commit whose metrics file was edited by hand: the fresh
     clone's run restores the real value, so the check fails and names the file."""
     path = repo / "metrics/evaluate/metrics.json"
     metrics = json.loads(path.read_text())
     metrics["test"]["average_precision"] += 0.01
     path.write_text(json.dumps(metrics, indent=4))
     _run(repo, "git", "commit", "-qam", "metrics edited by hand")
-    command = [sys.executable, "-m", "fraudlab.check_reproducible", "--repo", str(repo)]
+    command = [sys.executable, "-m", "fraudlab", "check-reproducible", "--repo", str(repo)]
     env = _env(repo) | {"PYTHONPATH": str(repo / "src")}
     try:
         done = subprocess.run(command, cwd=repo, env=env, capture_output=True, text=True)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from fraudlab.plots import offline_html_template, score_histogram
+from fraudlab.modeling.plots import offline_html_template, score_histogram
 
 
 def test_score_histogram_gives_each_class_shares_summing_to_one():

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import re
+from pathlib import Path
 
+from fraudlab.integrity.lock import file_md5
+from fraudlab.integrity.verify import directory_md5
 from test_params import ROOT
 
 
@@ -21,7 +24,7 @@ def test_quickstart_is_two_commands_install_and_repro_then_tests():
     assert "requirements.lock" in install
     assert "python -m pytest && " in tests
     # then a fresh clone must reproduce a tiny configuration bit for bit
-    assert tests.endswith("python -m fraudlab.check_reproducible --override tests/tiny_params.yaml")
+    assert tests.endswith("fraudlab check-reproducible --override tests/tiny_params.yaml")
     assert "requirements-dev.lock" in tests
 
 
@@ -69,15 +72,24 @@ def test_the_pull_request_workflow_runs_the_tested_script():
     workflow = yaml.safe_load((ROOT / ".github" / "workflows" / "pull-request.yml").read_text())
     runs = [step.get("run", "") for job in workflow["jobs"].values() for step in job["steps"]]
     assert any("bash .github/scripts/pull-request-report.sh" in run for run in runs)
-    assert not any("fraudlab.report" in run or "plots diff" in run for run in runs)
+    assert not any("fraudlab report" in run or "plots diff" in run for run in runs)
+
+
+def _code_md5(path: Path) -> str | None:
+    """DVC's hash of a code dep: a file's MD5, or a directory's listing hash over the files
+    .dvcignore keeps (bytecode left out); None when it is missing."""
+    if path.is_file():
+        return file_md5(path)
+    if not path.is_dir():
+        return None
+    files = [p for p in path.rglob("*") if p.is_file() and "__pycache__" not in p.parts]
+    return directory_md5(path, files=files) + ".dir"
 
 
 def test_dvc_lock_records_the_committed_code_and_params():
     """dvc.lock must be up to date in every commit: a code or params change committed without
     `dvc repro` makes a fresh clone rerun stages and change dvc.lock (the full-size
     reproducibility check would fail). Code and params need no data to compare."""
-    import hashlib
-
     from ruamel.yaml import YAML
 
     # YAML 1.2, as DVC reads and writes these files (PyYAML would read its unquoted `yes` as True)
@@ -87,10 +99,7 @@ def test_dvc_lock_records_the_committed_code_and_params():
     stale = []
     for name, stage in lock["stages"].items():
         for dep in stage.get("deps", []):
-            path = ROOT / dep["path"]
-            if dep["path"].startswith("src/") and (
-                not path.is_file() or hashlib.md5(path.read_bytes()).hexdigest() != dep["md5"]
-            ):
+            if dep["path"].startswith("src/") and _code_md5(ROOT / dep["path"]) != dep["md5"]:
                 stale.append(f"{name}: {dep['path']}")
         for section, value in stage.get("params", {}).get("params.yaml", {}).items():
             if params.get(section) != value:

@@ -17,19 +17,26 @@ from sklearn.metrics import roc_auc_score
 from xgboost import XGBClassifier
 
 from conftest import small_simulate_params
-from fraudlab import schema
-from fraudlab.engine import DaskEngine, EngineError, LocalEngine, engine_config, local_cluster
-from fraudlab.features import build_features, feature_names
-from fraudlab.io import atomic_path, scratch_directory, write_dataset
-from fraudlab.models import fit_pipeline, predict_scores
-from fraudlab.params import TrainParams
-from fraudlab.partitioned_features import DatasetError, check_layout, featurize_dataset
-from fraudlab.simulate import (
+from fraudlab.core import schema
+from fraudlab.core.io import atomic_path, scratch_directory, write_dataset
+from fraudlab.core.params import TrainParams
+from fraudlab.data.simulate import (
     merge_blocks,
     n_blocks,
     simulate_block,
     simulate_dataset,
     simulate_transactions,
+)
+from fraudlab.features.batch import build_features
+from fraudlab.features.names import feature_names
+from fraudlab.features.partitioned import DatasetError, check_layout, featurize_dataset
+from fraudlab.modeling.pipeline import fit_pipeline, predict_scores
+from fraudlab.scaleout.engine import (
+    DaskEngine,
+    EngineError,
+    LocalEngine,
+    engine_config,
+    local_cluster,
 )
 
 ROWS_PER_PART = 4000
@@ -87,7 +94,7 @@ def local_features(clean, tmp_path_factory, features_params_module) -> dict[str,
 
 @pytest.fixture(scope="module")
 def features_params_module():
-    from fraudlab.features import GROUPS
+    from fraudlab.features.names import GROUPS
     from helpers import features_with
 
     # every group, whichever the committed params select: each kernel is exercised
@@ -243,8 +250,8 @@ def _messy(frame: pd.DataFrame) -> pd.DataFrame:
 
 def _validated(engine, path: Path, out: Path, rows_per_part: int):
     from conftest import contract_params, source_params
-    from fraudlab.ingest import columns_to_read, id_columns, read_header
-    from fraudlab.partitioned_validate import validate_dataset
+    from fraudlab.data.ingest import columns_to_read, id_columns, read_header
+    from fraudlab.data.partitioned import validate_dataset
 
     source = source_params(path=str(path), text_ids=[schema.CUSTOMER_ID])
     with atomic_path(out, directory=True) as tmp, scratch_directory(out) as scratch:
@@ -288,7 +295,7 @@ def test_validate_in_chunks_is_validate_on_the_whole_source(small_transactions, 
     """A Parquet source (typed columns, row groups as chunks): the same clean rows, rejected
     rows and report as the contract applied to all rows at once."""
     from conftest import contract_params, source_params
-    from fraudlab.validate import validate_transactions
+    from fraudlab.data.validate import validate_transactions
 
     messy = _messy(small_transactions).astype({schema.TX_AMOUNT: "string"})
     source_file = tmp_path / "messy.parquet"
@@ -366,7 +373,7 @@ def test_more_training_workers_than_the_cluster_has_is_named(client, train_rows)
     ],
 )
 def test_a_piece_leaves_out_only_values_as_given_it_can_rebuild_bit_for_bit(raw, parsed, left_out):
-    from fraudlab.partitioned_validate import _recoverable
+    from fraudlab.data.partitioned import _recoverable
 
     assert _recoverable(raw, parsed) is left_out
 
@@ -397,7 +404,7 @@ def test_workers_started_by_hand_with_the_repositorys_dask_config_run_as_the_eng
     import dask.config
     from distributed import Client
 
-    from fraudlab.engine import WORKER_CONFIG
+    from fraudlab.scaleout.engine import WORKER_CONFIG
 
     config_dir = str(Path(__file__).resolve().parents[1] / "cluster")
     collected = dask.config.collect(paths=[config_dir], env={})

@@ -9,12 +9,14 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from fraudlab.features import build_features, feature_names
-from fraudlab.models import fit_pipeline, model_artifact, predict_scores
-from fraudlab.params import load_params
-from fraudlab.scoring import Refused, Scorer, ServingConfig, row_scorer
-from fraudlab.service import IdleCollector, parse_time
-from fraudlab.store import SQLiteHistory, Transaction
+from fraudlab.core.params import load_params
+from fraudlab.features.batch import build_features
+from fraudlab.features.names import feature_names
+from fraudlab.modeling.artifact import model_artifact
+from fraudlab.modeling.pipeline import fit_pipeline, predict_scores
+from fraudlab.serving.app import IdleCollector, parse_time
+from fraudlab.serving.scorer import Refused, Scorer, ServingConfig, row_scorer
+from fraudlab.serving.store import SQLiteHistory, Transaction
 from test_service import PARAMS
 
 

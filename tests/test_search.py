@@ -7,10 +7,11 @@ import math
 
 import pytest
 
-from fraudlab.errors import UserError
-from fraudlab.report import best_per_family, current_section, families_section
-from fraudlab.search import (
+from fraudlab.core.errors import UserError
+from fraudlab.experiments.report import best_per_family, current_section, families_section
+from fraudlab.experiments.search import (
     experiments,
+    failure_reason,
     grid_overrides,
     leaderboard,
     load_space,
@@ -18,6 +19,7 @@ from fraudlab.search import (
     random_overrides,
     render,
 )
+from helpers import cells
 from test_params import ROOT
 
 
@@ -121,12 +123,58 @@ def test_leaderboard_ranks_successes_by_validation_ap_and_never_ranks_failures()
     assert board["experiment"].tolist() == ["best", "forest", "good", "broke", "waiting"]
     assert board["state"].tolist() == ["success"] * 3 + ["failed", "queued"]
     assert math.isnan(board.loc[3, "validation_average_precision"])  # not the baseline's 0.99
-    table = render(board, {"max_depth"}).splitlines()
-    assert table[2].startswith("| 1 | best | xgboost | max_depth=4 | 0.720 ± 0.050 |")
-    assert table[5] == (
-        "| - | broke | xgboost | max_depth=-1 | **FAILED** (`dvc queue logs broke`) | | | | | |"
-    )
+    table = [cells(line) for line in render(board, {"max_depth"}).splitlines()]
+    assert table[2][:5] == ["1", "best", "xgboost", "max_depth=4", "0.720 ± 0.050"]
+    assert table[5] == [
+        "-",
+        "broke",
+        "xgboost",
+        "max_depth=-1",
+        "**FAILED** (`dvc queue logs broke`)",
+        *[""] * 5,
+    ]
     assert "**QUEUED**" in table[6]
+
+
+def test_the_committed_model_is_ranked_beside_the_experiments():
+    """The experiments compete with the commit they branch from: it has a row of its own,
+    ranked by the same validation AP."""
+    shown = [
+        {
+            "rev": "abc" + "0" * 37,
+            "name": "main",
+            "data": {
+                "params": {"params.yaml": {"data": {"train": {"model": "xgboost"}}}},
+                "metrics": _metrics(0.715),
+            },
+            "experiments": [
+                _experiment("good", "xgboost", 3, 0.70, "success"),
+                _experiment("best", "xgboost", 4, 0.72, "success"),
+            ],
+        }
+    ]
+    board = leaderboard(experiments(shown))
+    assert board["experiment"].tolist() == ["best", "main (committed)", "good"]
+    assert board["state"].tolist() == ["success", "committed", "success"]
+    rows = [cells(line) for line in render(board, set()).splitlines()[2:]]
+    assert rows[1][:2] == ["2", "main (committed)"]
+    assert rows[1][4] == "0.715 ± 0.050"
+    best = best_per_family(experiments(shown))
+    assert best["experiment"].tolist() == ["best", "main (committed)"]
+    assert "main (committed)" in families_section(best, {}, {})
+
+
+def test_a_failed_experiment_reports_the_stage_error_from_its_log():
+    log = (
+        "Running stage 'validate':\n"
+        "2026-01-01 10:00:00,000 ERROR fraudlab: validate failed: data/x.csv: no column TX_ID\n"
+        "ERROR: failed to reproduce 'validate': failed to run: python -m ..., exited with 1\n"
+    )
+    assert failure_reason(log) == "validate failed: data/x.csv: no column TX_ID"
+    assert failure_reason("ERROR: failed to reproduce 'x': [Errno 2] No such file\n") == (
+        "ERROR: failed to reproduce 'x': [Errno 2] No such file"
+    )
+    assert failure_reason("") == "no log"
 
 
 @pytest.mark.parametrize(
@@ -162,9 +210,10 @@ def test_report_picks_each_familys_best_and_shows_threshold_and_cost():
     }
     metrics["test"]["at_threshold"] = metrics["validation"]["at_threshold"] = at
     section = current_section(metrics, "xgboost", top_k=100)
-    assert "| Average precision | 0.6900 | 0.7000 ± 0.0500 |" in section
+    rows = [cells(line) for line in section.splitlines() if line.startswith("|")]
+    assert ["Average precision", "0.6900", "0.7000 ± 0.0500"] in rows
     assert "**0.2500**" in section
-    assert "| Cost a day | 1,234 | 1,234 |" in section
+    assert ["Cost a day", "1,234", "1,234"] in rows
 
 
 def _baseline(*experiments: dict) -> list[dict]:
@@ -185,17 +234,18 @@ def test_another_top_k_fills_every_card_precision_column_and_row():
     table = render(board, set()).splitlines()
     assert "val CP@50" in table[0]
     assert "test CP@50" in table[0]
-    assert table[2].endswith("| 0.310 | 0.690 | 0.800 | 0.300 |")
+    assert cells(table[2])[-4:] == ["0.310", "0.690", "0.800", "0.300"]
     families = families_section(best_per_family(experiments(shown)), {}, {})
     assert "test CP@50" in families
-    assert families.splitlines()[4].endswith("| 0.3000 |")
+    assert cells(families.splitlines()[4])[-1] == "0.3000"
     metrics = _metrics(0.7, k=50)["metrics/evaluate/metrics.json"]["data"]
     metrics["test"]["at_threshold"] = metrics["validation"]["at_threshold"] = dict.fromkeys(
         ("threshold", "precision", "recall", "f1", "alerted_cards_per_day", "cost_per_day"), 0.5
     ) | {"tp": 1, "fp": 1}
-    assert "| Card precision@50 | 0.3000 | 0.3100 ± 0.0100 |" in current_section(
-        metrics, "xgboost", top_k=50
-    )
+    section = current_section(metrics, "xgboost", top_k=50)
+    assert ["Card precision@50", "0.3000", "0.3100 ± 0.0100"] in [
+        cells(line) for line in section.splitlines() if line.startswith("|")
+    ]
 
 
 def test_experiments_with_different_top_k_name_k_in_each_cell():
@@ -205,8 +255,8 @@ def test_experiments_with_different_top_k_name_k_in_each_cell():
     )
     table = render(leaderboard(experiments(shown)), set()).splitlines()
     assert "val CP@k" in table[0]
-    assert table[2].endswith("| 0.310 (k=50) | 0.690 | 0.800 | 0.300 (k=50) |")
-    assert table[3].endswith("| 0.310 (k=100) | 0.680 | 0.800 | 0.300 (k=100) |")
+    assert cells(table[2])[-4:] == ["0.310 (k=50)", "0.690", "0.800", "0.300 (k=50)"]
+    assert cells(table[3])[-4:] == ["0.310 (k=100)", "0.680", "0.800", "0.300 (k=100)"]
 
 
 def test_queue_status_is_read_for_each_task_and_the_live_workers():

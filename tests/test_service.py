@@ -19,14 +19,16 @@ import pytest
 import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
-from fraudlab import schema
-from fraudlab.artifacts import file_md5
-from fraudlab.drift import ReferenceProfile, bin_shares, psi, reference_profile
-from fraudlab.features import build_features, feature_names
-from fraudlab.io import write_json
-from fraudlab.models import fit_pipeline, model_artifact, predict_scores
-from fraudlab.params import load_params
-from fraudlab.service import request_fields
+from fraudlab.core import schema
+from fraudlab.core.io import write_json
+from fraudlab.core.params import load_params
+from fraudlab.features.batch import build_features
+from fraudlab.features.names import feature_names
+from fraudlab.integrity.lock import file_md5
+from fraudlab.modeling.artifact import model_artifact
+from fraudlab.modeling.pipeline import fit_pipeline, predict_scores
+from fraudlab.monitoring.drift import ReferenceProfile, bin_shares, psi, reference_profile
+from fraudlab.serving.app import request_fields
 from helpers import Server, exact_columns, refused_start
 from test_monitoring_config import referenced_metrics
 

@@ -6,8 +6,8 @@ import pandas as pd
 import pytest
 
 from conftest import small_simulate_params
-from fraudlab import schema
-from fraudlab.simulate import merge_blocks, n_blocks, simulate_block, simulate_transactions
+from fraudlab.core import schema
+from fraudlab.data.simulate import merge_blocks, n_blocks, simulate_block, simulate_transactions
 
 # The reference customer and terminal density (SPEC §3) over 60 days instead of 183.
 REFERENCE_DENSITY = {

@@ -7,8 +7,13 @@ import datetime as dt
 import pytest
 
 from conftest import transactions
-from fraudlab.params import SplitParams
-from fraudlab.split import SplitError, fold_train_start, prequential_folds, train_test_split
+from fraudlab.core.params import SplitParams
+from fraudlab.modeling.split import (
+    SplitError,
+    fold_train_start,
+    prequential_folds,
+    train_test_split,
+)
 
 START = dt.date(2018, 4, 10)  # day 0; train days 0-1, gap day 2, test days 3-4
 

@@ -14,10 +14,12 @@ import pandas as pd
 import pytest
 
 from conftest import transactions
-from fraudlab import schema
-from fraudlab.errors import UserError
-from fraudlab.features import History, build_features, feature_names, transaction_features
-from fraudlab.store import (
+from fraudlab.core import schema
+from fraudlab.core.errors import UserError
+from fraudlab.features.batch import build_features
+from fraudlab.features.names import feature_names
+from fraudlab.features.online import History, transaction_features
+from fraudlab.serving.store import (
     Checkpointer,
     ConflictError,
     RecentHistory,
@@ -164,7 +166,7 @@ def test_pruning_drops_only_rows_older_than_the_windows(store):
 
 WRITER = """
 import sys
-from fraudlab.store import SQLiteHistory, Transaction
+from fraudlab.serving.store import SQLiteHistory, Transaction
 store = SQLiteHistory(sys.argv[1])
 for i in range(1, 100_000):
     store.add([Transaction(i, i, i % 13, i % 7, float(i))])

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import xgboost
 
-from fraudlab.treepredict import compile_booster
+from fraudlab.serving.treepredict import compile_booster
 
 
 def _booster(*, objective: str = "binary:logistic", **params) -> xgboost.Booster:

@@ -7,7 +7,7 @@ import pandas as pd
 import pytest
 
 from conftest import CANONICAL, VALIDATE_OUTPUTS, contract_params, run_validate_stage, transactions
-from fraudlab.validate import (
+from fraudlab.data.validate import (
     DataContractError,
     exact_duplicates,
     mixed_as_text,

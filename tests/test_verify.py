@@ -1,4 +1,4 @@
-"""fraudlab.verify finds what DVC does not: cache objects and workspace outputs whose bytes no
+"""`fraudlab verify` finds what DVC does not: cache objects and workspace outputs whose bytes no
 longer match their recorded hash."""
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from fraudlab.verify import verify_repo
+from fraudlab.integrity.verify import verify_repo
 from helpers import run_stage
 
 

@@ -8,7 +8,7 @@
 set -euo pipefail
 base="$1"
 out="$2"
-python -m fraudlab.check_reproducible --rev HEAD
-python -m fraudlab.report --out "$out" --base "$base"
+fraudlab check-reproducible --rev HEAD
+fraudlab report --out "$out" --base "$base"
 dvc repro -q plots_template  # the offline page template the plots render into
 dvc plots diff "$base" HEAD -o "$out/plots_diff"

@@ -1,65 +1,78 @@
-"""What every stage script shares: logging, signals, and turning known errors into exit codes."""
+"""``fraudlab <verb>``: one command line for everything that is not a DVC stage.
+
+Each verb's module is imported only when that verb runs, so ``fraudlab verify`` does not load the
+web framework and ``fraudlab serve`` does not load DVC. ``fraudlab VERB --help`` shows a verb's
+options. The pipeline's stages are run by DVC (``dvc repro``), not from here.
+"""
 
 from __future__ import annotations
 
-import argparse
-import errno
-import logging
-import signal
+import importlib
 import sys
-from collections.abc import Callable
+from typing import NamedTuple
 
-from fraudlab.errors import UserError
+from fraudlab.core.runner import run
 
-log = logging.getLogger("fraudlab")
 
-# Errors caused by the user's data or params: reported in one line, no traceback.
-_USER_ERRORS = (UserError, FileNotFoundError)
-# Errors of the machine rather than of the code: also one line, saying what to free or raise.
-_RESOURCE_ERRNOS = {
-    errno.ENOSPC: "free disk space",
-    errno.EDQUOT: "free space within your disk quota",
-    errno.EFBIG: "raise the file size limit (ulimit -f) or free space",
-    errno.EROFS: "write to a writable file system",
-    errno.EACCES: "fix the permissions",
+class Verb(NamedTuple):
+    module: str
+    function: str
+    summary: str
+
+
+VERBS = {
+    "serve": Verb(
+        "fraudlab.serving.server", "serve", "score transactions over an authenticated REST API"
+    ),
+    "search": Verb(
+        "fraudlab.experiments.search", "search", "queue a hyperparameter search; the leaderboard"
+    ),
+    "report": Verb(
+        "fraudlab.experiments.report", "report", "the model report for a pull request (Markdown)"
+    ),
+    "compare": Verb(
+        "fraudlab.experiments.compare", "compare", "a challenger against the committed model"
+    ),
+    "monitor": Verb(
+        "fraudlab.monitoring.status", "monitor", "the latest monitoring verdict, week by week"
+    ),
+    "verify": Verb(
+        "fraudlab.integrity.verify",
+        "verify_repo",
+        "re-hash DVC's cache and outputs against dvc.lock",
+    ),
+    "check-reproducible": Verb(
+        "fraudlab.integrity.reproducibility",
+        "check_reproducible",
+        "prove that a fresh clone reproduces the committed results",
+    ),
 }
 
 
-def _raise_system_exit(signum: int, _frame: object) -> None:
-    # Turn SIGTERM into an exception so atomic writers remove their temporaries.
-    raise SystemExit(128 + signum)
-
-
-def stage_parser(description: str) -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(description=description)
-    parser.add_argument(
-        "--params", default="params.yaml", help="params file (default: %(default)s)"
+def usage() -> str:
+    width = max(map(len, VERBS))
+    lines = [f"  {name:<{width}}  {verb.summary}" for name, verb in VERBS.items()]
+    return "\n".join(
+        [
+            "usage: fraudlab VERB [options]   (fraudlab VERB --help for a verb's options)",
+            "",
+            "verbs:",
+            *lines,
+            "",
+            "The pipeline itself runs with `dvc repro`; see README.md.",
+        ]
     )
-    return parser
 
 
-def run(stage: Callable[[list[str] | None], None], argv: list[str] | None = None) -> None:
-    """Run a stage's main function as a process: configure logging once, map errors to exits.
-    ``argv`` defaults to the process's arguments."""
-    logging.basicConfig(
-        level=logging.INFO,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
-    signal.signal(signal.SIGTERM, _raise_system_exit)
-    try:
-        stage(argv)
-    except _USER_ERRORS as exc:
-        log.error("%s failed: %s", stage.__name__, exc)
-        sys.exit(1)
-    except OSError as exc:
-        if exc.errno not in _RESOURCE_ERRNOS:
-            raise
-        # The atomic writers have already removed their temporaries: nothing half-written.
-        log.error(
-            "%s failed: %s; nothing was written: %s and rerun",
-            stage.__name__,
-            exc,
-            _RESOURCE_ERRNOS[exc.errno],
-        )
-        sys.exit(1)
+def main(argv: list[str] | None = None) -> None:
+    """The ``fraudlab`` console script."""
+    args = sys.argv[1:] if argv is None else argv
+    if not args or args[0] in {"-h", "--help"}:
+        print(usage())
+        sys.exit(0 if args else 2)
+    if args[0] not in VERBS:
+        print(f"fraudlab: unknown verb {args[0]!r}\n\n{usage()}", file=sys.stderr)
+        sys.exit(2)
+    verb = VERBS[args[0]]
+    function = getattr(importlib.import_module(verb.module), verb.function)
+    run(function, args[1:])

@@ -8,14 +8,16 @@ from pathlib import Path
 import pandas as pd
 from dvclive import Live
 
-from fraudlab import plots, schema
-from fraudlab.artifacts import file_md5
-from fraudlab.cli import run, stage_parser
-from fraudlab.io import atomic_path, read_parquet, write_json, write_parquet
-from fraudlab.metrics import SCORE, evaluation_metrics
-from fraudlab.models import feature_importance, load_model, score_frame
-from fraudlab.params import EvaluateParams, load_params
-from fraudlab.split import FOLD_COLUMN
+from fraudlab.core import schema
+from fraudlab.core.io import atomic_path, read_parquet, write_json, write_parquet
+from fraudlab.core.params import EvaluateParams, load_params
+from fraudlab.core.runner import run, stage_parser
+from fraudlab.integrity.lock import file_md5
+from fraudlab.modeling import plots
+from fraudlab.modeling.artifact import load_model
+from fraudlab.modeling.metrics import SCORE, evaluation_metrics
+from fraudlab.modeling.pipeline import feature_importance, score_frame
+from fraudlab.modeling.split import FOLD_COLUMN
 
 log = logging.getLogger(__name__)
 SECTIONS = ("evaluate",)

@@ -1,7 +1,7 @@
 """Stage ``featurize``: add point-in-time correct window features to clean transactions.
 
 On the local engine the whole dataset is featurized in this process; on the Dask engine
-(``FRAUDLAB_ENGINE=dask``, see ``fraudlab.engine``), or with ``FRAUDLAB_PARTITIONS`` set,
+(``FRAUDLAB_ENGINE=dask``, see ``fraudlab.scaleout.engine``), or with ``FRAUDLAB_PARTITIONS`` set,
 partition by partition. Both write the same bytes.
 """
 
@@ -11,12 +11,12 @@ import logging
 import time
 from pathlib import Path
 
-from fraudlab.cli import run, stage_parser
-from fraudlab.engine import engine_config, partitioned_run
-from fraudlab.features import build_features
-from fraudlab.io import read_parquet, write_dataset
-from fraudlab.params import load_params
-from fraudlab.partitioned_features import featurize_dataset
+from fraudlab.core.io import read_parquet, write_dataset
+from fraudlab.core.params import load_params
+from fraudlab.core.runner import run, stage_parser
+from fraudlab.features.batch import build_features
+from fraudlab.features.partitioned import featurize_dataset
+from fraudlab.scaleout.engine import engine_config, partitioned_run
 
 log = logging.getLogger(__name__)
 SECTIONS = ("features", "storage")

@@ -1,6 +1,7 @@
 """Stage ``monitor``: score the whole weeks after the test period with the committed model and
-compare them with the reference profile; write ``metrics/monitoring.json``, the weekly series for
-DVC plots and a one-page HTML report."""
+compare them with the reference profile; write the weekly report (JSON), its summary (the few
+figures ``dvc metrics diff`` compares), the weekly series for DVC plots and a one-page HTML
+report."""
 
 from __future__ import annotations
 
@@ -8,22 +9,31 @@ import logging
 
 import pandas as pd
 
-from fraudlab import schema
-from fraudlab.artifacts import read_reference_profile, recorded
-from fraudlab.cli import run, stage_parser
-from fraudlab.errors import UserError
-from fraudlab.io import atomic_path, read_parquet, write_json
-from fraudlab.models import load_model, predict_scores
-from fraudlab.monitor import (
+from fraudlab.core import schema
+from fraudlab.core.errors import UserError
+from fraudlab.core.io import atomic_path, read_parquet, write_json
+from fraudlab.core.params import (
+    EvaluateParams,
+    FeaturesParams,
+    MonitorParams,
+    SplitParams,
+    load_params,
+)
+from fraudlab.core.runner import run, stage_parser
+from fraudlab.integrity.lock import recorded
+from fraudlab.modeling.artifact import load_model
+from fraudlab.modeling.pipeline import predict_scores
+from fraudlab.modeling.split import monitoring_start, test_start
+from fraudlab.monitoring.page import render_html
+from fraudlab.monitoring.reference import read_reference_profile
+from fraudlab.monitoring.weekly import (
     baseline_performance,
     data_end,
     monitored_weeks,
     monitoring_report,
+    monitoring_summary,
     plot_tables,
 )
-from fraudlab.monitor_report import render_html
-from fraudlab.params import EvaluateParams, FeaturesParams, MonitorParams, SplitParams, load_params
-from fraudlab.split import monitoring_start, test_start
 
 log = logging.getLogger(__name__)
 SECTIONS = ("split", "features", "evaluate", "monitor")
@@ -38,7 +48,8 @@ def monitor(argv: list[str] | None = None) -> None:
     parser.add_argument("features", help="every transaction with its features (Parquet)")
     parser.add_argument("--model", required=True, help="fitted model artifact (joblib)")
     parser.add_argument("--reference", required=True, help="reference profile (JSON)")
-    parser.add_argument("--output", required=True, help="monitoring report (JSON)")
+    parser.add_argument("--report", required=True, help="the weekly report, whole (JSON)")
+    parser.add_argument("--summary", required=True, help="its summary, the metrics (JSON)")
     parser.add_argument("--plots", required=True, help="directory for the weekly series (JSON)")
     parser.add_argument("--html", required=True, help="the report a person reads (HTML)")
     parser.add_argument(
@@ -88,7 +99,8 @@ def monitor(argv: list[str] | None = None) -> None:
             write_json(rows, tmp / name)
     with atomic_path(args.html) as tmp:
         tmp.write_text(page, encoding="utf-8")
-    write_json(report, args.output)
+    write_json(report, args.report)
+    write_json(monitoring_summary(report), args.summary)
     log.info(
         "%d whole weeks monitored from %s; alert %s%s",
         len(weeks),
@@ -102,7 +114,7 @@ def monitor(argv: list[str] | None = None) -> None:
         log.warning("label shift in %s", ", ".join(report["label_shift_weeks"]))
     fired = report["alert"] or report["decayed_weeks"] or report["label_shift_weeks"]
     if fired and params.strict:
-        raise DriftAlertError(strict_message(report, path=args.output, params=params))
+        raise DriftAlertError(strict_message(report, path=args.report, params=params))
 
 
 def strict_message(report: dict, *, path: str, params: MonitorParams) -> str:

@@ -11,9 +11,9 @@ import logging
 
 import vl_convert
 
-from fraudlab.cli import run, stage_parser
-from fraudlab.io import atomic_path
-from fraudlab.plots import offline_html_template
+from fraudlab.core.io import atomic_path
+from fraudlab.core.runner import run, stage_parser
+from fraudlab.modeling.plots import offline_html_template
 
 log = logging.getLogger(__name__)
 SECTIONS = ()

@@ -1,7 +1,7 @@
 """Stage ``simulate``: write the simulated raw transactions.
 
 With ``simulate.customers_per_block`` set, blocks of customers are drawn by the engine's tasks
-(``fraudlab.engine``: this process, or a Dask cluster) and merged part by part; either way the
+(``scaleout.engine``: this process, or a Dask cluster) and merged part by part; either way the
 same files come out. Without it, the whole population is drawn here, as for the reference data.
 """
 
@@ -10,11 +10,11 @@ from __future__ import annotations
 import logging
 import time
 
-from fraudlab.cli import run, stage_parser
-from fraudlab.engine import engine_config, partitioned_run
-from fraudlab.io import write_dataset
-from fraudlab.params import load_params
-from fraudlab.simulate import simulate_dataset, simulate_transactions
+from fraudlab.core.io import write_dataset
+from fraudlab.core.params import load_params
+from fraudlab.core.runner import run, stage_parser
+from fraudlab.data.simulate import simulate_dataset, simulate_transactions
+from fraudlab.scaleout.engine import engine_config, partitioned_run
 
 log = logging.getLogger(__name__)
 SECTIONS = ("simulate", "storage")

@@ -12,8 +12,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from fraudlab.cli import run, stage_parser
-from fraudlab.io import (
+from fraudlab.core.io import (
     atomic_path,
     read_parquet,
     row_group_writer,
@@ -21,9 +20,11 @@ from fraudlab.io import (
     write_json,
     write_parquet_into,
 )
-from fraudlab.params import load_params
-from fraudlab.schema import TX_DATETIME
-from fraudlab.split import (
+from fraudlab.core.params import load_params
+from fraudlab.core.runner import run, stage_parser
+from fraudlab.core.schema import TX_DATETIME
+from fraudlab.modeling.span import SpanError, check_span
+from fraudlab.modeling.split import (
     FOLD_COLUMN,
     ROLE_COLUMN,
     Reader,
@@ -57,6 +58,11 @@ def split(argv: list[str] | None = None) -> None:
     loaded = load_params(args.params, *SECTIONS)
     params, delay = loaded["split"], loaded["features"].label_delay_days
     read, span = dataset_reader(args.features), time_span(args.features)
+    found = check_span(*span, split=params, features=loaded["features"])
+    for warning in found.warnings:
+        log.warning("%s", warning)
+    if found.errors:
+        raise SpanError("; ".join(found.errors))
     train, test = split_period(
         read,
         train_start=params.train_start,

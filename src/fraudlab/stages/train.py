@@ -3,7 +3,7 @@ validation period), then on the training period; save the final Pipeline, and th
 profile of its inputs and scores on the training rows (what monitoring compares with).
 
 With ``train.dask_workers`` (XGBoost only), the boosting runs through xgboost.dask
-(``fraudlab.dask_training``) on the Dask engine's scheduler, or on a local cluster started for
+(``fraudlab.scaleout.training``) on the Dask engine's scheduler, or on a local cluster started for
 the stage when there is none."""
 
 from __future__ import annotations
@@ -11,14 +11,15 @@ from __future__ import annotations
 import logging
 import time
 
-from fraudlab.cli import run, stage_parser
-from fraudlab.dask_training import training_client
-from fraudlab.drift import reference_profile
-from fraudlab.engine import engine_config
-from fraudlab.features import feature_names
-from fraudlab.io import read_parquet, write_joblib, write_json, write_parquet
-from fraudlab.models import fit_pipeline, model_artifact, predict_scores, prequential_scores
-from fraudlab.params import FeaturesParams, TrainParams, load_params
+from fraudlab.core.io import read_parquet, write_joblib, write_json, write_parquet
+from fraudlab.core.params import FeaturesParams, TrainParams, load_params
+from fraudlab.core.runner import run, stage_parser
+from fraudlab.features.names import feature_names
+from fraudlab.modeling.artifact import model_artifact
+from fraudlab.modeling.pipeline import fit_pipeline, predict_scores, prequential_scores
+from fraudlab.monitoring.drift import reference_profile
+from fraudlab.scaleout.engine import engine_config
+from fraudlab.scaleout.training import training_client
 
 log = logging.getLogger(__name__)
 SECTIONS = ("train", "features")

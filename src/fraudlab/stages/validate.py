@@ -2,8 +2,8 @@
 quarantine bad rows, report data quality.
 
 The source is read in chunks (a Parquet row group; ``storage.rows_per_part`` rows of a CSV) and
-checked partition by partition (``fraudlab.partitioned_validate``), in this process or on a Dask
-cluster (``fraudlab.engine``): the same files either way.
+checked partition by partition (``fraudlab.data.partitioned``), in this process or on a Dask
+cluster (``fraudlab.scaleout.engine``): the same files either way.
 
 The source file is named by ``source.path`` in params.yaml and read from there, never passed on
 the command line: dvc.yaml's command is run by a shell, where a file name holding a space,
@@ -15,16 +15,46 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-from fraudlab.cli import run, stage_parser
-from fraudlab.engine import engine_config, partitioned_run
-from fraudlab.ingest import columns_to_read, id_columns, read_header
-from fraudlab.io import write_json, write_parquet
-from fraudlab.params import load_params
-from fraudlab.partitioned_validate import validate_dataset
-from fraudlab.validate import DataContractError
+import pandas as pd
+
+from fraudlab.core.io import write_json, write_parquet
+from fraudlab.core.params import FeaturesParams, ParamsError, SplitParams, load_params
+from fraudlab.core.runner import run, stage_parser
+from fraudlab.data.ingest import columns_to_read, id_columns, read_header
+from fraudlab.data.partitioned import validate_dataset
+from fraudlab.data.validate import DataContractError
+from fraudlab.modeling.span import SpanError, check_span
+from fraudlab.scaleout.engine import engine_config, partitioned_run
 
 log = logging.getLogger(__name__)
 SECTIONS = ("validate", "source", "storage")
+# Read only to say at once when the data cannot hold the protocol, before the heavy stages; the
+# outputs do not depend on them, so dvc.yaml does not declare them (the split stage checks again).
+CHECKED = ("split", "features")
+
+
+def _protocol(path: str) -> dict:
+    """The split and features sections, when the params file has them (a params file written
+    for the data contract alone, as some tests do, has not)."""
+    try:
+        return load_params(path, *CHECKED)
+    except ParamsError:
+        return {}
+
+
+def require_span(report: dict, *, split: SplitParams, features: FeaturesParams) -> None:
+    if not report["rows_kept"]:
+        return
+    found = check_span(
+        pd.Timestamp(report["first_tx_datetime"]),
+        pd.Timestamp(report["last_tx_datetime"]),
+        split=split,
+        features=features,
+    )
+    for warning in found.warnings:
+        log.warning("%s", warning)
+    if found.errors:
+        raise SpanError("; ".join(found.errors))
 
 
 def validate(argv: list[str] | None = None) -> None:
@@ -34,6 +64,7 @@ def validate(argv: list[str] | None = None) -> None:
     parser.add_argument("--report", required=True, help="data-quality metrics (JSON)")
     args = parser.parse_args(argv)
     loaded = load_params(args.params, *SECTIONS)
+    protocol = _protocol(args.params)
     source = loaded["source"]
     try:
         # Only the columns the pipeline uses are read; missing ones fail before any row is.
@@ -50,6 +81,9 @@ def validate(argv: list[str] | None = None) -> None:
                 source=source,
                 rows_per_part=loaded["storage"].rows_per_part,
             )
+            # inside the writer's block: a failure here leaves no clean data behind
+            if protocol:
+                require_span(result.report, **protocol)
     except DataContractError as exc:
         raise DataContractError(f"{source.path}: {exc}") from None
     write_parquet(result.rejected, args.rejected)

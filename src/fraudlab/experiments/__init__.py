@@ -1,0 +1,2 @@
+"""Comparing models: queued hyperparameter searches, the pull-request report, challenger vs
+committed model."""

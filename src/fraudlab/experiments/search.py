@@ -1,0 +1,452 @@
+"""Hyperparameter search through queued DVC experiments, and a leaderboard of the results.
+
+    fraudlab search grid                     # the handbook's grids, every family
+    fraudlab search grid xgboost --jobs 1    # one family's grid
+    fraudlab search random xgboost -n 20 --seed 0
+    fraudlab search leaderboard              # every experiment of the current commit
+
+``grid`` and ``random`` queue experiments (``dvc exp run --queue -S ...``), start the queue
+(``dvc queue start``), wait for it, and print the leaderboard sorted by mean validation AP, with
+failed experiments flagged: ``dvc queue start`` itself reports success even when a run fails.
+The winner is applied with ``dvc exp apply <name>`` and committed (README "Choosing a model").
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import math
+import re
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Annotated, Literal
+
+import numpy as np
+import pandas as pd
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from fraudlab.core.errors import UserError
+from fraudlab.core.io import read_yaml
+from fraudlab.core.params import load_params
+from fraudlab.experiments.tables import markdown_table
+from fraudlab.modeling.metrics import card_precision_key
+
+log = logging.getLogger(__name__)
+
+FAMILIES = ("logistic_regression", "random_forest", "xgboost")
+METRICS_FILE = "metrics/evaluate/metrics.json"
+_QUEUED = re.compile(r"Queued experiment '([^']+)'")
+_UNFINISHED = {"queued", "running"}
+# rows with metrics: a finished experiment, and the commit the experiments branch from
+_MEASURED = ("success", "committed")
+_WORKERS = re.compile(r"Worker status: (\d+) active, (\d+) idle")
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class Choice(_Strict):
+    choice: Annotated[list[float | int | str | bool], Field(min_length=1)]
+
+
+class Uniform(_Strict):
+    uniform: tuple[float, float]
+
+
+class LogUniform(_Strict):
+    log_uniform: tuple[Annotated[float, Field(gt=0)], Annotated[float, Field(gt=0)]]
+
+
+class IntRange(_Strict):
+    int: tuple[int, int]
+
+
+Distribution = Choice | Uniform | LogUniform | IntRange
+Family = Literal["logistic_regression", "random_forest", "xgboost"]
+
+
+class SearchSpace(_Strict):
+    grids: dict[Family, dict[str, Annotated[list, Field(min_length=1)]]]
+    random: dict[Family, dict[str, Distribution]]
+
+
+def load_space(path: str | Path) -> SearchSpace:
+    try:
+        return SearchSpace.model_validate(read_yaml(path))
+    except ValidationError as exc:
+        raise UserError(f"{path}: {exc}") from None
+
+
+def _value(value: object) -> str:
+    """A value as `dvc exp run -S` parses it (YAML)."""
+    return json.dumps(value) if isinstance(value, str) else str(value).lower()
+
+
+def grid_overrides(family: str, grid: dict[str, list]) -> list[str]:
+    """`-S` values that make DVC queue the whole grid (comma lists are crossed)."""
+    return [f"train.model={family}"] + [
+        f"train.{family}.{name}={','.join(_value(v) for v in values)}"
+        for name, values in grid.items()
+    ]
+
+
+def _draw(distribution: Distribution, rng: np.random.Generator) -> object:
+    if isinstance(distribution, Choice):
+        return distribution.choice[int(rng.integers(len(distribution.choice)))]
+    if isinstance(distribution, Uniform):
+        return round(float(rng.uniform(*distribution.uniform)), 4)
+    if isinstance(distribution, LogUniform):
+        low, high = (math.log(v) for v in distribution.log_uniform)
+        return float(f"{math.exp(rng.uniform(low, high)):.4g}")
+    return int(rng.integers(distribution.int[0], distribution.int[1] + 1))
+
+
+def random_overrides(
+    family: str, space: dict[str, Distribution], n: int, seed: int
+) -> list[list[str]]:
+    """``n`` sampled configurations, each the `-S` values of one experiment."""
+    rng = np.random.default_rng(seed)
+    return [
+        [f"train.model={family}"]
+        + [f"train.{family}.{name}={_value(_draw(d, rng))}" for name, d in space.items()]
+        for _ in range(n)
+    ]
+
+
+def _metric(metrics: dict, *path: str) -> float:
+    for key in path:
+        metrics = metrics.get(key, {}) if isinstance(metrics, dict) else {}
+    return float(metrics) if isinstance(metrics, int | float) else float("nan")
+
+
+def _row(name: str, revision: str, data: dict, state: str) -> dict:
+    params = data.get("params", {}).get("params.yaml", {}).get("data", {})
+    train, top_k = params.get("train", {}), params.get("evaluate", {}).get("top_k")
+    metrics = data.get("metrics", {}).get(METRICS_FILE, {}).get("data", {})
+    family = train.get("model", "")
+    hyper = train.get(family, {})
+    ok = state in _MEASURED
+    row = {"experiment": name, "rev": revision, "family": family, "state": state, "params": hyper}
+    # Card precision's key carries the experiment's own k: read it under a name without k.
+    keys = {
+        "average_precision": "average_precision",
+        "auc_roc": "auc_roc",
+        "card_precision": card_precision_key(top_k) if top_k else "",
+    }
+    row["top_k"] = top_k
+    for split in ("validation", "test"):
+        for column, metric in keys.items():
+            path = (split, metric, "mean") if split == "validation" else (split, metric)
+            row[f"{split}_{column}"] = _metric(metrics, *path) if ok else float("nan")
+    row["validation_average_precision_std"] = (
+        _metric(metrics, "validation", "average_precision", "std") if ok else float("nan")
+    )
+    return row
+
+
+def experiments(exp_show: list[dict]) -> pd.DataFrame:
+    """One row per experiment in `dvc exp show --json` output: name, Git revision, family,
+    state (success, failed, queued, running), its train params and its metrics (NaN unless it
+    succeeded: a failed run reports its baseline's files); and one row for each commit they
+    branch from (state ``committed``): the model the experiments compete with."""
+    rows = []
+    for baseline in exp_show:
+        if baseline["rev"] != "workspace" and baseline.get("data"):
+            name = f"{baseline.get('name') or baseline['rev'][:7]} (committed)"
+            rows.append(_row(name, baseline["rev"], baseline["data"], "committed"))
+        for experiment in baseline.get("experiments") or []:
+            state = (experiment.get("executor") or {}).get("state") or "success"
+            revision = experiment["revs"][0]
+            if revision.get("error") and state == "success":
+                state = "failed"
+            name = experiment.get("name") or revision["rev"][:7]
+            rows.append(_row(name, revision["rev"], revision["data"], state))
+    # The columns exist even with no experiment (every CI checkout), so callers can filter.
+    return pd.DataFrame(rows, columns=list(_row("", "", {}, "").keys()))
+
+
+def leaderboard(table: pd.DataFrame) -> pd.DataFrame:
+    """Successful experiments and the committed model by mean validation AP (best first), then
+    the others."""
+    done = table["state"].isin(_MEASURED)
+    ranked = table[done].sort_values(
+        ["validation_average_precision", "experiment"], ascending=[False, True], kind="stable"
+    )
+    return pd.concat([ranked, table[~done].sort_values("experiment")], ignore_index=True)
+
+
+def _changed(params: dict, varied: set[str]) -> str:
+    return " ".join(f"{k}={params[k]}" for k in sorted(varied) if k in params)
+
+
+def _varied(board: pd.DataFrame) -> set[str]:
+    """Hyperparameters whose value differs between the experiments shown."""
+    names = {name for params in board["params"] for name in params}
+    return {n for n in names if board["params"].map(lambda p, n=n: repr(p.get(n))).nunique() > 1}
+
+
+def card_precision_label(board: pd.DataFrame) -> str:
+    """``CP@k`` with the experiments' k when they share one; else each cell names its own."""
+    ks = set(board["top_k"].dropna())
+    return f"CP@{ks.pop()}" if len(ks) == 1 else "CP@k"
+
+
+def card_precision_cell(value: float, k: int | None, label: str, digits: int = 3) -> str:
+    return f"{value:.{digits}f}" if label != "CP@k" else f"{value:.{digits}f} (k={k})"
+
+
+def render(board: pd.DataFrame, varied: set[str]) -> str:
+    """The leaderboard as a GitHub-flavoured Markdown table."""
+    cp = card_precision_label(board[board["state"].isin(_MEASURED)])
+    rows = []
+    for rank, row in enumerate(board.itertuples(index=False), start=1):
+        cells = {
+            "#": str(rank),
+            "experiment": row.experiment,
+            "family": row.family,
+            "params": _changed(row.params, varied),
+        }
+        if row.state not in _MEASURED:
+            hint = f" (`dvc queue logs {row.experiment}`)" if row.state == "failed" else ""
+            rows.append(cells | {"#": "-", "val AP (± std)": f"**{row.state.upper()}**{hint}"})
+            continue
+        rows.append(
+            cells
+            | {
+                "val AP (± std)": f"{row.validation_average_precision:.3f} ± "
+                f"{row.validation_average_precision_std:.3f}",
+                "val AUC": f"{row.validation_auc_roc:.3f}",
+                f"val {cp}": card_precision_cell(row.validation_card_precision, row.top_k, cp),
+                "test AP": f"{row.test_average_precision:.3f}",
+                "test AUC": f"{row.test_auc_roc:.3f}",
+                f"test {cp}": card_precision_cell(row.test_card_precision, row.top_k, cp),
+            }
+        )
+    columns = ["#", "experiment", "family", "params", "val AP (± std)", "val AUC", f"val {cp}"]
+    columns += ["test AP", "test AUC", f"test {cp}"]
+    return markdown_table(pd.DataFrame(rows, columns=columns).fillna("")) + "\n"
+
+
+# --- I/O: the dvc command line --------------------------------------------------------------
+
+
+def dvc(*args: str) -> str:
+    """Run the dvc of this environment; its output, or a UserError with it."""
+    done = subprocess.run(
+        [str(Path(sys.executable).parent / "dvc"), *args],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    if done.returncode != 0:
+        raise UserError(f"dvc {' '.join(args)} failed:\n{done.stdout}{done.stderr}")
+    return done.stdout
+
+
+def _outputs() -> set[Path]:
+    """Every output the pipeline's stages declare (dvc.yaml)."""
+    stages = read_yaml("dvc.yaml")["stages"].values()
+    return {
+        Path(next(iter(out)) if isinstance(out, dict) else out)
+        for stage in stages
+        for kind in ("outs", "metrics", "plots")
+        for out in stage.get(kind, [])
+    }
+
+
+def _queue(overrides: list[str]) -> list[str]:
+    output = dvc("exp", "run", "--queue", *(arg for o in overrides for arg in ("-S", o)))
+    return _QUEUED.findall(output)
+
+
+def _exp_show() -> list[dict]:
+    return json.loads(dvc("exp", "show", "--json"))
+
+
+def queue_states(status: str) -> tuple[dict[str, str], int]:
+    """Each task's state (lower case) and the number of live workers, from `dvc queue status`."""
+    states = {}
+    for line in status.splitlines()[1:]:
+        fields = line.split()
+        if len(fields) >= 4 and not line.startswith("Worker status"):
+            states[fields[1]] = fields[-1].lower()
+    found = _WORKERS.search(status)
+    return states, int(found.group(1)) + int(found.group(2)) if found else 0
+
+
+def _wait(names: list[str], poll_seconds: float) -> pd.DataFrame:
+    """Poll the queue (one cheap call) until every named experiment finished."""
+    idle_polls = 0
+    while True:
+        states, workers = queue_states(dvc("queue", "status"))
+        unfinished = sum(states.get(name, "queued") in _UNFINISHED for name in names)
+        if unfinished == 0:
+            table = experiments(_exp_show())
+            return table[table["experiment"].isin(names) | (table["state"] == "committed")]
+        # A worker that died leaves tasks queued forever: stop instead of waiting on them.
+        idle_polls = 0 if workers else idle_polls + 1
+        if idle_polls >= 3:
+            raise UserError(
+                f"{unfinished} experiment(s) still queued but no queue worker is running: "
+                "see `dvc queue status`, then `dvc queue start`"
+            )
+        log.info("%d of %d experiments finished", len(names) - unfinished, len(names))
+        time.sleep(poll_seconds)
+
+
+def _git_lines(*args: str) -> list[str]:
+    done = subprocess.run(["git", *args], capture_output=True, text=True, check=False)
+    if done.returncode != 0:
+        raise UserError(f"git {' '.join(args)} failed: {done.stderr.strip()}")
+    return [line for line in done.stdout.splitlines() if line]
+
+
+def dvc_file_of(path: Path) -> Path | None:
+    """The ``.dvc`` file that tracks ``path`` (its own, or a tracked directory's above it)."""
+    for candidate in (path, *path.parents):
+        if candidate.name and candidate.with_name(candidate.name + ".dvc").is_file():
+            return candidate.with_name(candidate.name + ".dvc")
+    return None
+
+
+def uncommitted_inputs(source: Path, *, pipeline_outputs: set[Path]) -> list[str]:
+    """Why queued experiments would fail to find their inputs, one reason a line; empty when
+    nothing stands in the way. A queued experiment runs in a copy of the last commit with the
+    workspace's changes to tracked files applied: a file Git does not track is not there."""
+    untracked = {Path(line) for line in _git_lines("ls-files", "--others", "--exclude-standard")}
+    changed = {Path(line) for line in _git_lines("diff", "--name-only", "HEAD")}
+    problems = [
+        f"{path} is not tracked by Git: `git add {path}` and commit it"
+        for path in sorted(untracked)
+        if (path.suffix == ".py" and path.parts[0] == "src") or path.name in {"dvc.yaml"}
+    ]
+    if source in pipeline_outputs:
+        return problems
+    tracking = dvc_file_of(source)
+    if tracking is None:
+        problems.append(
+            f"source.path {source} is produced by no stage and tracked by no .dvc file: "
+            f"`dvc add {source}`, then commit {source}.dvc"
+        )
+    elif tracking in untracked:
+        problems.append(
+            f"{tracking} (which tracks source.path {source}) is not committed: "
+            f"`git add {tracking} {tracking.parent / '.gitignore'}` and commit them"
+        )
+    elif tracking in changed:
+        problems.append(f"{tracking} has uncommitted changes: commit it")
+    return problems
+
+
+def _run_search(batches: list[list[str]], jobs: int, poll_seconds: float) -> pd.DataFrame:
+    started = time.perf_counter()
+    names = [name for overrides in batches for name in _queue(overrides)]
+    log.info("queued %d experiments; starting %d queue worker(s)", len(names), jobs)
+    # The worker outlives this call and keeps its stdout: never wait on that pipe.
+    subprocess.run(
+        [str(Path(sys.executable).parent / "dvc"), "queue", "start", "--jobs", str(jobs)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        check=True,
+    )
+    finished = _wait(names, poll_seconds)
+    log.info(
+        "%d experiments finished in %.0f s (queueing, DVC overhead and runs)",
+        len(names),
+        time.perf_counter() - started,
+    )
+    return finished
+
+
+def failure_reason(log_text: str) -> str:
+    """The line of an experiment's log that says why it failed: a stage's own one-line error
+    (it names the file, key or rule), else DVC's error, else the log's last line."""
+    lines = [line.strip() for line in log_text.splitlines() if line.strip()]
+    ours = [line.split("ERROR fraudlab: ", 1)[1] for line in lines if "ERROR fraudlab: " in line]
+    dvc_errors = [line for line in lines if line.startswith("ERROR")]
+    return (ours or dvc_errors or lines or ["no log"])[-1]
+
+
+def _failure_reasons(names: list[str]) -> list[str]:
+    reasons = []
+    for name in names:
+        try:
+            reasons.append(f"{name}: {failure_reason(dvc('queue', 'logs', name))}")
+        except UserError as exc:
+            reasons.append(f"{name}: no log ({exc})")
+    return reasons
+
+
+def _report(board: pd.DataFrame, varied: set[str], markdown: str | None) -> None:
+    table = render(board, varied)
+    print(table)
+    if markdown:
+        Path(markdown).write_text(table)
+    measured = board[board["state"].isin(_MEASURED)]
+    if len(measured) and measured.iloc[0]["state"] == "committed":
+        print("The committed model stays ahead: no experiment beats it on validation AP.")
+    elif len(measured):
+        best = measured.iloc[0]["experiment"]
+        print(f"Best on validation AP: {best}. Apply it with:\n  dvc exp apply {best}")
+        print(f'  git add -A && git commit -m "Select {best}: ..."  # then dvc metrics diff HEAD~1')
+    failed = board[board["state"] == "failed"]
+    if len(failed):
+        reasons = "\n  ".join(_failure_reasons(list(failed["experiment"])))
+        raise UserError(
+            f"{len(failed)} experiment(s) failed (`dvc queue logs <name>` has the whole log):"
+            f"\n  {reasons}"
+        )
+
+
+def search(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="fraudlab search", description=__doc__.splitlines()[0])
+    parser.add_argument("--space", default="search.yaml", help="search spaces (YAML)")
+    parser.add_argument("--params", default="params.yaml", help="params (default: %(default)s)")
+    parser.add_argument("--jobs", type=int, default=1, help="queue workers (default: 1)")
+    parser.add_argument(
+        "--threads",
+        type=int,
+        help="set train.n_jobs in every experiment, e.g. 1 with --jobs 2 on 2 cores",
+    )
+    parser.add_argument("--poll", type=float, default=15.0, help="seconds between queue checks")
+    parser.add_argument("--markdown", help="also write the leaderboard to this file")
+    commands = parser.add_subparsers(dest="command", required=True)
+    grid = commands.add_parser("grid", help="queue and run the grids of search.yaml")
+    grid.add_argument("families", nargs="*", metavar="family", help=f"default: {FAMILIES}")
+    sampled = commands.add_parser("random", help="queue and run sampled configurations")
+    sampled.add_argument("family", choices=FAMILIES)
+    sampled.add_argument("-n", type=int, default=20, help="configurations (default: 20)")
+    sampled.add_argument("--seed", type=int, default=0)
+    commands.add_parser("leaderboard", help="rank every experiment of the current commit")
+    args = parser.parse_args(argv)
+
+    space = load_space(args.space)
+    if args.command == "leaderboard":
+        board = leaderboard(experiments(_exp_show()))
+        _report(board, _varied(board), args.markdown)
+        return
+    if args.command == "grid":
+        families = args.families or list(FAMILIES)
+        unknown = sorted(set(families) - set(FAMILIES))
+        if unknown:
+            raise UserError(f"unknown model family {unknown}: choose from {list(FAMILIES)}")
+        batches = [grid_overrides(f, space.grids[f]) for f in families]
+        varied = {name for f in families for name in space.grids[f]}
+    else:
+        batches = random_overrides(args.family, space.random[args.family], args.n, args.seed)
+        varied = set(space.random[args.family])
+    if args.threads:
+        batches = [[*overrides, f"train.n_jobs={args.threads}"] for overrides in batches]
+    problems = uncommitted_inputs(
+        Path(load_params(args.params, "source")["source"].path), pipeline_outputs=_outputs()
+    )
+    if problems:
+        raise UserError(
+            "nothing was queued: experiments run in a copy of the last commit, where\n  "
+            + "\n  ".join(problems)
+        )
+    _report(leaderboard(_run_search(batches, args.jobs, args.poll)), varied, args.markdown)

@@ -1,0 +1,1 @@
+"""The model: time-aware split and folds, the Pipeline, its saved artifact, metrics, plots."""

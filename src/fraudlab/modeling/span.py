@@ -1,0 +1,81 @@
+"""How many days of data the configured protocol needs, checked against the data's own span.
+
+The protocol reaches back from ``split.train_start``: the earliest validation fold trains
+``label_delay_days + test_days * n_folds`` days earlier, and the feature windows look back
+``history_needed`` from each row. It reaches forward to the end of the test period. Data that
+begin too late leave the earliest rows' windows partly empty (a warning: the features are then
+lower than they would be, as on the first days of any dataset); data that do not cover a
+period of the protocol cannot be split (an error, before the heavy work).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import NamedTuple
+
+import pandas as pd
+
+from fraudlab.core.errors import UserError
+from fraudlab.core.params import FeaturesParams, SplitParams
+from fraudlab.features.names import history_needed
+from fraudlab.modeling.split import fold_train_start, monitoring_start
+
+
+class SpanError(UserError):
+    """The data do not cover a period of the protocol."""
+
+
+class Span(NamedTuple):
+    history_from: dt.date  # the windows of the earliest fold's first rows are full from here
+    folds_from: dt.date  # the earliest fold's training start
+    test_until: dt.date  # the day after the test period (exclusive end)
+
+
+class SpanCheck(NamedTuple):
+    errors: list[str]
+    warnings: list[str]
+
+
+def span_needed(split: SplitParams, features: FeaturesParams) -> Span:
+    delay = features.label_delay_days
+    folds_from = fold_train_start(split, delay_days=delay, fold=split.n_folds - 1)
+    look_back = max(history_needed(features)).days
+    return Span(
+        history_from=folds_from - dt.timedelta(days=look_back),
+        folds_from=folds_from,
+        test_until=monitoring_start(split, delay_days=delay),
+    )
+
+
+def check_span(
+    first: pd.Timestamp, last: pd.Timestamp, *, split: SplitParams, features: FeaturesParams
+) -> SpanCheck:
+    """Each period of the protocol against data from ``first`` to ``last`` (timestamps)."""
+    need = span_needed(split, features)
+    begins, ends = first.date(), last.date()
+    days = (need.test_until - need.history_from).days
+    whole = f"the protocol needs {days} days, {need.history_from}..{need.test_until}"
+    errors, warnings = [], []
+    if ends < need.test_until - dt.timedelta(days=1):
+        short = (need.test_until - dt.timedelta(days=1) - ends).days
+        errors.append(
+            f"the data end on {ends} but the test period runs to "
+            f"{need.test_until - dt.timedelta(days=1)}: move split.train_start {short} days "
+            f"earlier, or lower split.test_days ({whole})"
+        )
+    if begins > need.folds_from:
+        late = (begins - need.folds_from).days
+        errors.append(
+            f"the data begin on {begins} but the earliest of the {split.n_folds} validation "
+            f"folds trains from {need.folds_from}: move split.train_start {late} days later, or "
+            f"lower split.n_folds ({whole})"
+        )
+    elif begins > need.history_from:
+        late = (begins - need.history_from).days
+        warnings.append(
+            f"the data begin on {begins}, {late} days after {need.history_from}, where the "
+            f"feature windows of the earliest fold's first rows would be full: those rows' "
+            f"windows are partly empty; move split.train_start {late} days later for full "
+            f"windows ({whole})"
+        )
+    return SpanCheck(errors, warnings)

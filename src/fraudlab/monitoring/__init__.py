@@ -1,0 +1,1 @@
+"""Drift and performance after training: statistics, the weekly report, the page a person reads."""

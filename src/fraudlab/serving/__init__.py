@@ -1,0 +1,1 @@
+"""The scoring service: history store, scorer, tree prediction, HTTP app, metrics, launcher."""

@@ -1,0 +1,593 @@
+"""The scoring service's history: the rows the online feature windows read, in an embedded SQLite
+database behind a small interface (``HistoryStore``), so a networked store can replace it.
+
+* A write is durable once the call returns: WAL journal, one transaction per call. With
+  ``fsync=True`` (``synchronous=FULL``) every commit reaches the disk, so a power cut loses
+  nothing acknowledged; with ``fsync=False`` (``NORMAL``) a commit reaches the operating system
+  only, which survives a ``kill -9`` of the process but not a power cut.
+* Several processes may share the file. ``exclusive()`` (a lock file beside the database)
+  serialises whole read-compute-write cycles between them, so a transaction is scored with every
+  transaction committed before it, whichever process took it.
+* Rows are kept in arrival order (a sequence number), indexed by transaction id and by time.
+  The windows' reads go to ``RecentHistory``, this process's copy of the recent rows keyed by
+  customer and by terminal (a hash lookup, no scan), kept current from the store's change log.
+  Per-customer and per-terminal SQL indexes would serve no query and cost most of a write
+  (every insert lands on random leaf pages of both).
+* Adding a transaction is idempotent: the same id with the same content is accepted again and
+  changes nothing (clients retry); with other content it is a ``ConflictError``. The scoring
+  service's answer is kept with the transaction, so a retry gets the same answer.
+* Every row has a sequence number and every label change is logged, so a process keeping the
+  recent rows in memory (``RecentHistory``) catches up with other processes' writes cheaply.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import logging
+import math
+import os
+import sqlite3
+import threading
+from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import NamedTuple, Protocol
+
+import numpy as np
+import pandas as pd
+
+from fraudlab.core import schema
+from fraudlab.core.errors import UserError
+from fraudlab.features.online import History
+
+log = logging.getLogger(__name__)
+
+# SQLite's default limit on bound variables is 32766; stay well below it.
+_CHUNK = 10_000
+
+
+@dataclass(frozen=True)
+class Transaction:
+    transaction_id: int
+    time: int  # nanoseconds since the epoch, naive UTC
+    customer_id: int | str
+    terminal_id: int | str
+    amount: float
+
+    def content(self) -> tuple:
+        return (self.time, self.customer_id, self.terminal_id, self.amount)
+
+
+class ConflictError(UserError):
+    """A transaction id already stored with other content."""
+
+
+class UnknownTransactionError(UserError):
+    """A label for a transaction the store has never seen."""
+
+
+class Stored(NamedTuple):
+    transaction: Transaction
+    answer: str | None  # the scoring service's answer (JSON), if it scored the transaction
+
+
+class Changes(NamedTuple):
+    """Rows and label changes committed after a cursor, and the cursor after them."""
+
+    rows: list[tuple]  # (transaction_id, time, customer_id, terminal_id, amount, fraud)
+    labels: list[tuple]  # (row sequence, transaction_id, time, terminal_id, fraud)
+    cursor: tuple[int, int]  # (last row sequence, last label sequence)
+
+
+class HistoryStore(Protocol):
+    """What the scoring service needs of a store (a networked one can provide the same)."""
+
+    def add(
+        self, transactions: Iterable[Transaction], answers: Iterable[str | None] | None = None
+    ) -> list[bool]: ...
+
+    def lookup(self, transaction_ids: Iterable[int]) -> dict[int, Stored]: ...
+
+    def label(self, labels: Iterable[tuple[int, int]]) -> None: ...
+
+    def changes(self, cursor: tuple[int, int]) -> Changes: ...
+
+    def cursor(self) -> tuple[int, int]: ...
+
+    def prune(self, *, before: int, limit: int | None = None) -> int: ...
+
+    def count(self) -> int: ...
+
+    def exclusive(self) -> contextlib.AbstractContextManager[None]: ...
+
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS history (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    transaction_id INTEGER NOT NULL UNIQUE,
+    time INTEGER NOT NULL,
+    customer_id NOT NULL,
+    terminal_id NOT NULL,
+    amount REAL NOT NULL,
+    fraud INTEGER CHECK (fraud IN (0, 1)),
+    answer TEXT
+);
+CREATE INDEX IF NOT EXISTS by_time ON history (time);
+CREATE TABLE IF NOT EXISTS label_log (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    transaction_id INTEGER NOT NULL,
+    time INTEGER NOT NULL
+);
+CREATE INDEX IF NOT EXISTS label_log_by_time ON label_log (time);
+CREATE TRIGGER IF NOT EXISTS log_label AFTER UPDATE OF fraud ON history
+WHEN old.fraud IS NOT new.fraud
+BEGIN
+    INSERT INTO label_log (transaction_id, time) VALUES (new.transaction_id, new.time);
+END;
+"""
+# the queries the service runs, each an index search (tests check the plans)
+_LOOKUP = "SELECT {columns}, answer FROM history WHERE transaction_id IN ({marks})"
+_NEW_ROWS = "SELECT seq, {columns}, coalesce(fraud, 0) FROM history WHERE seq > ? ORDER BY seq"
+_NEW_LABELS = (
+    "SELECT log.seq, h.seq, h.transaction_id, h.time, h.terminal_id, h.fraud "
+    "FROM label_log AS log JOIN history AS h USING (transaction_id) "
+    "WHERE log.seq > ? ORDER BY log.seq"
+)
+_OLDEST = "SELECT seq FROM history INDEXED BY by_time WHERE time <= ? ORDER BY time LIMIT ?"
+_COLUMNS = "transaction_id, time, customer_id, terminal_id, amount"
+_INSERT = f"INSERT INTO history ({_COLUMNS}, answer) VALUES (?, ?, ?, ?, ?, ?)"
+
+
+def _chunks(values: list, size: int = _CHUNK) -> Iterator[list]:
+    for start in range(0, len(values), size):
+        yield values[start : start + size]
+
+
+def _placeholders(n: int) -> str:
+    return ",".join("?" * n)
+
+
+class SQLiteHistory:
+    """``HistoryStore`` in one SQLite file."""
+
+    def __init__(
+        self,
+        path: str | Path,
+        *,
+        fsync: bool = True,
+        busy_timeout_ms: int = 10_000,
+        autocheckpoint: bool = True,
+    ) -> None:
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        # autocommit off by hand: each call is one explicit transaction
+        self._db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+        self._db.execute(f"PRAGMA busy_timeout = {int(busy_timeout_ms)}")
+        self._db.execute("PRAGMA journal_mode = WAL")
+        self._db.execute(f"PRAGMA synchronous = {'FULL' if fsync else 'NORMAL'}")
+        self._db.execute("PRAGMA cache_size = -131072")  # 128 MiB of pages, not SQLite's 2 MiB
+        if not autocheckpoint:
+            # the owner runs ``Checkpointer``: a commit never waits for a checkpoint's fsyncs
+            self._db.execute("PRAGMA wal_autocheckpoint = 0")
+        self._lock = open(f"{self.path}.lock", "a+b")  # noqa: SIM115 (held until close)
+        # the change-log end this connection knows, and SQLite's data_version then: while no
+        # other connection commits, ``changes`` from that end has nothing to read
+        self._known_end: tuple[int, int] | None = None
+        self._data_version = -1
+        with self.exclusive():
+            self._db.executescript(_SCHEMA)
+
+    def close(self) -> None:
+        self._db.close()
+        self._lock.close()
+
+    def __enter__(self) -> SQLiteHistory:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    @contextlib.contextmanager
+    def exclusive(self) -> Iterator[None]:
+        """Hold the store's lock across processes (it wakes a waiter at once, where SQLite's
+        busy handler would sleep and retry)."""
+        fcntl.flock(self._lock, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(self._lock, fcntl.LOCK_UN)
+
+    @contextlib.contextmanager
+    def _transaction(self) -> Iterator[None]:
+        self._db.execute("BEGIN IMMEDIATE")
+        try:
+            yield
+        except BaseException:
+            self._db.execute("ROLLBACK")
+            raise
+        self._db.execute("COMMIT")
+
+    def lookup(self, transaction_ids: Iterable[int]) -> dict[int, Stored]:
+        """The stored transactions among ``transaction_ids``, with their answers."""
+        found = {}
+        for chunk in _chunks(list(dict.fromkeys(transaction_ids))):
+            rows = self._db.execute(
+                _LOOKUP.format(columns=_COLUMNS, marks=_placeholders(len(chunk))), chunk
+            )
+            for *values, answer in rows:
+                found[values[0]] = Stored(Transaction(*values), answer)
+        return found
+
+    def add(
+        self, transactions: Iterable[Transaction], answers: Iterable[str | None] | None = None
+    ) -> list[bool]:
+        """Store transactions (and the service's answers) in one durable write; per
+        transaction, True if new, False if it was already stored with the same content. Nothing
+        is stored if one conflicts."""
+        transactions = list(transactions)
+        answers = [None] * len(transactions) if answers is None else list(answers)
+        _require_finite(transactions)
+        with self._transaction():
+            known = {
+                tx_id: stored.transaction.content()
+                for tx_id, stored in self.lookup(tx.transaction_id for tx in transactions).items()
+            }
+            added, new = [], []
+            for tx, answer in zip(transactions, answers, strict=True):
+                stored = known.get(tx.transaction_id)
+                if stored is None:
+                    known[tx.transaction_id] = tx.content()
+                    new.append((tx, answer))
+                elif stored != tx.content():
+                    raise ConflictError(
+                        f"transaction_id {tx.transaction_id} is already stored with other content"
+                    )
+                added.append(stored is None)
+            self._db.executemany(
+                _INSERT,
+                [(*_row(tx), answer) for tx, answer in new],
+            )
+        return added
+
+    def label(self, labels: Iterable[tuple[int, int]]) -> None:
+        """Record confirmed labels (transaction_id, 0 or 1) in one durable write; nothing is
+        recorded if one is invalid or unknown."""
+        labels = [(int(tx_id), fraud) for tx_id, fraud in labels]
+        for transaction_id, fraud in labels:
+            if fraud not in (0, 1) or isinstance(fraud, bool):
+                raise UserError(f"transaction {transaction_id}: tx_fraud {fraud} is not 0/1")
+        with self._transaction():
+            known = set()
+            for chunk in _chunks(list(dict.fromkeys(tx_id for tx_id, _ in labels))):
+                known.update(
+                    row[0]
+                    for row in self._db.execute(
+                        "SELECT transaction_id FROM history "
+                        f"WHERE transaction_id IN ({_placeholders(len(chunk))})",
+                        chunk,
+                    )
+                )
+            unknown = [tx_id for tx_id, _ in labels if tx_id not in known]
+            if unknown:
+                raise UnknownTransactionError(
+                    f"no stored transaction {unknown[0]}"
+                    + (f" (and {len(unknown) - 1} more unknown)" if len(unknown) > 1 else "")
+                )
+            self._db.executemany(
+                "UPDATE history SET fraud = ? WHERE transaction_id = ?",
+                [(int(fraud), tx_id) for tx_id, fraud in labels],
+            )
+            self._known_end = None  # the label log grew
+
+    def changes(self, cursor: tuple[int, int]) -> Changes:
+        """Rows added and labels changed after ``cursor`` (read in one snapshot)."""
+        if cursor == self._known_end and self._data_version == self._version():
+            return Changes(rows=[], labels=[], cursor=cursor)
+        row_seq, label_seq = cursor
+        self._db.execute("BEGIN")
+        try:
+            version = self._version()
+            rows = self._db.execute(_NEW_ROWS.format(columns=_COLUMNS), (row_seq,)).fetchall()
+            labels = self._db.execute(_NEW_LABELS, (label_seq,)).fetchall()
+            last_label = self._db.execute("SELECT max(seq) FROM label_log").fetchone()[0]
+        finally:
+            self._db.execute("COMMIT")
+        end = (rows[-1][0] if rows else row_seq, last_label or label_seq)
+        self._known_end, self._data_version = end, version
+        return Changes(
+            rows=[row[1:] for row in rows], labels=[row[1:] for row in labels], cursor=end
+        )
+
+    def _version(self) -> int:
+        # changes when another connection commits, never for this one's own commits
+        return self._db.execute("PRAGMA data_version").fetchone()[0]
+
+    def cursor(self) -> tuple[int, int]:
+        """The change-log position after everything committed so far."""
+        rows = self._db.execute("SELECT max(seq) FROM history").fetchone()[0]
+        labels = self._db.execute("SELECT max(seq) FROM label_log").fetchone()[0]
+        return (rows or 0, labels or 0)
+
+    def add_scored(
+        self,
+        transactions: list[Transaction],
+        answers: list[str],
+        *,
+        prune_before: int,
+        prune_limit: int,
+    ) -> tuple[int, int]:
+        """The scorer's write: new transactions with their answers, and the oldest rows at or
+        before ``prune_before`` (at most ``prune_limit``) deleted, in one durable transaction;
+        the change-log position after it. The caller holds ``exclusive()`` and has looked the
+        ids up: a stored one still fails (ConflictError) and nothing is written."""
+        _require_finite(transactions)
+        rows = [(*_row(tx), answer) for tx, answer in zip(transactions, answers, strict=True)]
+        with self._transaction():
+            try:
+                self._db.executemany(_INSERT, rows)
+            except sqlite3.IntegrityError as exc:
+                raise ConflictError(f"a transaction_id is already stored ({exc})") from None
+            self._delete_oldest(before=prune_before, limit=prune_limit)
+            end = self.cursor()
+        if self._known_end is not None and self._known_end[1] == end[1]:
+            # no one else wrote meanwhile (the caller holds ``exclusive()``): only ours moved it
+            self._known_end = end
+        return end
+
+    def prune(self, *, before: int, limit: int | None = None) -> int:
+        """Delete rows at or before ``before`` (older than every window), at most ``limit`` of
+        them (the oldest first: a service prunes a little per round, never stalling); the
+        count deleted."""
+        limit = -1 if limit is None else limit  # SQLite: a negative LIMIT is no limit
+        with self._transaction():
+            return self._delete_oldest(before=before, limit=limit)
+
+    def _delete_oldest(self, *, before: int, limit: int) -> int:
+        deleted = self._db.execute(
+            f"DELETE FROM history WHERE seq IN ({_OLDEST})", (before, limit)
+        ).rowcount
+        self._db.execute(
+            "DELETE FROM label_log WHERE seq IN "
+            "(SELECT seq FROM label_log INDEXED BY label_log_by_time WHERE time <= ? "
+            "ORDER BY time LIMIT ?)",
+            (before, limit),
+        )
+        return deleted
+
+    def count(self) -> int:
+        return self._db.execute("SELECT count(*) FROM history").fetchone()[0]
+
+    def newest_time(self) -> int | None:
+        return self._db.execute("SELECT max(time) FROM history").fetchone()[0]
+
+    def query_plans(self) -> dict[str, str]:
+        """How SQLite runs the service's queries (for tests: index searches, never a scan)."""
+        queries = {
+            "lookup": (_LOOKUP.format(columns=_COLUMNS, marks="?, ?"), (1, 2)),
+            "new rows": (_NEW_ROWS.format(columns=_COLUMNS), (0,)),
+            "new labels": (_NEW_LABELS, (0,)),
+            "oldest": (_OLDEST, (0, 10)),
+        }
+        return {
+            name: " ".join(row[-1] for row in self._db.execute(f"EXPLAIN QUERY PLAN {sql}", args))
+            for name, (sql, args) in queries.items()
+        }
+
+    def disk_bytes(self) -> int:
+        """The database file and its write-ahead log, in bytes."""
+        return sum(
+            os.path.getsize(path)
+            for path in (self.path, Path(f"{self.path}-wal"))
+            if os.path.exists(path)
+        )
+
+
+class Checkpointer:
+    """Copies the write-ahead log into the database from a thread of its own connection
+    (``PRAGMA wal_checkpoint(PASSIVE)``: it never blocks readers or writers), so that the
+    checkpoint's fsyncs stay off the scoring path; the store's connection then opens with
+    ``autocheckpoint=False``."""
+
+    def __init__(self, path: str | Path, *, every_seconds: float = 1.0) -> None:
+        self.path = Path(path)
+        self.every = every_seconds
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="fraudlab-checkpoint", daemon=True)
+
+    def start(self) -> Checkpointer:
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def _run(self) -> None:
+        db = sqlite3.connect(self.path, isolation_level=None)
+        try:
+            while not self._stop.wait(self.every):
+                try:
+                    db.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
+                except sqlite3.Error:
+                    log.exception("checkpoint of %s failed; retrying", self.path)
+        finally:
+            db.close()
+
+
+def _require_finite(transactions: Iterable[Transaction]) -> None:
+    for tx in transactions:
+        if not math.isfinite(tx.amount):
+            raise UserError(f"transaction {tx.transaction_id}: amount {tx.amount}")
+
+
+def _row(tx: Transaction) -> tuple:
+    return (tx.transaction_id, tx.time, tx.customer_id, tx.terminal_id, tx.amount)
+
+
+def transactions_from_frame(frame: pd.DataFrame) -> list[Transaction]:
+    """Canonical rows as store transactions (exact ids, times in nanoseconds)."""
+    times = frame[schema.TX_DATETIME].to_numpy(dtype="datetime64[ns]").view(np.int64)
+    return [
+        Transaction(int(tx_id), int(time), id_value(customer), id_value(terminal), float(amount))
+        for tx_id, time, customer, terminal, amount in zip(
+            frame[schema.TRANSACTION_ID].to_numpy(dtype=np.int64),
+            times,
+            frame[schema.CUSTOMER_ID].to_numpy(),
+            frame[schema.TERMINAL_ID].to_numpy(),
+            frame[schema.TX_AMOUNT].to_numpy(dtype=np.float64),
+            strict=True,
+        )
+    ]
+
+
+def id_value(value: object) -> int | str:
+    """An id as SQLite stores it: a Python int (numpy ints are not bound) or text."""
+    return int(value) if isinstance(value, int | np.integer) else str(value)
+
+
+def seed(store: SQLiteHistory, frame: pd.DataFrame, *, labels_known_until: int | None) -> None:
+    """Load canonical rows into the store; labels of rows at or before ``labels_known_until``
+    (None: every label in the frame)."""
+    with store.exclusive():
+        store.add(transactions_from_frame(frame))
+        if schema.TX_FRAUD not in frame:
+            return
+        times = frame[schema.TX_DATETIME].to_numpy(dtype="datetime64[ns]").view(np.int64)
+        known = frame[schema.TX_FRAUD].notna().to_numpy()
+        if labels_known_until is not None:
+            known = known & (times <= labels_known_until)
+        store.label(
+            zip(
+                frame.loc[known, schema.TRANSACTION_ID].astype("int64").tolist(),
+                frame.loc[known, schema.TX_FRAUD].astype("int64").tolist(),
+                strict=True,
+            )
+        )
+
+
+def _group(keys: list, *, times: np.ndarray, ids: np.ndarray, values: np.ndarray) -> dict:
+    """Rows as one ``History`` per key, each sorted by (time, id)."""
+    if not keys:
+        return {}
+    order = np.lexsort((ids, times))
+    codes, distinct = pd.factorize(pd.Series(keys, dtype=object).iloc[order], sort=False)
+    by_key = np.argsort(codes, kind="stable")
+    bounds = np.flatnonzero(np.diff(codes[by_key])) + 1
+    rows = order[by_key]
+    return {
+        key: History(times[part], ids[part], values[part])
+        for key, part in zip(distinct, np.split(rows, bounds), strict=True)
+    }
+
+
+def _merge(old: History | None, new: History) -> History:
+    if old is None or not len(old.times):
+        return new
+    times = np.concatenate([old.times, new.times])
+    ids = np.concatenate([old.ids, new.ids])
+    values = np.concatenate([old.values, new.values])
+    order = np.lexsort((ids, times))
+    return History(times[order], ids[order], values[order])
+
+
+class RecentHistory:
+    """The store's recent rows in this process's memory, one ``History`` per customer (amounts)
+    and per terminal (labels known so far, 0 if not), kept current from the store's change log:
+    reading a few hundred rows from SQLite costs more than the features computed from them.
+    The store stays the truth; this copy is rebuilt from it at start and after any doubt."""
+
+    def __init__(self, store: HistoryStore | SQLiteHistory) -> None:
+        self.store = store
+        self.customers: dict = {}
+        self.terminals: dict = {}
+        self.cursor = (0, 0)
+        self.newest: int | None = None
+        self._customer_sweep: list = []
+        self._terminal_sweep: list = []
+
+    def refresh(self) -> None:
+        """Take in every row and label committed since the last refresh (by any process)."""
+        changes = self.store.changes(self.cursor)
+        if changes.rows:
+            ids, times, customers, terminals, amounts, labels = zip(*changes.rows, strict=True)
+            ids = np.array(ids, dtype=np.int64)
+            times = np.array(times, dtype=np.int64)
+            self.update(
+                customers=_group(
+                    list(customers),
+                    times=times,
+                    ids=ids,
+                    values=np.array(amounts, dtype=np.float64),
+                ),
+                terminals=_group(
+                    list(terminals), times=times, ids=ids, values=np.array(labels, dtype=np.int64)
+                ),
+            )
+        for row_seq, tx_id, time, terminal, fraud in changes.labels:
+            # a row read in this refresh already carries its label (the same snapshot)
+            if row_seq <= self.cursor[0]:
+                self._set_label(terminal, time=time, transaction_id=tx_id, fraud=fraud)
+        self.cursor = changes.cursor
+
+    def update(self, *, customers: Mapping, terminals: Mapping) -> None:
+        """Merge new rows (per key, sorted) into the copy."""
+        for key, rows in customers.items():
+            self.customers[key] = _merge(self.customers.get(key), rows)
+        for key, rows in terminals.items():
+            self.terminals[key] = _merge(self.terminals.get(key), rows)
+        self._note_newest(customers)
+
+    def replace(self, *, customers: Mapping, terminals: Mapping, cursor: tuple[int, int]) -> None:
+        """Take whole per-key histories that already include this process's own new rows, and
+        the store's cursor after writing them (nothing else was written meanwhile: the writer
+        held ``exclusive()``); a key given no rows is forgotten."""
+        for histories, given in ((self.customers, customers), (self.terminals, terminals)):
+            histories.update(given)
+            for key in [key for key, rows in given.items() if not len(rows.times)]:
+                del histories[key]
+        self._note_newest(customers)
+        self.cursor = cursor
+
+    def _note_newest(self, customers: Mapping) -> None:
+        latest = [int(rows.times[-1]) for rows in customers.values() if len(rows.times)]
+        if latest and (self.newest is None or max(latest) > self.newest):
+            self.newest = max(latest)
+
+    def _set_label(
+        self, terminal: int | str, *, time: int, transaction_id: int, fraud: int
+    ) -> None:
+        rows = self.terminals.get(terminal)
+        if rows is None:
+            return  # pruned from memory: too old for any window
+        start = int(np.searchsorted(rows.times, time, side="left"))
+        end = int(np.searchsorted(rows.times, time, side="right"))
+        for i in range(start, end):
+            if rows.ids[i] == transaction_id:
+                rows.values[i] = 0 if fraud is None else fraud
+
+    def prune(self, *, before: int, budget: int | None = None) -> None:
+        """Forget rows at or before ``before``: in every key, or (``budget``) in the next
+        ``budget`` keys of a round-robin sweep, so that a service spreads the work."""
+        for histories, sweep in ((self.customers, self._customer_sweep),
+                                 (self.terminals, self._terminal_sweep)):  # fmt: skip
+            if budget is None:
+                keys = list(histories)
+            else:
+                if not sweep:
+                    sweep.extend(histories)
+                keys = [sweep.pop() for _ in range(min(budget, len(sweep)))]
+            for key in keys:
+                rows = histories.get(key)
+                if rows is None or rows.times[0] > before:
+                    continue
+                first = int(np.searchsorted(rows.times, before, side="right"))
+                if first == len(rows.times):
+                    del histories[key]
+                elif first:
+                    histories[key] = History(
+                        rows.times[first:], rows.ids[first:], rows.values[first:]
+                    )
+
+    def size(self) -> int:
+        return sum(len(rows.times) for rows in self.customers.values())
