@@ -145,9 +145,11 @@ def test_no_transactions_in_the_training_window(tmp_path, caplog, small_transact
     params = SPLIT_PARAMS.replace("'2018-04-10'", "'2019-01-01'")
     code, outs = _run_split(tmp_path, caplog, small_transactions, params)
     assert code == 1
+    # the span check speaks first, naming the days the protocol needs
     assert _error(caplog) == (
-        "split failed: no transactions in the training period: 2 days from 2019-01-01; the data "
-        "covers 2018-04-01 00:26:33 to 2018-05-20 23:21:19: move split.train_start"
+        "split failed: the data end on 2018-05-20 but the test period runs to 2019-01-05: move "
+        "split.train_start 230 days earlier, or lower split.test_days (the protocol needs 98 "
+        "days, 2018-09-30..2019-01-06)"
     )
     assert not any(p.exists() for p in outs)
 

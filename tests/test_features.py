@@ -195,6 +195,7 @@ def test_online_features_handle_simultaneous_arrivals(features_params):
     assert got["customer_id_avg_amount_1day_window"] == 20.0
 
 
+@pytest.mark.slow  # every transaction of the small data, one at a time
 def test_every_transaction_scored_online_equals_batch(small_transactions, features_params):
     """The online path (the batch kernels on one customer's and one terminal's stored rows) gives
     every transaction of the data its batch features: counts, flags, maxima, medians and run

@@ -28,10 +28,10 @@ from fraudlab.core.params import load_params
 from fraudlab.features.names import feature_names
 from fraudlab.integrity.reproducibility import merge, stages_run
 from fraudlab.monitoring.drift import ReferenceProfile
-from helpers import Payload, Server
+from helpers import Payload, Server, cells
 from test_params import ROOT, STAGES
 
-pytestmark = pytest.mark.e2e
+pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
 TINY = yaml.safe_load((Path(__file__).parent / "tiny_params.yaml").read_text())
 
@@ -134,8 +134,12 @@ def test_first_repro_writes_metrics_and_is_clean(repo):
     features = feature_names(load_params(repo / "params.yaml", "features")["features"])
     assert sorted(reference.features) == sorted(features)
     assert reference.score.count == len(pd.read_parquet(repo / "data/split/train.parquet"))
-    monitoring = json.loads((repo / "metrics/monitoring.json").read_text())
-    assert not monitoring["alert"]  # the simulator's world does not change
+    summary = json.loads((repo / "metrics/monitoring.json").read_text())
+    assert summary["alert"] is False  # the simulator's world does not change
+    assert (summary["weeks"], summary["matured_weeks"], summary["worst_level"]) == (2, 1, "ok")
+    assert len(summary) <= 12  # what `dvc metrics diff` shows of monitoring: a handful
+    monitoring = json.loads((repo / "reports/monitoring.json").read_text())
+    assert not monitoring["alert"]
     assert monitoring["drifted_features"] == []
     first, second = monitoring["weeks"]["week_1"], monitoring["weeks"]["week_2"]
     assert first["start"] == "2018-05-31"  # the day after the test period
@@ -159,7 +163,9 @@ def test_injected_amount_inflation_alerts_in_its_first_week_naming_what_moved(re
     done = _run(repo, *_dvc("repro"), check=False)
     assert done.returncode != 0
     assert "monitor.strict is set" in done.stdout + done.stderr
-    monitoring = json.loads((repo / "metrics/monitoring.json").read_text())
+    summary = json.loads((repo / "metrics/monitoring.json").read_text())
+    assert (summary["alert"], summary["worst_level"], summary["decayed_weeks"]) == (True, "act", 1)
+    monitoring = json.loads((repo / "reports/monitoring.json").read_text())
     assert monitoring["alert"]
     assert "tx_amount" in monitoring["drifted_features"]
     assert monitoring["weeks"]["week_1"]["drift"]["tx_amount"]["level"] == "act"
@@ -602,15 +608,19 @@ def test_grid_search_ranks_flags_failures_and_the_winner_applies(repo):
     done = subprocess.run(command, cwd=repo, env=env, capture_output=True, text=True, check=False)
     assert done.returncode == 1, done.stdout + done.stderr
     assert "1 experiment(s) failed" in done.stderr
-    rows = [line for line in (repo / "board.md").read_text().splitlines()[2:] if line]
-    assert len(rows) == 3
-    assert rows[2].startswith("| - |")
-    assert "max_depth=-1 | **FAILED**" in rows[2]
-    ranked = [float(row.split("|")[5].split("±")[0]) for row in rows[:2]]
+    assert "max_depth" in done.stderr.split("1 experiment(s) failed", 1)[1]  # the reason
+    rows = [cells(line) for line in (repo / "board.md").read_text().splitlines()[2:] if line]
+    assert len(rows) == 4  # two experiments, the committed model among them, the failure
+    assert rows[3][0] == "-"
+    assert rows[3][3:5] == ["max_depth=-1", "**FAILED** (`dvc queue logs " + rows[3][1] + "`)"]
+    assert sum(row[1].endswith("(committed)") for row in rows) == 1
+    ranked = [float(row[4].split("±")[0]) for row in rows[:3]]
     assert ranked == sorted(ranked, reverse=True)
-    winner = rows[0].split("|")[2].strip()
-    depth = int(rows[0].split("max_depth=")[1].split()[0])
-    assert f"dvc exp apply {winner}" in done.stdout
+    experiments = [row for row in rows[:3] if not row[1].endswith("(committed)")]
+    winner = experiments[0][1]
+    depth = int(experiments[0][3].removeprefix("max_depth="))
+    if not rows[0][1].endswith("(committed)"):
+        assert f"dvc exp apply {winner}" in done.stdout
 
     _run(repo, *_dvc("exp", "apply", winner))
     assert yaml.safe_load((repo / "params.yaml").read_text())["train"]["xgboost"]["max_depth"] == (
@@ -638,7 +648,7 @@ def test_retraining_after_drift_beats_the_old_model_on_the_drifted_weeks(repo):
     try:
         _set_params(repo, {"simulate": {"n_days": 88, "drift": drift}})
         _run(repo, *_dvc("repro"))
-        monitoring = json.loads((repo / "metrics/monitoring.json").read_text())
+        monitoring = json.loads((repo / "reports/monitoring.json").read_text())
         assert monitoring["decayed_weeks"][:1] == ["week_1"]  # the model deployed at day 60
         _run(repo, "git", "add", "-A")
         _run(repo, "git", "commit", "-qm", "the world drifted")

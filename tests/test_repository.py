@@ -72,6 +72,7 @@ def test_the_pull_request_workflow_runs_the_tested_script():
     workflow = yaml.safe_load((ROOT / ".github" / "workflows" / "pull-request.yml").read_text())
     runs = [step.get("run", "") for job in workflow["jobs"].values() for step in job["steps"]]
     assert any("bash .github/scripts/pull-request-report.sh" in run for run in runs)
+    assert any("bash .ci/run" in run for run in runs)  # the tests, on every pull request
     assert not any("fraudlab report" in run or "plots diff" in run for run in runs)
 
 

@@ -39,6 +39,8 @@ from fraudlab.scaleout.engine import (
     local_cluster,
 )
 
+pytestmark = pytest.mark.slow  # a real Dask LocalCluster with worker processes
+
 ROWS_PER_PART = 4000
 
 

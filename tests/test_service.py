@@ -32,6 +32,8 @@ from fraudlab.serving.app import request_fields
 from helpers import Server, exact_columns, refused_start
 from test_monitoring_config import referenced_metrics
 
+pytestmark = pytest.mark.slow  # real server processes over HTTP
+
 PARAMS = Path(__file__).resolve().parents[1] / "params.yaml"
 KEY = "test-key-1"
 OTHER_KEY = "test-key-2"

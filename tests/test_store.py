@@ -40,6 +40,7 @@ def store(tmp_path):
         yield opened
 
 
+@pytest.mark.slow  # every transaction of the small data, one at a time
 def test_a_replay_through_the_store_gives_every_batch_feature(
     tmp_path, small_transactions, features_params
 ):

@@ -13,6 +13,8 @@ import pytest
 from fraudlab.integrity.verify import verify_repo
 from helpers import run_stage
 
+pytestmark = pytest.mark.slow  # real DVC repositories and commands
+
 
 def _dvc(repo: Path, *args: str) -> None:
     dvc = Path(sys.executable).parent / "dvc"

@@ -33,6 +33,9 @@ VERBS = {
     "compare": Verb(
         "fraudlab.experiments.compare", "compare", "a challenger against the committed model"
     ),
+    "results": Verb(
+        "fraudlab.experiments.results", "results", "write the results page from the metrics"
+    ),
     "monitor": Verb(
         "fraudlab.monitoring.status", "monitor", "the latest monitoring verdict, week by week"
     ),
@@ -59,7 +62,7 @@ def usage() -> str:
             "verbs:",
             *lines,
             "",
-            "The pipeline itself runs with `dvc repro`; see README.md.",
+            "The pipeline itself runs with `dvc repro`; see README.md and docs/.",
         ]
     )
 

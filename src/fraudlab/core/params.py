@@ -71,7 +71,7 @@ class SimulateParams(_Section):
     # None: one generator for the whole population (the reference data). A number: independent
     # blocks of this many customers, each drawn from a generator seeded with (seed, block), so
     # the data are the same however the blocks are spread over processes, and a block at a
-    # time fits in memory at any size (README "Scaling out").
+    # time fits in memory at any size (docs/scaling-out.md).
     customers_per_block: PositiveInt | None
     drift: DriftParams
 
@@ -138,7 +138,7 @@ class ValidateParams(_Section):
 
 
 class FeaturesParams(_Section):
-    # Groups of features beyond the handbook's 15 (features.py, README "Features"); [] gives
+    # Groups of features beyond the handbook's 15 (features.py, docs/features.md); [] gives
     # the handbook's set.
     groups: list[Literal["amount_ratios", "last_payments", "anomaly_counts", "known_labels"]]
     customer_windows_days: list[PositiveInt]
@@ -275,7 +275,7 @@ class EvaluateParams(_Section):
 
 
 class MonitorParams(_Section):
-    """Alert levels of the ``monitor`` stage, on one drift statistic (README "Monitoring")."""
+    """Alert levels of the ``monitor`` stage, on one drift statistic (docs/monitoring.md)."""
 
     statistic: Literal["psi", "ks", "wasserstein"]
     warn: Annotated[float, Field(gt=0)]

@@ -1,4 +1,4 @@
-"""Challenger against the committed model, on the weeks neither has seen (README "Retraining").
+"""Challenger against the committed model, on the weeks neither has seen (docs/monitoring.md).
 
     dvc exp run -n challenger -S split.train_start=2018-09-03   # the workspace: the challenger
     fraudlab compare --baseline HEAD --out reports/challenge.md

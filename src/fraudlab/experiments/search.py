@@ -8,7 +8,7 @@
 ``grid`` and ``random`` queue experiments (``dvc exp run --queue -S ...``), start the queue
 (``dvc queue start``), wait for it, and print the leaderboard sorted by mean validation AP, with
 failed experiments flagged: ``dvc queue start`` itself reports success even when a run fails.
-The winner is applied with ``dvc exp apply <name>`` and committed (README "Choosing a model").
+The winner is applied with ``dvc exp apply <name>`` and committed (docs/experiments.md).
 """
 
 from __future__ import annotations

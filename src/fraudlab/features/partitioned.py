@@ -158,7 +158,7 @@ def featurize_dataset(
 ) -> int:
     """Write the features of dataset ``clean`` as dataset ``out`` (a directory being built)
     through ``engine``; returns the number of rows."""
-    # workers may run elsewhere: they get absolute paths (README "Scaling out")
+    # workers may run elsewhere: they get absolute paths (docs/scaling-out.md)
     clean, out, scratch = clean.resolve(), out.resolve(), scratch.resolve()
     counts = check_layout(clean, rows_per_part=rows_per_part)
     n_rows = sum(counts)

@@ -2,7 +2,8 @@
 
 The profile keeps what monitoring needs without the training data: quantile bin edges with the
 share of reference values in each bin (for the PSI), summary statistics, and a grid of quantiles
-that stands in for the reference sample (KS statistic and Wasserstein distance, from scipy): the
+that stands in for the reference sample (KS statistic and Wasserstein distance, computed here
+from one sort of the sample, equal to scipy's, which a test checks): the
 quantiles at the middles of ``QUANTILES`` equal slices, whose CDF is within about 1/QUANTILES of
 the reference's and whose Wasserstein distance from it is the smallest of any that many points.
 

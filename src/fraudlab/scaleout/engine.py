@@ -13,7 +13,7 @@ change a byte of any output, so it must not change a hash in ``dvc.lock`` either
   memory on either engine, at the cost of scratch files. Any number gives the same outputs.
 
 Workers read and write the workspace's paths, so every worker must see the workspace at the same
-path (one machine, or a shared file system: README "Scaling out").
+path (one machine, or a shared file system: docs/scaling-out.md).
 """
 
 from __future__ import annotations
@@ -45,7 +45,7 @@ _ROWS_PER_PARTITION = 4_000_000  # the default's aim: a partition's arrays take 
 # Dask's nanny starts its workers with MALLOC_TRIM_THRESHOLD_=65536. Setting it also pins
 # glibc's mmap threshold at 128 KiB, so every array a task makes is mapped fresh and faulted in
 # page by page, and freed straight back. Our tasks make and drop arrays of hundreds of MB: at
-# 20 M rows that cost validate and featurize about a quarter of their time (README "Benchmark").
+# 20 M rows that cost validate and featurize about a quarter of their time (docs/benchmarks.md).
 # Without it glibc keeps freed memory for reuse; ``run_task`` gives it back after each task.
 # Workers started by hand get the same from cluster/dask.yaml (tested to say the same).
 WORKER_CONFIG = {"distributed.nanny.pre-spawn-environ.MALLOC_TRIM_THRESHOLD_": None}

@@ -1,7 +1,7 @@
 """The scoring service's HTTP API (FastAPI on uvicorn): requests in, ``Scorer`` calls, answers
 out, with authentication, request limits and Prometheus metrics.
 
-Decisions a client sees (README "Serve the model"):
+Decisions a client sees (docs/serving.md):
 
 * Unknown fields are rejected (422), so a misspelt field is never silently ignored.
 * Ids are JSON integers (int64), or strings for the columns named in ``text_ids``; amounts are
