@@ -218,6 +218,17 @@ def _to_utc_naive(values: pd.Series, timezone: str) -> pd.Series:
     return values.dt.tz_convert("UTC").dt.tz_localize(None)
 
 
+_FINER_THAN_NS = r"[.,]\d{10,}"
+
+
+def _within_nanoseconds(values: pd.Series) -> pd.Series:
+    """Times that int64 nanoseconds cannot hold (before 1677 or after 2262, e.g. year 1 with
+    an offset that moves it into year 0) as missing: such a row is then an unparseable value,
+    quarantined, never an overflow that stops the stage."""
+    inside = (values >= pd.Timestamp.min) & (values <= pd.Timestamp.max)
+    return values.where(inside).astype(schema.DATETIME_DTYPE)
+
+
 def _parse_datetime(values: pd.Series, params: SourceParams) -> pd.Series:
     if pd.api.types.is_datetime64_any_dtype(values):
         parsed = _to_utc_naive(values, params.timezone)
@@ -234,10 +245,12 @@ def _parse_datetime(values: pd.Series, params: SourceParams) -> pd.Series:
         parsed = pd.Series(pd.NaT, index=values.index, dtype=schema.DATETIME_DTYPE)
         if zoned.any():
             aware = pd.to_datetime(text[zoned], errors="coerce", utc=True, format="ISO8601")
-            parsed[zoned] = aware.dt.tz_localize(None)
+            parsed[zoned] = _within_nanoseconds(aware.dt.tz_localize(None))
         if (~zoned).any():
             naive = pd.to_datetime(text[~zoned], errors="coerce", format="ISO8601")
-            parsed[~zoned] = _to_utc_naive(naive, params.timezone)
+            parsed[~zoned] = _within_nanoseconds(_to_utc_naive(naive, params.timezone))
+        # more digits than nanoseconds hold would be rounded: unparseable instead
+        parsed[text.str.contains(_FINER_THAN_NS, regex=True, na=False).to_numpy()] = pd.NaT
     return parsed.astype(schema.DATETIME_DTYPE)
 
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 import datetime as dt
 import functools
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -187,7 +188,7 @@ def _dark_terminals(
     tx: _Transactions,
     customers: _Customers,
     *,
-    dark: np.ndarray,
+    dark: np.ndarray | None,
     rng: np.random.Generator,
     start_day: int,
 ) -> tuple[np.ndarray, np.ndarray]:
@@ -222,63 +223,84 @@ def _night_shift(
     return np.where(move, day * _SECONDS_PER_DAY + night, seconds)
 
 
-def simulate_transactions(params: SimulateParams) -> pd.DataFrame:
-    """Simulate labelled transactions in the canonical schema, sorted by time.
+def _with_scenarios(
+    tx: _Transactions,
+    customers: _Customers,
+    *,
+    params: SimulateParams,
+    drift_rng: np.random.Generator,
+    dark: np.ndarray | None,
+    terminal_fraud: Callable[[_Transactions], np.ndarray],
+    customer_fraud: Callable[[_Transactions], tuple[np.ndarray, np.ndarray]],
+    surge: Callable[[_Transactions], np.ndarray],
+) -> dict[str, np.ndarray]:
+    """The fraud scenarios and the drift of ``params.drift`` applied to drawn transactions, the
+    rows sorted by time: one sequence for the single generator and for every block, which differ
+    only in where their draws come from (the callables and generators passed).
 
     Scenarios are applied in order and a later one overrides the scenario tag of an earlier one:
     1. amount above ``high_amount_threshold``; 2. compromised terminal; 3. compromised customer.
     """
+    drift = params.drift
+    made = np.ones(len(tx.seconds), dtype=bool)
+    if drift.scenario == "terminals_dark":
+        # before the labels, which follow the terminal paid at
+        terminal, made = _dark_terminals(
+            tx, customers, dark=dark, rng=drift_rng, start_day=drift.start_day
+        )
+        tx = _Transactions(tx.seconds, tx.customer, terminal, tx.amount)
+    scenario = np.zeros(len(tx.seconds), dtype=np.int8)
+    scenario[tx.amount > params.high_amount_threshold] = SCENARIO_HIGH_AMOUNT
+    scenario[terminal_fraud(tx)] = SCENARIO_COMPROMISED_TERMINAL
+    compromised_customer, multiplier = customer_fraud(tx)
+    if drift.scenario == "terminal_surge":
+        scenario[surge(tx) & (scenario == 0)] = SCENARIO_COMPROMISED_TERMINAL
+    scenario[compromised_customer] = SCENARIO_COMPROMISED_CUSTOMER
+    if drift.scenario == "amount_inflation":
+        multiplier = np.where(
+            tx.day >= drift.start_day, multiplier * (1 + drift.strength), multiplier
+        )
+    seconds = tx.seconds
+    if drift.scenario == "night_shift":
+        # after the labels: they stay with their rows
+        seconds = _night_shift(seconds, rng=drift_rng, drift=drift)
+    # Payments not made (terminals_dark) go, and moved ones (night_shift) are put back in time
+    # order: both only from the start day, so every earlier row keeps its place and its id.
+    order = np.flatnonzero(made)[np.argsort(seconds[made], kind="stable")]
+    return {
+        "seconds": seconds[order],
+        "customer": tx.customer[order],
+        "terminal": tx.terminal[order],
+        "amount": np.round(tx.amount[order] * multiplier[order], 2),
+        "scenario": scenario[order],
+    }
+
+
+def simulate_transactions(params: SimulateParams) -> pd.DataFrame:
+    """Simulate labelled transactions in the canonical schema, sorted by time, from one
+    generator seeded with ``params.seed`` (drift from a generator of its own)."""
     rng = np.random.default_rng(params.seed)
     customers = _customers(rng, params)
     tx = _transactions(rng, customers, params.n_days)
-    made = np.ones(len(tx.seconds), dtype=bool)
-    if params.drift.scenario == "terminals_dark":
-        # before the labels, which follow the terminal paid at; no draw of ``rng`` depends on it
-        rng_drift = _drift_rng(params)
-        dark = _dark(rng_drift, params)
-        terminal, made = _dark_terminals(
-            tx, customers, dark=dark, rng=rng_drift, start_day=params.drift.start_day
-        )
-        tx = _Transactions(tx.seconds, tx.customer, terminal, tx.amount)
     log.info(
         "drew %d transactions for %d customers over %d days",
         len(tx.seconds),
         params.n_customers,
         params.n_days,
     )
-
-    scenario = np.zeros(len(tx.seconds), dtype=np.int8)
-    scenario[tx.amount > params.high_amount_threshold] = SCENARIO_HIGH_AMOUNT
-    scenario[_compromised_terminal_fraud(rng, tx, params)] = SCENARIO_COMPROMISED_TERMINAL
-    customer_fraud, multiplier = _compromised_customer_fraud(rng, tx, params)
-    if params.drift.scenario == "terminal_surge":
-        surge = _surge_fraud(tx, params) & (scenario == 0)
-        scenario[surge] = SCENARIO_COMPROMISED_TERMINAL
-    scenario[customer_fraud] = SCENARIO_COMPROMISED_CUSTOMER
-    if params.drift.scenario == "amount_inflation":
-        multiplier = np.where(
-            tx.day >= params.drift.start_day, multiplier * (1 + params.drift.strength), multiplier
-        )
-
-    seconds = tx.seconds
-    if params.drift.scenario == "night_shift":
-        # after the labels: they stay with their rows
-        seconds = _night_shift(seconds, rng=_drift_rng(params), drift=params.drift)
-
-    # Payments not made (terminals_dark) go, and moved ones (night_shift) are put back in time
-    # order: both only from the start day, so every earlier row keeps its place and its id.
-    order = np.flatnonzero(made)[np.argsort(seconds[made], kind="stable")]
-    return _frame(
-        {
-            "seconds": seconds[order],
-            "customer": tx.customer[order],
-            "terminal": tx.terminal[order],
-            "amount": np.round(tx.amount[order] * multiplier[order], 2),
-            "scenario": scenario[order],
-        },
-        first_id=0,
-        start_date=params.start_date,
+    drift_rng = _drift_rng(params)
+    dark = _dark(drift_rng, params) if params.drift.scenario == "terminals_dark" else None
+    columns = _with_scenarios(
+        tx,
+        customers,
+        params=params,
+        drift_rng=drift_rng,
+        dark=dark,
+        terminal_fraud=lambda drawn: _compromised_terminal_fraud(rng, drawn, params),
+        customer_fraud=lambda drawn: _compromised_customer_fraud(rng, drawn, params),
+        surge=lambda drawn: _surge_fraud(drawn, params),
     )
+    return _frame(columns, first_id=0, start_date=params.start_date)
 
 
 def _frame(columns: dict[str, np.ndarray], *, first_id: int, start_date: dt.date) -> pd.DataFrame:
@@ -399,42 +421,21 @@ def simulate_block(block: int, params: SimulateParams, shared: _Shared | None = 
     offsets, lists = _reach(location, shared.terminals, radius=params.radius)
     customers = _Customers(mean_amount, mean_amount / 2, mean_tx_per_day, offsets, lists)
     tx = _transactions(rng, customers, params.n_days)
-    drift = params.drift
-    drift_rng = _stream(params, _DRIFT_STREAM, block)
-    made = np.ones(len(tx.seconds), dtype=bool)
-    if drift.scenario == "terminals_dark":
-        terminal, made = _dark_terminals(
-            tx, customers, dark=shared.dark, rng=drift_rng, start_day=drift.start_day
-        )
-        tx = _Transactions(tx.seconds, tx.customer, terminal, tx.amount)
-
-    scenario = np.zeros(len(tx.seconds), dtype=np.int8)
-    scenario[tx.amount > params.high_amount_threshold] = SCENARIO_HIGH_AMOUNT
-    scenario[_at_compromised(tx, shared.compromised, n_days=params.n_days)] = (
-        SCENARIO_COMPROMISED_TERMINAL
+    columns = _with_scenarios(
+        tx,
+        customers,
+        params=params,
+        drift_rng=_stream(params, _DRIFT_STREAM, block),
+        dark=shared.dark,
+        terminal_fraud=lambda drawn: _at_compromised(
+            drawn, shared.compromised, n_days=params.n_days
+        ),
+        customer_fraud=lambda drawn: _block_customer_fraud(
+            drawn, first=first, shared=shared, params=params
+        ),
+        surge=lambda drawn: _at_compromised(drawn, shared.surge, n_days=params.n_days),
     )
-    customer_fraud, multiplier = _block_customer_fraud(
-        tx, first=first, shared=shared, params=params
-    )
-    if drift.scenario == "terminal_surge":
-        surge = _at_compromised(tx, shared.surge, n_days=params.n_days) & (scenario == 0)
-        scenario[surge] = SCENARIO_COMPROMISED_TERMINAL
-    scenario[customer_fraud] = SCENARIO_COMPROMISED_CUSTOMER
-    if drift.scenario == "amount_inflation":
-        multiplier = np.where(
-            tx.day >= drift.start_day, multiplier * (1 + drift.strength), multiplier
-        )
-    seconds = tx.seconds
-    if drift.scenario == "night_shift":
-        seconds = _night_shift(seconds, rng=drift_rng, drift=drift)
-    order = np.flatnonzero(made)[np.argsort(seconds[made], kind="stable")]
-    return {
-        "seconds": seconds[order],
-        "customer": tx.customer[order] + first,
-        "terminal": tx.terminal[order],
-        "amount": np.round(tx.amount[order] * multiplier[order], 2),
-        "scenario": scenario[order],
-    }
+    return columns | {"customer": columns["customer"] + first}
 
 
 def merge_blocks(blocks: list[dict], *, first_id: int, params: SimulateParams) -> pd.DataFrame:

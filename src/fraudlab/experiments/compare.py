@@ -16,7 +16,6 @@ challenger changed the feature params, the current model's are recomputed from t
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import logging
 import re
@@ -33,7 +32,7 @@ from fraudlab.core.io import parse_yaml, read_parquet
 from fraudlab.core.params import EvaluateParams, FeaturesParams, SplitParams, load_params
 from fraudlab.experiments.tables import markdown_table
 from fraudlab.features.batch import build_features
-from fraudlab.integrity.lock import IntegrityError, locked_outputs, recorded, unpickle
+from fraudlab.integrity.lock import IntegrityError, locked_outputs, recorded, unpickle_checked
 from fraudlab.modeling.artifact import ModelArtifact, check_artifact, load_model
 from fraudlab.modeling.metrics import SCORE, card_precision_key, ranking_metrics
 from fraudlab.modeling.pipeline import predict_scores
@@ -89,15 +88,9 @@ def committed_model(commit: str) -> tuple[ModelArtifact, str]:
             f"{MODEL} at {commit[:7]} (MD5 {entry.md5}) is neither in DVC's cache nor in a "
             f"reachable remote: run `dvc fetch --rev {commit[:7]}` ({type(exc).__name__}: {exc})"
         ) from None
-    actual = hashlib.md5(content, usedforsecurity=False).hexdigest()
-    if actual != entry.md5:
-        raise IntegrityError(
-            f"{MODEL} at {commit[:7]}: the bytes DVC returned hash to {actual}, not {entry.md5} "
-            "as that commit's dvc.lock records; refusing to unpickle them (run "
-            "`fraudlab verify`)"
-        )
     source = f"{MODEL} at {commit[:7]}"
-    return check_artifact(unpickle(content, source=source), source=source), entry.md5
+    artifact = unpickle_checked(content, entry, source=source, origin=f"dvc.lock at {commit[:7]}")
+    return check_artifact(artifact, source=source), entry.md5
 
 
 # --- pure: the comparison ---------------------------------------------------------------------

@@ -100,6 +100,19 @@ def recorded(path: str | Path, *, lock_path: str | Path) -> LockedOutput:
     )
 
 
+def check_content(content: bytes, entry: LockedOutput, *, source: str, origin: str) -> None:
+    """Refuse ``content`` unless its MD5 is the one ``entry`` records (``origin``: which
+    dvc.lock, for the message)."""
+    actual = hashlib.md5(content, usedforsecurity=False).hexdigest()
+    if actual != entry.md5:
+        raise IntegrityError(
+            f"{source}: MD5 {actual} differs from {entry.md5} recorded by stage {entry.stage} in "
+            f"{origin}; refusing to unpickle a file that is not the one DVC produced. Run "
+            f"`dvc repro {entry.stage}` (and `fraudlab verify` in case DVC's cache is "
+            "damaged)"
+        )
+
+
 def verify_file(
     path: str | Path, *, lock_path: str | Path, content: bytes | None = None
 ) -> LockedOutput:
@@ -111,17 +124,12 @@ def verify_file(
             f"{path}: missing (recorded by stage {entry.stage} in {lock_path}): run "
             f"`dvc checkout {entry.path}` or `dvc repro {entry.stage}`"
         )
-    if content is None:
-        actual = file_md5(path)
-    else:
-        actual = hashlib.md5(content, usedforsecurity=False).hexdigest()
-    if actual != entry.md5:
-        raise IntegrityError(
-            f"{path}: MD5 {actual} differs from {entry.md5} recorded by stage {entry.stage} in "
-            f"{lock_path}; refusing to unpickle a file that is not the one DVC produced. Run "
-            f"`dvc repro {entry.stage}` (and `fraudlab verify` in case DVC's cache is "
-            "damaged)"
-        )
+    check_content(
+        Path(path).read_bytes() if content is None else content,
+        entry,
+        source=str(path),
+        origin=str(lock_path),
+    )
     return entry
 
 
@@ -129,17 +137,17 @@ def load_verified_pickle(path: str | Path, *, lock_path: str | Path) -> Any:
     """Unpickle ``path`` only after its hash matches dvc.lock; a file that then fails to load
     (truncated, not a pickle) is a one-line error, not a traceback. The bytes hashed are the
     bytes unpickled: the file is read once, so swapping it after the check changes nothing."""
-    recorded(path, lock_path=lock_path)  # an unrecorded path is refused before it is read
-    try:
-        content = Path(path).read_bytes()
-    except FileNotFoundError:
-        content = None  # verify_file says which stage to rerun
-    verify_file(path, lock_path=lock_path, content=content)
-    return unpickle(content, source=str(path))
+    entry = recorded(path, lock_path=lock_path)  # an unrecorded path is refused before it is read
+    if not Path(path).is_file():
+        verify_file(path, lock_path=lock_path)  # says which stage to rerun
+    return unpickle_checked(Path(path).read_bytes(), entry, source=str(path), origin=str(lock_path))
 
 
-def unpickle(content: bytes, *, source: str) -> Any:
-    """Load bytes whose hash the caller has checked; a failure is a one-line error."""
+def unpickle_checked(content: bytes, entry: LockedOutput, *, source: str, origin: str) -> Any:
+    """The one way fraudlab unpickles: ``content`` (read once) only after its MD5 matches the
+    dvc.lock ``entry`` it claims to be, from the workspace or from a commit's lock. A failure to
+    load is a one-line error."""
+    check_content(content, entry, source=source, origin=origin)
     try:
         return joblib.load(io.BytesIO(content))
     # any unpickling failure means the same to the user: the file is not a model

@@ -56,6 +56,17 @@ log = logging.getLogger(__name__)
 
 _INT64 = Annotated[int, Field(strict=True, ge=-(2**63), le=2**63 - 1)]
 _EPOCH = datetime(1970, 1, 1)
+# what int64 nanoseconds hold (pandas' Timestamp range), as the batch contract accepts
+_MIN_NS, _MAX_NS = -(2**63) + 1, 2**63 - 1
+# ISO 8601 as the batch contract reads it (a test runs both on one battery): a date, then
+# optionally "T" or a space and hh[:mm[:ss[.fraction]]], then optionally Z or an offset. Python's
+# fromisoformat alone would also take any separator character, or a trailing NUL.
+_ISO_8601 = re.compile(
+    r"\d{4}-\d{2}-\d{2}"  # the date
+    r"(?:[T ]\d{2}(?::\d{2}(?::\d{2}(?:[.,]\d+)?)?)?)?"  # the time of day
+    r"(?:Z|[+-]\d{2}(?::?\d{2})?)?",  # the zone
+    flags=re.ASCII,
+)
 _FRACTION = re.compile(r"^(?P<head>.*?\d{2}:\d{2}(?::\d{2})?)[.,](?P<digits>\d+)(?P<tail>.*)$")
 # /healthz and /readyz answer without a key: orchestrators probe them
 _OPEN_PATHS = frozenset({"/healthz", "/readyz"})
@@ -90,6 +101,8 @@ class Settings:
 
 def parse_time(text: str) -> int:
     """ISO 8601 text as int64 nanoseconds since the epoch, naive UTC, exactly."""
+    if not _ISO_8601.fullmatch(text):
+        raise ValueError("not an ISO 8601 date and time")
     extra_ns = 0
     match = _FRACTION.match(text)
     if match:
@@ -103,16 +116,22 @@ def parse_time(text: str) -> int:
         when = datetime.fromisoformat(text)
     except ValueError:
         raise ValueError("not an ISO 8601 date and time") from None
-    if when.tzinfo is not None:
-        when = when.astimezone(UTC).replace(tzinfo=None)
-    return (when - _EPOCH) // timedelta(microseconds=1) * 1000 + extra_ns
+    try:
+        if when.tzinfo is not None:
+            when = when.astimezone(UTC).replace(tzinfo=None)
+    except OverflowError:  # year 1 moved back by its offset, or year 9999 forward
+        raise ValueError("outside the years a timestamp can hold") from None
+    ns = (when - _EPOCH) // timedelta(microseconds=1) * 1000 + extra_ns
+    if not _MIN_NS <= ns <= _MAX_NS:
+        raise ValueError("outside the years a timestamp can hold")
+    return ns
 
 
 class _Contract(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True)
 
 
-_TRANSACTION_ID = Annotated[int, Field(strict=True, ge=0, le=2**63 - 1)]
+_TRANSACTION_ID = _INT64  # any int64, as the batch contract accepts
 _TEXT_ID = Annotated[str, Field(strict=True, min_length=1, max_length=256)]
 
 
