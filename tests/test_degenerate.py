@@ -149,7 +149,8 @@ def test_no_transactions_in_the_training_window(tmp_path, caplog, small_transact
     assert _error(caplog) == (
         "split failed: the data end on 2018-05-20 but the test period runs to 2019-01-05: move "
         "split.train_start 230 days earlier, or lower split.test_days (the protocol needs 98 "
-        "days, 2018-09-30..2019-01-06)"
+        "days, 2018-09-30..2019-01-06; for these data split.train_start can be "
+        "2018-04-04..2018-05-16, none with full feature windows (48 days short))"
     )
     assert not any(p.exists() for p in outs)
 

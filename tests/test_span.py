@@ -41,6 +41,9 @@ def test_data_from_april_warn_that_the_first_windows_are_partial():
     (warning,) = found.warnings
     assert "2018-04-01, 10 days after 2018-03-22" in warning
     assert "the protocol needs 146 days" in warning  # 03-22 .. 08-15
+    # folds from 04-01 + 35 days; full windows from 04-01 + 125; the test week (20 days after
+    # train_start) ends by 09-30: train_start 09-10 at the latest
+    assert "split.train_start can be 2018-05-06..2018-09-10 (2018-08-04 or later" in warning
 
 
 def test_data_that_end_inside_the_test_period_are_an_error_naming_the_days():

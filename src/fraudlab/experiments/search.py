@@ -335,7 +335,7 @@ def uncommitted_inputs(source: Path, *, pipeline_outputs: set[Path]) -> list[str
     elif tracking in untracked:
         problems.append(
             f"{tracking} (which tracks source.path {source}) is not committed: "
-            f"`git add {tracking} {tracking.parent / '.gitignore'}` and commit them"
+            f"`git add {tracking}` and commit it"
         )
     elif tracking in changed:
         problems.append(f"{tracking} has uncommitted changes: commit it")

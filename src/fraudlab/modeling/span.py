@@ -54,7 +54,27 @@ def check_span(
     need = span_needed(split, features)
     begins, ends = first.date(), last.date()
     days = (need.test_until - need.history_from).days
-    whole = f"the protocol needs {days} days, {need.history_from}..{need.test_until}"
+    # the train_start days that fit these data: the folds from the first day on (the windows
+    # full once the history fits too), the test period up to the last day
+    earliest = begins + (split.train_start - need.folds_from)
+    full = begins + (split.train_start - need.history_from)
+    latest = ends - (need.test_until - dt.timedelta(days=1) - split.train_start)
+    if earliest > latest:
+        fits = (
+            "these data hold fewer days than the protocol needs: lower split.n_folds, "
+            "split.train_days or split.test_days"
+        )
+    elif full > latest:
+        fits = (
+            f"for these data split.train_start can be {earliest}..{latest}, none with full "
+            f"feature windows ({(full - latest).days} days short)"
+        )
+    else:
+        fits = (
+            f"for these data split.train_start can be {earliest}..{latest} ({full} or later "
+            "for full feature windows)"
+        )
+    whole = f"the protocol needs {days} days, {need.history_from}..{need.test_until}; {fits}"
     errors, warnings = [], []
     if ends < need.test_until - dt.timedelta(days=1):
         short = (need.test_until - dt.timedelta(days=1) - ends).days
