@@ -152,7 +152,9 @@ def _export_plots(best: pd.DataFrame, out: Path) -> dict:
     for row in best.itertuples(index=False):
         plots[row.experiment] = []
         for image in SHOWN_PLOTS:
-            target = Path("plots") / row.experiment / image
+            # a folder name safe in a Markdown link: the committed row's name has a space
+            folder = "committed" if row.state == "committed" else row.experiment
+            target = Path("plots") / folder / image
             (out / target).parent.mkdir(parents=True, exist_ok=True)
             (out / target).write_bytes(_git("show", f"{row.rev}:{IMAGES}/{image}", binary=True))
             plots[row.experiment].append(target.as_posix())
