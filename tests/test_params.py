@@ -182,9 +182,15 @@ def test_the_groups_params_accept_are_the_groups_features_computes():
 def test_params_are_read_in_dvcs_yaml_dialect(tmp_path):
     """`dvc exp run -S` rewrites params.yaml in YAML 1.2 and drops the quotes of "yes" / "no":
     read as YAML 1.1 they would become booleans and a yes/no source would stop parsing."""
-    text = (ROOT / "params.yaml").read_text()
-    rewritten = text.replace('"yes"', "yes").replace('"no"', "no").replace('"true"', "true")
-    assert rewritten != text
+    lines = (ROOT / "params.yaml").read_text().splitlines()
+    rewritten = "\n".join(
+        "  fraud_values: [1, 'true', fraud, yes]"
+        if line.startswith("  fraud_values:")
+        else "  legit_values: [0, 'false', legit, no]"
+        if line.startswith("  legit_values:")
+        else line
+        for line in lines
+    )
     path = tmp_path / "params.yaml"
     path.write_text(rewritten)
     source = load_params(path, "source")["source"]

@@ -24,6 +24,7 @@ import pytest
 import yaml
 
 from fraudlab.core import schema
+from fraudlab.core.io import dump_yaml, read_yaml
 from fraudlab.core.params import load_params
 from fraudlab.features.names import feature_names
 from fraudlab.integrity.reproducibility import merge, stages_run
@@ -63,10 +64,9 @@ def _stages_run(output: str) -> set[str]:
 
 
 def _set_params(repo: Path, overrides: dict) -> None:
+    """Edit params.yaml as DVC reads and writes it (YAML 1.2: a bare `yes` stays a word)."""
     path = repo / "params.yaml"
-    path.write_text(
-        yaml.safe_dump(merge(yaml.safe_load(path.read_text()), overrides), sort_keys=False)
-    )
+    path.write_text(dump_yaml(merge(read_yaml(path), overrides)))
 
 
 def _dvc(*args: str) -> list[str]:
