@@ -295,15 +295,17 @@ def test_weeks_whose_labels_are_all_pending_are_never_called_nothing_to_do():
     assert "leaves out cards already known to be compromised" in page  # the baseline, said
 
 
-def test_the_score_figure_draws_the_bin_above_the_reference_only_when_used():
+def test_the_score_figure_draws_the_share_above_the_reference_apart_and_only_when_used():
     report = _two_week_report(shift=0.0, frauds_follow_amount=True)
     shares = [0.1] * 10 + [0.0]
     ticks = [t.get_text() for t in score_figure(report, shares).axes[0].get_xticklabels()]
     assert ticks == [str(i) for i in range(1, 11)]  # no phantom 11th bin at 0
     for entry in report["weeks"].values():
         entry["score_shares"][-1] = 0.05  # scores above the reference's highest
-    ticks = [t.get_text() for t in score_figure(report, shares).axes[0].get_xticklabels()]
-    assert ticks[-1] == "above"
+    axes = score_figure(report, shares).axes[0]
+    assert [t.get_text() for t in axes.get_xticklabels()][-1] == "above\nmax"
+    # each week's line runs over the ten deciles only; its share above is a lone marker
+    assert {len(line.get_xdata()) for line in axes.get_lines()} == {10, 1}
 
 
 def test_the_heatmap_of_one_week_is_wide_enough_for_its_labels():

@@ -101,18 +101,24 @@ def score_figure(report: dict, reference_shares: list[float]) -> Figure:
     fig = Figure(figsize=(6.5, 3.4))
     ax = fig.subplots()
     weeks = measured_weeks(report)
+    deciles = np.arange(1, len(reference_shares))
+    ax.bar(deciles, reference_shares[:-1], color="#cccccc", label="reference (training)")
     # The last bin holds scores above the reference's highest: empty in the reference by
-    # construction, drawn only when a week put scores there.
-    above = any(entry["score_shares"][-1] for _, entry in weeks)
-    shown = len(reference_shares) if above else len(reference_shares) - 1
-    bins = np.arange(1, shown + 1)
-    ax.bar(bins, reference_shares[:shown], color="#cccccc", label="reference (training)")
+    # construction. A week's share there is a marker of its own, drawn only when not zero,
+    # never joined to the deciles by a line (which read as a phantom eleventh bin).
+    above = len(reference_shares)
     for label, entry in weeks:
-        ax.plot(bins, entry["score_shares"][:shown], marker=".", label=label)
-    ax.set_xticks(bins, [*map(str, bins[: len(reference_shares) - 1]), "above"][:shown])
+        (line,) = ax.plot(deciles, entry["score_shares"][:-1], marker=".", label=label)
+        if entry["score_shares"][-1]:
+            ax.plot([above], entry["score_shares"][-1:], marker="o", color=line.get_color())
+    labels = [str(d) for d in deciles]
+    if any(entry["score_shares"][-1] for _, entry in weeks):
+        ax.set_xticks([*deciles, above], [*labels, "above\nmax"])
+    else:
+        ax.set_xticks(deciles, labels)
     ax.set(xlabel="reference score bin (low to high)", ylabel="share of transactions")
     ax.set_title("Score distribution on the reference's bins", fontsize=9)
-    ax.legend(fontsize=7)
+    ax.legend(fontsize=7, loc="lower center", ncol=4)
     fig.tight_layout()
     return fig
 
