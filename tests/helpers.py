@@ -50,6 +50,10 @@ class Payload:
         return (os.system, (f"touch '{self.marker}'",))
 
 
+# `fraudlab serve` on loopback, on a port the system picks
+SERVE = [sys.executable, "-m", "fraudlab", "serve", "--host", "127.0.0.1", "--port", "0"]
+
+
 class Server:
     """A real ``fraudlab serve`` process on 127.0.0.1 (an ephemeral port), spoken to over HTTP."""
 
@@ -63,17 +67,7 @@ class Server:
 
     def start(self, *, timeout: float = 120) -> Server:
         self.process = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "fraudlab",
-                "serve",
-                "--host",
-                "127.0.0.1",
-                "--port",
-                "0",
-                *self.args,
-            ],
+            [*SERVE, *self.args],
             stderr=subprocess.PIPE,
             stdout=subprocess.DEVNULL,
             text=True,
@@ -154,17 +148,7 @@ class Server:
 def refused_start(args: list[str], *, env: dict[str, str] | None = None, cwd=None):
     """The exit status and log of a ``fraudlab serve`` that must stop before listening."""
     done = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "fraudlab",
-            "serve",
-            "--host",
-            "127.0.0.1",
-            "--port",
-            "0",
-            *args,
-        ],
+        [*SERVE, *args],
         capture_output=True,
         text=True,
         env={**os.environ, **(env or {})},

@@ -46,41 +46,58 @@ def _git(*args: str, binary: bool = False) -> str | bytes:
     return done.stdout if binary else done.stdout.decode()
 
 
-def current_section(metrics: dict, model: str, *, top_k: int) -> str:
-    """The committed model: test metrics beside validation mean ± std, then the threshold."""
+def ranking_table(metrics: dict, *, top_k: int) -> str:
+    """Test metrics beside validation mean ± std over the folds (metrics/evaluate's file)."""
     test, validation = metrics["test"], metrics["validation"]
     names = {
         "average_precision": "Average precision",
         "auc_roc": "AUC ROC",
         card_precision_key(top_k): f"Card precision@{top_k}",
     }
-    ranking = [
-        {
-            "metric": label,
-            "test": f"{test[key]:.4f}",
-            "validation (mean ± std over folds)": f"{validation[key]['mean']:.4f} ± "
-            f"{validation[key]['std']:.4f}",
-        }
-        for key, label in names.items()
-        if key in test
-    ]
-    at_test, at_validation = test["at_threshold"], validation["at_threshold"]
-    at_threshold = [
-        {"": label, "test": f"{at_test[key]:{fmt}}", "validation": f"{at_validation[key]:{fmt}}"}
-        for key, label, fmt in (
-            ("precision", "Precision", ".4f"),
-            ("recall", "Recall", ".4f"),
-            ("f1", "F1", ".4f"),
-            ("alerted_cards_per_day", "Cards alerted a day", ".1f"),
-            ("cost_per_day", "Cost a day", ",.0f"),
-            ("tp", "Frauds caught", ","),
-            ("fp", "False alerts", ","),
-        )
-    ]
+    return markdown_table(
+        [
+            {
+                "metric": label,
+                "test": f"{test[key]:.4f}",
+                "validation (mean ± std over folds)": f"{validation[key]['mean']:.4f} ± "
+                f"{validation[key]['std']:.4f}",
+            }
+            for key, label in names.items()
+            if key in test
+        ]
+    )
+
+
+def threshold_table(metrics: dict) -> str:
+    """What the operating threshold does on test and validation."""
+    at_test, at_validation = metrics["test"]["at_threshold"], metrics["validation"]["at_threshold"]
+    return markdown_table(
+        [
+            {
+                "": label,
+                "test": f"{at_test[key]:{fmt}}",
+                "validation": f"{at_validation[key]:{fmt}}",
+            }
+            for key, label, fmt in (
+                ("precision", "Precision", ".4f"),
+                ("recall", "Recall", ".4f"),
+                ("f1", "F1", ".4f"),
+                ("alerted_cards_per_day", "Cards alerted a day", ".1f"),
+                ("cost_per_day", "Cost a day", ",.0f"),
+                ("tp", "Frauds caught", ","),
+                ("fp", "False alerts", ","),
+            )
+        ]
+    )
+
+
+def current_section(metrics: dict, model: str, *, top_k: int) -> str:
+    """The committed model: test metrics beside validation mean ± std, then the threshold."""
+    threshold = metrics["test"]["at_threshold"]["threshold"]
     return (
-        f"## Committed model: {model}\n\n{markdown_table(ranking)}\n\n"
-        f"At the operating threshold **{at_test['threshold']:.4f}** (chosen on validation):\n\n"
-        f"{markdown_table(at_threshold)}\n"
+        f"## Committed model: {model}\n\n{ranking_table(metrics, top_k=top_k)}\n\n"
+        f"At the operating threshold **{threshold:.4f}** (chosen on validation):\n\n"
+        f"{threshold_table(metrics)}\n"
     )
 
 

@@ -18,6 +18,7 @@ from typing import NamedTuple
 from fraudlab.core.errors import UserError
 from fraudlab.core.io import read_yaml
 from fraudlab.core.params import FeaturesParams
+from fraudlab.experiments.report import ranking_table, threshold_table
 from fraudlab.experiments.tables import markdown_table
 from fraudlab.features.names import feature_names
 from fraudlab.modeling.metrics import card_precision_key
@@ -93,35 +94,8 @@ def _features(params: dict) -> list[str]:
 def results_page(committed: Committed) -> str:
     params, evaluate = committed.params, committed.evaluate
     k = params["evaluate"]["top_k"]
-    key = card_precision_key(k)
-    test, validation = evaluate["test"], evaluate["validation"]
     data = committed.data
-    ranking = [
-        {
-            "metric": label,
-            "test": f"{test[name]:.4f}",
-            "validation, mean ± std over folds": f"{validation[name]['mean']:.4f} ± "
-            f"{validation[name]['std']:.4f}",
-        }
-        for name, label in (
-            ("auc_roc", "AUC ROC"),
-            ("average_precision", "average precision"),
-            (key, f"card precision@{k}"),
-        )
-    ]
-    at_test, at_validation = test["at_threshold"], validation["at_threshold"]
-    operating = [
-        {"": label, "test": f"{at_test[name]:{fmt}}", "validation": f"{at_validation[name]:{fmt}}"}
-        for name, label, fmt in (
-            ("precision", "precision", ".4f"),
-            ("recall", "recall", ".4f"),
-            ("f1", "F1", ".4f"),
-            ("alerted_cards_per_day", "cards alerted a day", ".1f"),
-            ("tp", "frauds caught", ","),
-            ("fp", "false alerts", ","),
-            ("cost_per_day", "cost a day", ",.0f"),
-        )
-    ]
+    threshold = evaluate["test"]["at_threshold"]["threshold"]
     periods = [
         {
             "part": name.replace("_", " "),
@@ -162,12 +136,12 @@ def results_page(committed: Committed) -> str:
             "Test: the test period, cards already known to be compromised removed. Validation: "
             f"the {params['split']['n_folds']} prequential folds.",
             "",
-            markdown_table(ranking),
+            ranking_table(evaluate, top_k=k),
             "",
-            f"At the operating threshold {at_test['threshold']:.4f} (chosen on validation, "
+            f"At the operating threshold {threshold:.4f} (chosen on validation, "
             f"`evaluate.threshold: {params['evaluate']['threshold']}`):",
             "",
-            markdown_table(operating),
+            threshold_table(evaluate),
             "",
             "## The handbook's results on its own simulated data",
             "",
