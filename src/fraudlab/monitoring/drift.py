@@ -19,6 +19,7 @@ Conventions, chosen for columns that are counts, flags or heavily tied (most of 
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
@@ -102,9 +103,11 @@ def profile(values: np.ndarray, *, name: str = "column") -> ColumnProfile:
 
 def psi(reference: np.ndarray, current: np.ndarray) -> float:
     """Population stability index of two share vectors over the same bins."""
-    expected = np.asarray(reference, dtype=np.float64) + EPSILON
-    actual = np.asarray(current, dtype=np.float64) + EPSILON
-    return float(np.sum((actual - expected) * np.log(actual / expected)))
+    expected = (np.asarray(reference, dtype=np.float64) + EPSILON).tolist()
+    actual = (np.asarray(current, dtype=np.float64) + EPSILON).tolist()
+    # libm's log and an exactly rounded sum, not NumPy's SIMD kernels: the same bits on every
+    # machine, so a fresh clone elsewhere reproduces the monitoring report
+    return math.fsum((a - e) * math.log(a / e) for e, a in zip(expected, actual, strict=True))
 
 
 def ks_statistic(reference: np.ndarray, ordered: np.ndarray) -> float:
@@ -133,7 +136,9 @@ def wasserstein(reference: np.ndarray, ordered: np.ndarray) -> float:
     at_m = np.minimum((middle * m).astype(np.int64), m - 1)  # a zero-width step at 1 -> m
     at_n = np.minimum((middle * n).astype(np.int64), n - 1)
     gap = np.abs(quantiles[at_m] - ordered[at_n])
-    return float(np.dot(np.diff(steps), gap))
+    # a running sum adds in one fixed order on every machine; a BLAS dot product's order (and
+    # so its last bits) depends on the CPU kernel it picks
+    return float(np.cumsum(np.diff(steps) * gap)[-1])
 
 
 def drift(reference: ColumnProfile, values: np.ndarray, *, name: str = "column") -> Drift:
