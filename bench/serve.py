@@ -58,7 +58,7 @@ from fraudlab.serving.store import (
 )
 
 ROOT = Path(__file__).resolve().parents[1]
-KEY = "bench-key"
+KEY = "bench-key-0123456789abcdef"
 WRK_SCRIPT = r"""
 local bodies = {}
 local next_body = 0

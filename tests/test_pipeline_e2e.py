@@ -34,6 +34,7 @@ from test_params import ROOT, STAGES
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
+E2E_KEY = "e2e-key-0123456789abcdef"  # keys are 16 characters at least
 TINY = yaml.safe_load((Path(__file__).parent / "tiny_params.yaml").read_text())
 
 
@@ -346,7 +347,7 @@ def test_a_model_swapped_in_the_dvc_cache_is_refused_and_never_runs(repo, tmp_pa
 def test_the_readme_serve_steps_serve_the_reproduced_model_and_refuse_stale_outputs(repo):
     """`fraudlab serve` right after `dvc repro` serves the model dvc.lock records; once params
     change, `dvc status` makes it refuse to start (the console script, as README runs it)."""
-    env = {"FRAUDLAB_API_KEYS": "e2e-key"}
+    env = {"FRAUDLAB_API_KEYS": E2E_KEY}
     model_md5 = _output_md5(repo, "train", "models/model.joblib")
     args = ["--history", "data/clean/transactions.parquet", "--store", "serving.db"]
     with Server(args, env=env, cwd=repo) as running:
@@ -357,7 +358,7 @@ def test_the_readme_serve_steps_serve_the_reproduced_model_and_refuse_stale_outp
             "terminal_id": 1,
             "tx_amount": 42.0,
         }
-        status, answer = running.request("POST", "/v1/score", tx, key="e2e-key")
+        status, answer = running.request("POST", "/v1/score", tx, key=E2E_KEY)
     assert status == 200, answer
     assert answer["model_version"] == model_md5
     _set_params(repo, {"train": {"xgboost": {"n_estimators": 11}}})
@@ -683,7 +684,7 @@ def test_retraining_after_drift_beats_the_old_model_on_the_drifted_weeks(repo):
         _run(repo, "git", "commit", "-qm", "Retrain on the drifted weeks")
         _assert_clean(repo)
         args = ["--history", "data/clean/transactions.parquet", "--store", "serving.db"]
-        with Server(args, env={"FRAUDLAB_API_KEYS": "e2e-key"}, cwd=repo) as running:
+        with Server(args, env={"FRAUDLAB_API_KEYS": E2E_KEY}, cwd=repo) as running:
             status, health = running.request("GET", "/readyz")
         assert status == 200, health
         assert any(report["models"]["challenger"] in line for line in running.log)

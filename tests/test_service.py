@@ -6,7 +6,9 @@ served files are hash-checked against it); `dvc status` is covered by the end-to
 from __future__ import annotations
 
 import collections
+import http.client
 import json
+import socket
 import sqlite3
 import threading
 import time
@@ -35,8 +37,8 @@ from test_monitoring_config import referenced_metrics
 pytestmark = pytest.mark.slow  # real server processes over HTTP
 
 PARAMS = Path(__file__).resolve().parents[1] / "params.yaml"
-KEY = "test-key-1"
-OTHER_KEY = "test-key-2"
+KEY = "test-key-1-0123456789abcdef"
+OTHER_KEY = "test-key-2-0123456789abcdef"
 DAY = pd.Timedelta(days=1)
 THRESHOLD = 0.3
 
@@ -385,6 +387,64 @@ def test_every_endpoint_but_health_needs_a_key(server):
     assert status == 200
     assert "/v1/score/batch" in docs["paths"]
     assert all(KEY not in line and OTHER_KEY not in line for line in server.log)
+
+
+def _raw_request(server, lines: list[str], body: bytes = b"") -> tuple[int, dict]:
+    """One request written by hand (header lines as given, e.g. repeated), on a new
+    connection: what http.client would not send."""
+    host, port = server.url.removeprefix("http://").split(":")
+    head = "\r\n".join([*lines, f"Content-Length: {len(body)}", "", ""]).encode()
+    with socket.create_connection((host, int(port)), timeout=30) as connection:
+        connection.sendall(head + body)
+        response = http.client.HTTPResponse(connection)
+        response.begin()
+        return response.status, json.loads(response.read() or b"{}")
+
+
+def test_the_bearer_scheme_is_any_case_and_the_header_comes_once(server):
+    body = json.dumps(_good(server)).encode()
+    start = ["POST /v1/score HTTP/1.1", "Host: x", "Content-Type: application/json"]
+    for scheme in ("bearer", "BEARER", "Bearer"):
+        status, _ = _raw_request(server, [*start, f"Authorization: {scheme} {KEY}"], body)
+        assert status == 200, scheme
+    twice = [*start, f"Authorization: Bearer {KEY}", f"Authorization: Bearer {OTHER_KEY}"]
+    status, answer = _raw_request(server, twice, json.dumps(_good(server)).encode())
+    assert (status, answer["error"]) == (400, "more than one Authorization header")
+    # the open readiness probe tells nothing about the model
+    assert server.request("GET", "/readyz") == (200, {"status": "ready"})
+
+
+@pytest.mark.parametrize(
+    ("keys", "expected"),
+    [
+        ({"env": "short-key"}, "FRAUDLAB_API_KEYS: key 1 is refused: a key is at least 16"),
+        ({"env": f"{KEY},with space in it!!"}, "FRAUDLAB_API_KEYS: key 2 is refused"),
+        ({"file": "a-key-with,a-comma-inside\n"}, "key 1 is refused"),
+        ({"file": b"\xff\xfe not utf-8 at all, no\n"}, "is not UTF-8 text"),
+        ({"directory": True}, "is a directory, not a file of keys"),
+    ],
+    ids=["short", "space", "comma in a file", "not utf-8", "directory"],
+)
+def test_a_weak_or_unreadable_key_refuses_the_start_in_one_line(
+    deployment, tmp_path, keys, expected
+):
+    args = server_args(deployment["root"], "keys.db")
+    env = {"FRAUDLAB_API_KEYS": keys.get("env", "")}
+    if "file" in keys or "directory" in keys:
+        path = tmp_path / "keys"
+        if "directory" in keys:
+            path.mkdir()
+        elif isinstance(keys["file"], bytes):
+            path.write_bytes(keys["file"])
+        else:
+            path.write_text(keys["file"])
+        args += ["--api-key-file", str(path)]
+    status, log = refused_start(args, env=env)
+    assert status == 1
+    assert expected in log
+    assert "Traceback" not in log
+    for secret in ("short-key", "with space", "a-comma-inside"):
+        assert secret not in log  # a refused key is named by its position, never shown
 
 
 def _samples(server) -> dict:

@@ -368,9 +368,10 @@ class Batcher:
 
 
 def _authorized(header: bytes | None, keys: tuple[bytes, ...]) -> bool:
-    if header is None or not header.startswith(b"Bearer "):
+    # HTTP auth schemes are case-insensitive (RFC 9110): "bearer" is "Bearer"
+    if header is None or header[:7].lower() != b"bearer ":
         return False
-    given = header[len(b"Bearer ") :].strip()
+    given = header[7:].strip()
     # every key compared in full, whatever matches: the time taken says nothing about keys
     matched = False
     for key in keys:
@@ -421,7 +422,7 @@ class Guard:
 
         headers = dict(scope["headers"])
         try:
-            refusal = self._refusal(headers, path)
+            refusal = self._refusal(scope, headers, path)
             if refusal is not None:
                 await refusal(scope, receive, send_and_record)
                 return
@@ -453,7 +454,10 @@ class Guard:
         finally:
             self.metrics.request(endpoint, status=status, seconds=time.perf_counter() - started)
 
-    def _refusal(self, headers: dict[bytes, bytes], path: str) -> Response | None:
+    def _refusal(self, scope: dict, headers: dict[bytes, bytes], path: str) -> Response | None:
+        if sum(name == b"authorization" for name, _ in scope["headers"]) > 1:
+            # which one would count is a guess a proxy and this server could make differently
+            return error_response(400, "more than one Authorization header")
         if (
             self.keys
             and path not in _OPEN_PATHS
@@ -622,9 +626,8 @@ def create_app(settings: Settings) -> Any:
     async def readyz() -> Response:
         """The model is loaded, the store open and the scoring loop running."""
         ready = "scorer" in state and state["batcher"].alive
+        # no model version here: this endpoint answers without a key (it is on /metrics)
         body = {"status": "ready" if ready else "not ready"}
-        if ready:
-            body["model_version"] = state["scorer"].model_version
         return Response(
             orjson.dumps(body), status_code=200 if ready else 503, media_type="application/json"
         )

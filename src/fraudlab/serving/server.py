@@ -12,6 +12,7 @@ import dataclasses
 import json
 import logging
 import os
+import re
 import shutil
 import socket
 import subprocess
@@ -120,14 +121,39 @@ def parser() -> argparse.ArgumentParser:
     return p
 
 
+# A key is a header value an attacker must guess: long, and nothing a list or header could split
+MIN_KEY_LENGTH = 16
+_KEY = re.compile(r"[!-+\--~]+")  # visible ASCII but the comma
+
+
+def _key_file_text(path: str) -> str:
+    try:
+        return Path(path).read_text(encoding="utf-8")
+    except IsADirectoryError:
+        raise UserError(f"--api-key-file {path} is a directory, not a file of keys") from None
+    except UnicodeDecodeError:
+        raise UserError(f"--api-key-file {path} is not UTF-8 text") from None
+    except OSError as exc:
+        raise UserError(f"--api-key-file {path} cannot be read: {exc.strerror}") from None
+
+
 def api_keys(key_file: str | None) -> tuple[str, ...]:
-    """Keys from a file (one per line) or the environment (comma-separated); never logged."""
+    """Keys from a file (one per line) or the environment (comma-separated); never logged. A
+    key shorter than MIN_KEY_LENGTH, or with a space, comma or control character, refuses the
+    start: its position is named, never the key."""
     if key_file:
-        text = Path(key_file).read_text(encoding="utf-8")
-        keys = [line.strip() for line in text.splitlines()]
+        origin, keys = f"--api-key-file {key_file}", _key_file_text(key_file).splitlines()
     else:
-        keys = os.environ.get(KEYS_VARIABLE, "").split(",")
-    return tuple(key.strip() for key in keys if key.strip())
+        origin, keys = KEYS_VARIABLE, os.environ.get(KEYS_VARIABLE, "").split(",")
+    keys = [key.strip() for key in keys if key.strip()]
+    for number, key in enumerate(keys, start=1):
+        if len(key) < MIN_KEY_LENGTH or not _KEY.fullmatch(key):
+            raise UserError(
+                f"{origin}: key {number} is refused: a key is at least {MIN_KEY_LENGTH} visible "
+                "ASCII characters, without spaces or commas (e.g. the output of "
+                "`python -c 'import secrets; print(secrets.token_hex(16))'`)"
+            )
+    return tuple(keys)
 
 
 def check_dvc_status(lock: Path, stages: list[str]) -> None:
