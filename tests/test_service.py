@@ -583,7 +583,7 @@ def _numbered(n: int) -> dict:
 
 def test_a_kill_9_loses_no_acknowledged_transaction(deployment):
     root = deployment["root"]
-    args = server_args(root, "durable.db")
+    args = server_args(root, "durable.db", "--create-store")
     acknowledged: dict[int, dict] = {}
     running = Server(args, env={"FRAUDLAB_API_KEYS": KEY}).start()
     stop = threading.Event()
@@ -627,9 +627,28 @@ def test_no_key_configured_refuses_to_start_unless_asked(deployment, monkeypatch
     )
     assert status == 1
     assert "no API key configured" in log
-    args = server_args(deployment["root"], "nokey.db", "--no-auth")
+    args = server_args(deployment["root"], "nokey.db", "--no-auth", "--create-store")
     with Server(args, env={"FRAUDLAB_API_KEYS": ""}) as running:
         assert running.request("POST", "/v1/score", _good(None))[0] == 200
+
+
+def test_a_missing_store_is_never_replaced_without_being_asked(deployment, tmp_path):
+    """A store that is not there refuses the start, unless seeding or --create-store says to
+    make one; a store that was lost stays lost until restored, never silently empty."""
+    root = deployment["root"]
+    args = server_args(root, "lost.db")
+    status, log = refused_start(args, env={"FRAUDLAB_API_KEYS": KEY})
+    assert status == 1
+    assert "lost.db does not exist: pass --history FILE to seed a new store" in log
+    assert "Traceback" not in log
+    assert not (root / "lost.db").exists()
+    with Server([*args, "--create-store"], env={"FRAUDLAB_API_KEYS": KEY}) as running:
+        assert running.request("POST", "/v1/score", _good(None), key=KEY)[0] == 200
+    for part in root.glob("lost.db*"):
+        part.unlink()  # the store deleted while the service was down
+    status, log = refused_start(args, env={"FRAUDLAB_API_KEYS": KEY})
+    assert status == 1
+    assert "does not exist" in log
 
 
 def test_a_tampered_or_missing_file_refuses_the_start(deployment, tmp_path):
@@ -665,7 +684,7 @@ def test_a_tampered_or_missing_file_refuses_the_start(deployment, tmp_path):
 def test_several_workers_share_one_store_and_one_set_of_metrics(deployment):
     """Two server processes: concurrent requests land on both, every transaction is stored once
     and scored with every one acknowledged before it, and /metrics adds up both processes."""
-    args = server_args(deployment["root"], "workers.db", "--workers", "2")
+    args = server_args(deployment["root"], "workers.db", "--workers", "2", "--create-store")
     answers: dict[int, dict] = {}
 
     def post(first: int) -> None:

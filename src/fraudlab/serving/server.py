@@ -77,6 +77,12 @@ def parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--history-until", help="seed only transactions at or before this date and time")
     p.add_argument(
+        "--create-store",
+        action="store_true",
+        help="start an empty history when --store does not exist (without it or --history, a "
+        "missing store refuses the start: a lost store is never replaced without a word)",
+    )
+    p.add_argument(
         "--fsync",
         action="store_true",
         help="fsync every commit, so an acknowledged write also survives a power cut or an "
@@ -237,6 +243,18 @@ def listening_socket(host: str, port: int) -> socket.socket:
     return sock
 
 
+def require_store(args: argparse.Namespace) -> None:
+    """Refuse to start on a store that is not there unless told to make one: a deleted or
+    unmounted store would otherwise be replaced by an empty one, and acknowledged transactions
+    scored again as if new."""
+    if Path(args.store).exists() or args.history or args.create_store:
+        return
+    raise UserError(
+        f"--store {args.store} does not exist: pass --history FILE to seed a new store, or "
+        "--create-store to start an empty one (if it was there before, restore it first)"
+    )
+
+
 def serve(argv: list[str] | None = None) -> None:
     args = parser().parse_args(argv)
     keys = api_keys(args.api_key_file)
@@ -246,6 +264,7 @@ def serve(argv: list[str] | None = None) -> None:
             "or pass --no-auth to serve without authentication"
         )
     version = check_integrity(args)
+    require_store(args)
     with SQLiteHistory(args.store, fsync=args.fsync) as store:
         if args.history:
             seed_history(args, store)
