@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import datetime as dt
+import json
 
 import numpy as np
 import pandas as pd
 import pytest
 
+from fraudlab.cli import main
 from fraudlab.core import schema
 from fraudlab.core.params import MonitorParams
 from fraudlab.monitoring.drift import reference_profile
@@ -325,3 +327,15 @@ def test_the_terminal_status_names_the_verdict_and_one_line_a_week():
     rows = [line for line in lines if line.startswith("week_")]
     assert len(rows) == 2
     assert rows[1].split()[3] == "amount"  # the worst-moved input of week 2
+
+
+def test_the_strict_monitor_command_exits_1_on_an_alert_and_0_on_a_calm_report(tmp_path):
+    alerting = tmp_path / "alert.json"
+    alerting.write_text(json.dumps(_two_week_report(shift=1.5, frauds_follow_amount=True)))
+    calm = tmp_path / "calm.json"
+    calm.write_text(json.dumps(_two_week_report(shift=0.0, frauds_follow_amount=True)))
+    with pytest.raises(SystemExit) as stopped:
+        main(["monitor", "--report", str(alerting), "--strict"])
+    assert stopped.value.code == 1
+    main(["monitor", "--report", str(alerting)])  # without --strict it only reports
+    main(["monitor", "--report", str(calm), "--strict"])

@@ -4,6 +4,8 @@ leaderboard ranked by validation AP with failed runs flagged, never ranked."""
 from __future__ import annotations
 
 import math
+import subprocess
+from pathlib import Path
 
 import pytest
 
@@ -18,6 +20,7 @@ from fraudlab.experiments.search import (
     queue_states,
     random_overrides,
     render,
+    uncommitted_inputs,
 )
 from helpers import cells
 from test_params import ROOT
@@ -279,3 +282,40 @@ def test_queue_status_is_read_for_each_task_and_the_live_workers():
     assert (
         queue_states("No experiment tasks in the queue.\n\nWorker status: 0 active, 0 idle")[1] == 0
     )
+
+
+def _git(repo, *args: str) -> None:
+    subprocess.run(
+        ["git", "-c", "user.name=t", "-c", "user.email=t@x", *args],
+        cwd=repo,
+        check=True,
+        capture_output=True,
+    )
+
+
+def test_the_search_refuses_to_queue_without_its_source_committed(tmp_path, monkeypatch):
+    """A queued experiment starts from the last commit: the source's .dvc file must be in it."""
+    monkeypatch.chdir(tmp_path)
+    _git(tmp_path, "init", "-q")
+    (tmp_path / "params.yaml").write_text("a: 1\n")
+    _git(tmp_path, "add", "-A")
+    _git(tmp_path, "commit", "-qm", "start")
+    source = Path("data/external/our tx.csv")  # a space: names are never split
+    outputs = {Path("data/raw/transactions.parquet")}
+    assert uncommitted_inputs(Path("data/raw/transactions.parquet"), pipeline_outputs=outputs) == []
+    (problem,) = uncommitted_inputs(source, pipeline_outputs=outputs)
+    assert "produced by no stage and tracked by no .dvc file" in problem
+    tracking = tmp_path / "data" / "external" / "our tx.csv.dvc"
+    tracking.parent.mkdir(parents=True)
+    tracking.write_text("outs:\n- md5: 0\n  path: our tx.csv\n")
+    (problem,) = uncommitted_inputs(source, pipeline_outputs=outputs)
+    assert problem.startswith(f"{tracking.relative_to(tmp_path)} (which tracks source.path")
+    _git(tmp_path, "add", "-A")
+    (problem,) = uncommitted_inputs(source, pipeline_outputs=outputs)
+    assert problem.endswith("has uncommitted changes: commit it")
+    _git(tmp_path, "commit", "-qm", "our data")
+    assert uncommitted_inputs(source, pipeline_outputs=outputs) == []
+    (tmp_path / "src").mkdir()
+    (tmp_path / "src" / "new_module.py").write_text("")
+    (problem,) = uncommitted_inputs(source, pipeline_outputs=outputs)
+    assert problem.startswith("src/new_module.py is not tracked by Git")

@@ -14,12 +14,10 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import subprocess
 from pathlib import Path
 
 import pandas as pd
 
-from fraudlab.core.errors import UserError
 from fraudlab.core.io import read_yaml
 from fraudlab.experiments.search import (
     METRICS_FILE,
@@ -27,6 +25,7 @@ from fraudlab.experiments.search import (
     card_precision_label,
     dvc,
     experiments,
+    git,
     leaderboard,
 )
 from fraudlab.experiments.tables import markdown_table
@@ -37,13 +36,6 @@ log = logging.getLogger(__name__)
 IMAGES = "metrics/evaluate/plots/images"
 SHOWN_PLOTS = ("precision_recall.png", "roc.png")
 DATA_METRICS = ("metrics/data_quality.json", "metrics/split.json")
-
-
-def _git(*args: str, binary: bool = False) -> str | bytes:
-    done = subprocess.run(["git", *args], capture_output=True, check=False)
-    if done.returncode != 0:
-        raise UserError(f"git {' '.join(args)} failed: {done.stderr.decode()}")
-    return done.stdout if binary else done.stdout.decode()
 
 
 def ranking_table(metrics: dict, *, top_k: int) -> str:
@@ -173,7 +165,7 @@ def _export_plots(best: pd.DataFrame, out: Path) -> dict:
             folder = "committed" if row.state == "committed" else row.experiment
             target = Path("plots") / folder / image
             (out / target).parent.mkdir(parents=True, exist_ok=True)
-            (out / target).write_bytes(_git("show", f"{row.rev}:{IMAGES}/{image}", binary=True))
+            (out / target).write_bytes(git("show", f"{row.rev}:{IMAGES}/{image}", binary=True))
             plots[row.experiment].append(target.as_posix())
     return plots
 
@@ -187,7 +179,7 @@ def report(argv: list[str] | None = None) -> None:
     out.mkdir(parents=True, exist_ok=True)
 
     metrics = json.loads(Path(METRICS_FILE).read_text())
-    commit = _git("rev-parse", "--short", "HEAD").strip()
+    commit = git("rev-parse", "--short", "HEAD").strip()
     params = read_yaml("params.yaml")
     train, top_k = params["train"], params["evaluate"]["top_k"]
     best = best_per_family(experiments(json.loads(dvc("exp", "show", "--json"))))

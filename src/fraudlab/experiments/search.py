@@ -298,11 +298,18 @@ def _wait(names: list[str], poll_seconds: float) -> pd.DataFrame:
         time.sleep(poll_seconds)
 
 
-def _git_lines(*args: str) -> list[str]:
-    done = subprocess.run(["git", *args], capture_output=True, text=True, check=False)
+def git(*args: str, binary: bool = False) -> str | bytes:
+    """Run git; its output (bytes with ``binary``), or a UserError with its message."""
+    done = subprocess.run(["git", *args], capture_output=True, check=False)
     if done.returncode != 0:
-        raise UserError(f"git {' '.join(args)} failed: {done.stderr.strip()}")
-    return [line for line in done.stdout.splitlines() if line]
+        raise UserError(f"git {' '.join(args)} failed: {done.stderr.decode().strip()}")
+    return done.stdout if binary else done.stdout.decode()
+
+
+def _git_paths(*args: str) -> set[Path]:
+    """The paths a git command lists with -z: exactly as stored, NUL-separated (no quoting of
+    odd characters, no splitting at spaces)."""
+    return {Path(name) for name in git(*args).split("\0") if name}
 
 
 def dvc_file_of(path: Path) -> Path | None:
@@ -317,8 +324,8 @@ def uncommitted_inputs(source: Path, *, pipeline_outputs: set[Path]) -> list[str
     """Why queued experiments would fail to find their inputs, one reason a line; empty when
     nothing stands in the way. A queued experiment runs in a copy of the last commit with the
     workspace's changes to tracked files applied: a file Git does not track is not there."""
-    untracked = {Path(line) for line in _git_lines("ls-files", "--others", "--exclude-standard")}
-    changed = {Path(line) for line in _git_lines("diff", "--name-only", "HEAD")}
+    untracked = _git_paths("ls-files", "-z", "--others", "--exclude-standard")
+    changed = _git_paths("diff", "-z", "--name-only", "HEAD")
     problems = [
         f"{path} is not tracked by Git: `git add {path}` and commit it"
         for path in sorted(untracked)

@@ -100,10 +100,9 @@ def recorded(path: str | Path, *, lock_path: str | Path) -> LockedOutput:
     )
 
 
-def check_content(content: bytes, entry: LockedOutput, *, source: str, origin: str) -> None:
-    """Refuse ``content`` unless its MD5 is the one ``entry`` records (``origin``: which
-    dvc.lock, for the message)."""
-    actual = hashlib.md5(content, usedforsecurity=False).hexdigest()
+def _require_md5(actual: str, entry: LockedOutput, *, source: str, origin: str) -> None:
+    """Refuse a file whose MD5 is not the one ``entry`` records (``origin``: which dvc.lock,
+    for the message)."""
     if actual != entry.md5:
         raise IntegrityError(
             f"{source}: MD5 {actual} differs from {entry.md5} recorded by stage {entry.stage} in "
@@ -111,6 +110,10 @@ def check_content(content: bytes, entry: LockedOutput, *, source: str, origin: s
             f"`dvc repro {entry.stage}` (and `fraudlab verify` in case DVC's cache is "
             "damaged)"
         )
+
+
+def _content_md5(content: bytes) -> str:
+    return hashlib.md5(content, usedforsecurity=False).hexdigest()
 
 
 def verify_file(
@@ -124,12 +127,8 @@ def verify_file(
             f"{path}: missing (recorded by stage {entry.stage} in {lock_path}): run "
             f"`dvc checkout {entry.path}` or `dvc repro {entry.stage}`"
         )
-    check_content(
-        Path(path).read_bytes() if content is None else content,
-        entry,
-        source=str(path),
-        origin=str(lock_path),
-    )
+    actual = file_md5(path) if content is None else _content_md5(content)
+    _require_md5(actual, entry, source=str(path), origin=str(lock_path))
     return entry
 
 
@@ -147,7 +146,7 @@ def unpickle_checked(content: bytes, entry: LockedOutput, *, source: str, origin
     """The one way fraudlab unpickles: ``content`` (read once) only after its MD5 matches the
     dvc.lock ``entry`` it claims to be, from the workspace or from a commit's lock. A failure to
     load is a one-line error."""
-    check_content(content, entry, source=source, origin=origin)
+    _require_md5(_content_md5(content), entry, source=source, origin=origin)
     try:
         return joblib.load(io.BytesIO(content))
     # any unpickling failure means the same to the user: the file is not a model

@@ -53,12 +53,13 @@ def check_span(
     """Each period of the protocol against data from ``first`` to ``last`` (timestamps)."""
     need = span_needed(split, features)
     begins, ends = first.date(), last.date()
+    test_last = need.test_until - dt.timedelta(days=1)
     days = (need.test_until - need.history_from).days
     # the train_start days that fit these data: the folds from the first day on (the windows
     # full once the history fits too), the test period up to the last day
     earliest = begins + (split.train_start - need.folds_from)
     full = begins + (split.train_start - need.history_from)
-    latest = ends - (need.test_until - dt.timedelta(days=1) - split.train_start)
+    latest = ends - (test_last - split.train_start)
     if earliest > latest:
         fits = (
             "these data hold fewer days than the protocol needs: lower split.n_folds, "
@@ -76,12 +77,11 @@ def check_span(
         )
     whole = f"the protocol needs {days} days, {need.history_from}..{need.test_until}; {fits}"
     errors, warnings = [], []
-    if ends < need.test_until - dt.timedelta(days=1):
-        short = (need.test_until - dt.timedelta(days=1) - ends).days
+    if ends < test_last:
         errors.append(
-            f"the data end on {ends} but the test period runs to "
-            f"{need.test_until - dt.timedelta(days=1)}: move split.train_start {short} days "
-            f"earlier, or lower split.test_days ({whole})"
+            f"the data end on {ends} but the test period runs to {test_last}: move "
+            f"split.train_start {(test_last - ends).days} days earlier, or lower "
+            f"split.test_days ({whole})"
         )
     if begins > need.folds_from:
         late = (begins - need.folds_from).days

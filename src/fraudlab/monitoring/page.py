@@ -220,8 +220,7 @@ def _headline(report: dict, summary: dict) -> str:
     shifted = ", ".join(summary["label_shift_weeks"])
     if summary["kind"] == "stable" and shifted:
         return f"Label shift in {shifted}: the share of frauds moved"
-    weeks = measured_weeks(report)
-    if summary["kind"] == "stable" and weeks and len(summary["pending_weeks"]) == len(weeks):
+    if summary["performance_unknown"]:
         return "No drift past the act level; performance unknown until labels mature"
     headline = summary["kind"].capitalize()
     if summary["first_week"]:

@@ -17,7 +17,7 @@ from pathlib import Path
 import pandas as pd
 
 from fraudlab.core.errors import UserError
-from fraudlab.monitoring.weekly import SCORE_NAME, measured_weeks, verdict
+from fraudlab.monitoring.weekly import SCORE_NAME, fired, measured_weeks, verdict
 
 
 class MonitoringAlertError(UserError):
@@ -64,10 +64,6 @@ def status_text(report: dict) -> str:
     lines.append("")
     lines.append(table.to_string(index=False) if len(table) else "no whole week monitored yet")
     return "\n".join(lines)
-
-
-def fired(report: dict) -> bool:
-    return bool(report["alert"] or report["decayed_weeks"] or report["label_shift_weeks"])
 
 
 def monitor(argv: list[str] | None = None) -> None:

@@ -280,7 +280,7 @@ def monitoring_summary(report: dict) -> dict:
     ``dvc exp show``): whether an alert fired, the worst drift of any input or the score in
     any week, how many features and weeks are affected, and the latest matured week's AP
     against the baseline's. The full weekly detail stays in the report."""
-    measured = [entry for entry in report["weeks"].values() if entry["transactions"]]
+    measured = [entry for _, entry in measured_weeks(report)]
     statistic = report["statistic"]
     drifts = [found for entry in measured for found in entry["drift"].values()]
     worst = max(drifts, key=lambda found: found[statistic], default=None)
@@ -335,7 +335,8 @@ def verdict(report: dict) -> dict:
     first = next((label for label, e in weeks if e["diagnosis"]["kind"] != "stable"), None)
     pending = [label for label, e in weeks if e["performance"]["status"] == "pending"]
     advice = _ADVICE[kind]
-    if kind == "stable" and weeks and len(pending) == len(weeks):
+    unknown = kind == "stable" and bool(weeks) and len(pending) == len(weeks)
+    if unknown:
         first_labels = weeks[0][1]["performance"]["labels_mature_on"]
         advice = (
             "No input and not the score moved past the act level, but no week's labels have "
@@ -355,6 +356,13 @@ def verdict(report: dict) -> dict:
         "kind": kind,
         "first_week": first,
         "pending_weeks": pending,
+        "performance_unknown": unknown,  # stable inputs, but no week's labels matured yet
         "label_shift_weeks": shifted,
         "advice": advice,
     }
+
+
+def fired(report: dict) -> bool:
+    """Whether the report holds anything to act on: an alert, a decay or a label shift (what
+    ``monitor.strict`` and ``fraudlab monitor --strict`` fail on)."""
+    return bool(report["alert"] or report["decayed_weeks"] or report["label_shift_weeks"])

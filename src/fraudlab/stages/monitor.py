@@ -29,6 +29,7 @@ from fraudlab.monitoring.reference import read_reference_profile
 from fraudlab.monitoring.weekly import (
     baseline_performance,
     data_end,
+    fired,
     monitored_weeks,
     monitoring_report,
     monitoring_summary,
@@ -112,8 +113,7 @@ def monitor(argv: list[str] | None = None) -> None:
         log.warning("performance decay in %s", ", ".join(report["decayed_weeks"]))
     if report["label_shift_weeks"]:
         log.warning("label shift in %s", ", ".join(report["label_shift_weeks"]))
-    fired = report["alert"] or report["decayed_weeks"] or report["label_shift_weeks"]
-    if fired and params.strict:
+    if fired(report) and params.strict:
         raise DriftAlertError(strict_message(report, path=args.report, params=params))
 
 
