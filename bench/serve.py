@@ -43,12 +43,13 @@ from pydantic import TypeAdapter
 
 from fraudlab.core import schema
 from fraudlab.core.params import load_params
-from fraudlab.features.names import feature_names, history_needed
+from fraudlab.features.names import feature_names
 from fraudlab.features.online import NewRows, online_feature_matrix
 from fraudlab.modeling.artifact import load_model
 from fraudlab.modeling.pipeline import predict_scores
 from fraudlab.serving.app import Settings, parse_body, request_fields, request_models
-from fraudlab.serving.scorer import load_scorer, row_scorer
+from fraudlab.serving.clock import Clock, duration_ns
+from fraudlab.serving.scorer import load_scorer, retention_ns, row_scorer
 from fraudlab.serving.store import (
     Checkpointer,
     RecentHistory,
@@ -182,14 +183,16 @@ def in_process(history: pd.DataFrame, later: pd.DataFrame, workdir: Path) -> Non
     """Scoring rounds timed without HTTP, on a store seeded as `fraudlab serve` seeds it."""
     model = load_model(ROOT / "models" / "model.joblib", lock_path=ROOT / "dvc.lock")
     times = history[schema.TX_DATETIME]
-    keep = max(history_needed(model.features_config)) + pd.Timedelta(days=1)
+    clock = Clock("data", ahead=duration_ns("1h"), late=duration_ns("1 day"), earliest=0)
+    keep = pd.Timedelta(retention_ns(model.features_config, clock))
     path = workdir / "rounds.db"
     with SQLiteHistory(path, fsync=False, autocheckpoint=False) as store:
         seed(store, history[times > times.max() - keep], labels_known_until=None)
         checkpointer = Checkpointer(path).start()
         scorer = load_scorer(model_path=ROOT / "models" / "model.joblib",
                              serving_path=ROOT / "models" / "serving.json",
-                             lock_path=ROOT / "dvc.lock", store=store)  # fmt: skip
+                             lock_path=ROOT / "dvc.lock", store=store,
+                             clock=clock)  # fmt: skip
         pending = iter(transactions_from_frame(later))
         for size, rounds in ((1, 2000), (4, 1000), (1000, 20)):
             elapsed = []
@@ -305,7 +308,7 @@ def main() -> None:
         print(f"machine: {os.cpu_count()} cores; load generators on the same machine")
         if args.parity:
             week = later[later[schema.TX_DATETIME] < test_start + pd.Timedelta(days=7)]
-            service = Service(workdir, ["--history", str(history), "--store",
+            service = Service(workdir, ["--clock", "data", "--history", str(history), "--store",
                                         str(workdir / "parity.db")])  # fmt: skip
             try:
                 parity(service.url, week, delay=pd.Timedelta(days=features.label_delay_days))
@@ -316,7 +319,7 @@ def main() -> None:
         bodies.write_text("\n".join(singles) + "\n")
         options = ["--workers", str(args.workers)] + (["--fsync"] if args.fsync else [])
         started = time.perf_counter()
-        service = Service(workdir, ["--history", str(history), "--store",
+        service = Service(workdir, ["--clock", "data", "--history", str(history), "--store",
                                     str(workdir / "history.db"), *options],
                           workers=args.workers)  # fmt: skip
         print(f"server: {args.workers} worker(s), fsync {'on' if args.fsync else 'off'}; "

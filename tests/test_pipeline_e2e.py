@@ -349,7 +349,9 @@ def test_the_readme_serve_steps_serve_the_reproduced_model_and_refuse_stale_outp
     change, `dvc status` makes it refuse to start (the console script, as README runs it)."""
     env = {"FRAUDLAB_API_KEYS": E2E_KEY}
     model_md5 = _output_md5(repo, "train", "models/model.joblib")
-    args = ["--history", "data/clean/transactions.parquet", "--store", "serving.db"]
+    # a replay of the simulated data up to a time, and a transaction at that time
+    args = ["--clock", "data", "--history", "data/clean/transactions.parquet",
+            "--history-until", "2018-06-01T10:00:00", "--store", "serving.db"]  # fmt: skip
     with Server(args, env=env, cwd=repo) as running:
         tx = {
             "transaction_id": 10**15,
@@ -683,7 +685,8 @@ def test_retraining_after_drift_beats_the_old_model_on_the_drifted_weeks(repo):
         _run(repo, "git", "add", "-A")
         _run(repo, "git", "commit", "-qm", "Retrain on the drifted weeks")
         _assert_clean(repo)
-        args = ["--history", "data/clean/transactions.parquet", "--store", "serving.db"]
+        args = ["--clock", "data", "--history", "data/clean/transactions.parquet",
+                "--store", "serving.db"]  # fmt: skip
         with Server(args, env={"FRAUDLAB_API_KEYS": E2E_KEY}, cwd=repo) as running:
             status, health = running.request("GET", "/readyz")
         assert status == 200, health

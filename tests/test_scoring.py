@@ -15,7 +15,8 @@ from fraudlab.features.names import feature_names
 from fraudlab.modeling.artifact import model_artifact
 from fraudlab.modeling.pipeline import fit_pipeline, predict_scores
 from fraudlab.serving.app import IdleCollector, parse_time
-from fraudlab.serving.scorer import Refused, Scorer, ServingConfig, row_scorer
+from fraudlab.serving.clock import Clock
+from fraudlab.serving.scorer import Refused, Scorer, ServingConfig, retention_ns, row_scorer
 from fraudlab.serving.store import SQLiteHistory, Transaction
 from test_service import PARAMS
 
@@ -86,8 +87,12 @@ def scorer(trained, tmp_path):
     pipeline = fit_pipeline(built.head(8000), names, params=params)
     artifact = model_artifact(pipeline, params=params, features=features)
     store = SQLiteHistory(tmp_path / "history.db", fsync=False)
-    yield Scorer(artifact, config=ServingConfig("md5", 0.5, "test"), store=store)
+    clock = Clock("data", ahead=400 * DAY, late=DAY, earliest=0)
+    yield Scorer(artifact, config=ServingConfig("md5", 0.5, "test"), store=store, clock=clock)
     store.close()
+
+
+DAY = 86_400 * 10**9
 
 
 def _tx(tx_id: int, *, seconds: int, customer: int = 1, amount: float = 10.0) -> Transaction:
@@ -147,13 +152,80 @@ def test_old_rows_are_pruned_from_store_and_memory(scorer):
     assert scorer.recent.size() == 1
 
 
-def test_a_transaction_older_than_every_window_leaves_nothing_in_memory(scorer):
-    scorer.score([[_tx(1, seconds=200 * 86_400)]])
-    # 200 days late, on another card and terminal: scored, stored, then out of reach at once
-    (answer,) = scorer.score([[Transaction(2, pd.Timestamp("2018-06-01").value, 9, 9, 5.0)]])[0]
-    assert json.loads(answer)["features"]["customer_id_nb_tx_1day_window"] == 1
-    assert 9 not in scorer.recent.customers
-    assert 9 not in scorer.recent.terminals
+def _with_clock(scorer: Scorer, clock: Clock) -> Scorer:
+    return Scorer(scorer.model, config=scorer.config, store=scorer.store, clock=clock)
+
+
+def _refused(outcome, *words: str) -> None:
+    assert isinstance(outcome, Refused), outcome
+    assert outcome.status == 422
+    for word in words:
+        assert word in outcome.message, outcome.message
+
+
+def test_a_transaction_outside_the_data_clocks_window_is_refused_and_moves_nothing(scorer):
+    """One wrongly dated transaction can neither erase the history (dated years ahead) nor be
+    acknowledged and dropped (dated before the retention)."""
+    scorer = _with_clock(scorer, Clock("data", ahead=3600 * 10**9, late=DAY, earliest=0))
+    scorer.store.add(transactions_of_customer(7, 50))  # 2018-06-01, a second apart
+    scorer.recent.refresh()
+    now = pd.Timestamp("2026-12-07T10:00:00").value
+    (ahead,), (old,) = (scorer.score([[Transaction(1, t, 7, 1, 5.0)]]) for t in
+                        (now, pd.Timestamp("2001-01-01").value))  # fmt: skip
+    _refused(ahead, "2026-12-07T10:00:00 is later than the accepted window",
+             "2018-05-31T00:00:49 .. 2018-06-01T01:00:49", "--max-ahead")  # fmt: skip
+    _refused(old, "2001-01-01T00:00:00 is older than the accepted window", "--max-late 1 day")
+    assert scorer.store.count() == 50
+    assert scorer.recent.newest == _tx(0, seconds=49).time
+    # the card's history is whole: the next transaction sees all 50 rows
+    (answer,) = scorer.score([[_tx(200, seconds=60, customer=7)]])[0]
+    assert json.loads(answer)["features"]["customer_id_nb_tx_1day_window"] == 51
+
+
+def test_the_data_clock_moves_one_bounded_step_per_transaction(scorer):
+    hour = 3600 * 10**9
+    scorer = _with_clock(scorer, Clock("data", ahead=hour, late=DAY, earliest=0))
+    scorer.score([[_tx(1, seconds=0)]])
+    # a batch reaching 3 hours ahead in steps of 50 minutes: each within an hour of the last
+    steps = [_tx(2 + k, seconds=3000 * (k + 1)) for k in range(4)]
+    assert isinstance(scorer.score([steps])[0], list)
+    # 61 minutes past the newest: refused, and the refused job does not move the clock
+    jump = [_tx(10, seconds=12_000 + 3660), _tx(11, seconds=12_000 + 7200)]
+    _refused(scorer.score([jump])[0], "later than the accepted window")
+    _refused(scorer.score([[_tx(11, seconds=12_000 + 7200)]])[0], "later than")
+    assert scorer.recent.newest == _tx(0, seconds=12_000).time
+
+
+def test_the_system_clock_bounds_times_and_retention_whatever_the_data(scorer):
+    now = pd.Timestamp("2018-06-01T12:00:00").value
+    minute = 60 * 10**9
+    clock = Clock("system", ahead=5 * minute, late=DAY, earliest=0, system_ns=lambda: now)
+    scorer = _with_clock(scorer, clock)
+    _refused(scorer.score([[Transaction(1, now + 6 * minute, 1, 1, 1.0)]])[0], "later than")
+    _refused(scorer.score([[Transaction(2, now - DAY - 1, 1, 1, 1.0)]])[0], "older than")
+    assert isinstance(scorer.score([[Transaction(3, now + 5 * minute, 1, 1, 1.0)]])[0], list)
+    assert isinstance(scorer.score([[Transaction(4, now - DAY, 1, 1, 1.0)]])[0], list)
+    assert sorted(scorer.store.lookup([1, 2, 3, 4])) == [3, 4]
+
+
+def test_retention_keeps_every_row_an_accepted_transaction_can_read(scorer):
+    """Rows are deleted once older than the clock minus the longest window minus the
+    lateness accepted: the oldest transaction still accepted finds every row of its windows."""
+    scorer = _with_clock(scorer, Clock("data", ahead=400 * DAY, late=DAY, earliest=0))
+    keep = retention_ns(scorer.params, scorer.clock)
+    start = _tx(0, seconds=0).time
+    inside, outside = start + 10**9, start - 10**9  # around the horizon the move below sets
+    scorer.store.add([Transaction(1, outside, 7, 1, 1.0), Transaction(2, inside, 7, 1, 1.0)])
+    scorer.recent.refresh()
+    now = start + keep  # the horizon is now - keep = start
+    scorer.score([[Transaction(3, now, 8, 2, 1.0)]])
+    assert sorted(scorer.store.lookup([1, 2, 3])) == [2, 3]
+    # the oldest time accepted, on the card: its longest window still holds row 2
+    oldest = now - scorer.clock.late
+    assert oldest - (keep - scorer.clock.late) < inside
+    (answer,) = scorer.score([[Transaction(4, oldest, 7, 1, 1.0)]])[0]
+    assert json.loads(answer)["features"]["customer_id_amount_over_mean_90day_window"] == 1.0
+    _refused(scorer.score([[Transaction(5, oldest - 1, 7, 1, 1.0)]])[0], "older than")
 
 
 def test_a_late_transaction_is_scored_without_the_later_ones_and_counted(scorer):

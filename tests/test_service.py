@@ -117,6 +117,7 @@ def server_args(root, store: str = "history.db", *extra: str) -> list[str]:
         "--lock", str(root / "dvc.lock"),
         "--store", str(root / store),
         "--no-dvc-status",
+        "--clock", "data", "--max-ahead", "1 day",  # sparse simulated 2018 data replayed
         *extra,
     ]  # fmt: skip
 
@@ -128,6 +129,7 @@ def server(deployment):
         deployment["root"], "shared.db", "--history", str(deployment["root"] / "history.parquet")
     )
     with Server(args, env={"FRAUDLAB_API_KEYS": f"{KEY},{OTHER_KEY}"}) as running:
+        running.now = deployment["cut"]  # the seeded history's end: the data clock's time
         yield running
 
 
@@ -198,12 +200,13 @@ def test_a_replay_over_http_gives_the_batch_features_and_scores(deployment, batc
     assert 0 < (batch_scores >= THRESHOLD).sum() < len(batch_scores)  # both decisions occur
 
 
-def _good(_server, n=[0]) -> dict:  # noqa: B006 (a counter across calls)
+def _good(server, n=[0]) -> dict:  # noqa: B006 (a counter across calls)
     """A valid new transaction (a fresh id each call)."""
     n[0] += 1
     return {
         "transaction_id": 10**12 + n[0],
-        "tx_datetime": "2018-06-01T12:00:00",
+        # the data clock's time: where the seeded history ends, or the numbered ones begin
+        "tx_datetime": getattr(server, "now", pd.Timestamp("2018-06-01T10:00")).isoformat(),
         "customer_id": 3,
         "terminal_id": 5,
         "tx_amount": 12.5,
@@ -264,7 +267,8 @@ BAD_SCORES = [
         422,
         "tx_datetime: before 2000-01-01",
     ),
-    ("date far ahead", {"tx_datetime": "2200-01-01T00:00:00"}, {}, 422, "hours in the future"),
+    ("date far ahead", {"tx_datetime": "2200-01-01T00:00:00"}, {}, 422, "later than the accepted"),
+    ("date far behind", {"tx_datetime": "2001-01-01T00:00:00"}, {}, 422, "older than the accepted"),
     (
         "date past a timestamp",
         {"tx_datetime": "9999-12-31T23:59:59-23:59"},
@@ -321,9 +325,9 @@ def test_other_bad_requests_get_a_4xx_and_the_service_goes_on(server):
     cases = [
         ("POST", "/v1/score", first | {"tx_amount": 99.0}, 409, "already stored with other"),
         ("POST", "/v1/score/batch", {"transactions": []}, 422, "transactions"),
-        ("POST", "/v1/score/batch", {"transactions": [_good(0)] * 1001}, 422, "at most 1000"),
-        ("POST", "/v1/score/batch", {"transactions": [_good(0), conflicting]}, 409, "other"),
-        ("POST", "/v1/score/batch", {"transactions": [dict(_good(0), tx_amount=-1)]}, 422,
+        ("POST", "/v1/score/batch", {"transactions": [_good(server)] * 1001}, 422, "at most 1000"),
+        ("POST", "/v1/score/batch", {"transactions": [_good(server), conflicting]}, 409, "other"),
+        ("POST", "/v1/score/batch", {"transactions": [dict(_good(server), tx_amount=-1)]}, 422,
          "transactions.0.tx_amount"),
         ("POST", "/v1/labels", labels(987654321, 1), 404, "no stored transaction 987654321"),
         ("POST", "/v1/labels", labels(known, 2), 422, "tx_fraud"),

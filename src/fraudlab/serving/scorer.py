@@ -28,12 +28,12 @@ from fraudlab.features.names import feature_names, history_needed
 from fraudlab.features.online import NewRows, online_feature_matrix
 from fraudlab.integrity.lock import IntegrityError, recorded, verify_file
 from fraudlab.modeling.artifact import ModelArtifact, load_model
+from fraudlab.serving.clock import Clock, Window
 from fraudlab.serving.store import RecentHistory, SQLiteHistory, Transaction
 from fraudlab.serving.treepredict import compile_booster
 
 log = logging.getLogger(__name__)
 
-_DAY = 86_400 * 10**9
 # Pruning per scoring round: stored rows deleted (at most) per new transaction, so the store
 # stays within the windows' reach plus what a few rounds add, and no round stalls on a sweep.
 # In memory, the keys a round touches are trimmed as they are merged; a sweep of a key per new
@@ -135,10 +135,12 @@ class Scorer:
         *,
         config: ServingConfig,
         store: SQLiteHistory,
+        clock: Clock,
     ) -> None:
         self.model = model
         self.config = config
         self.store = store
+        self.clock = clock
         self.params: FeaturesParams = model.features_config
         self.names = feature_names(self.params)
         if tuple(self.names) != model.features:
@@ -147,10 +149,9 @@ class Scorer:
                 f"params give ({self.names}); retrain"
             )
         self.predict = row_scorer(model.pipeline)
-        spans = history_needed(self.params)
-        # a day beyond the longest window: a transaction arriving a little late still finds
-        # every row its windows cover
-        self.keep = max(span.value for span in spans) + _DAY
+        # beyond the longest window by as much as a transaction may be late: every accepted
+        # transaction finds every row its windows cover (see ``clock``)
+        self.keep = retention_ns(self.params, clock)
         self.recent = RecentHistory(store)
         # what the last ``score`` call scored anew, for the service's metrics
         self.last_scores = np.zeros(0)
@@ -183,10 +184,11 @@ class Scorer:
         with self.store.exclusive():
             self.recent.refresh()
             stored = self.store.lookup(tx.transaction_id for job in jobs for tx in job)
+            window = self.clock.window(self.recent.newest)
             accepted: dict[int, Transaction] = {}
             outcomes: list[list[int] | Refused] = []
             for job in jobs:
-                outcomes.append(self._admit(job, stored=stored, accepted=accepted))
+                outcomes.append(self._admit(job, stored=stored, accepted=accepted, window=window))
             new = sorted(
                 (tx for tx in accepted.values() if tx.transaction_id not in stored),
                 key=lambda tx: (tx.time, tx.transaction_id),
@@ -200,10 +202,16 @@ class Scorer:
         ]
 
     def _admit(
-        self, job: Sequence[Transaction], *, stored: dict, accepted: dict[int, Transaction]
+        self,
+        job: Sequence[Transaction],
+        *,
+        stored: dict,
+        accepted: dict[int, Transaction],
+        window: Window,
     ) -> list[int] | Refused:
         """The job's ids if none conflicts with a stored transaction, an earlier job's or
-        another of its own; the job's new transactions join ``accepted``."""
+        another of its own, and its new transactions are inside the accepted window (which
+        they then move, with the data clock); the job's new transactions join ``accepted``."""
         mine: dict[int, Transaction] = {}
         for tx in job:
             earlier = mine.get(tx.transaction_id) or accepted.get(tx.transaction_id)
@@ -221,6 +229,17 @@ class Scorer:
                     f"transaction_id {tx.transaction_id} is already stored with other content",
                 )
             mine[tx.transaction_id] = tx
+        new = sorted(
+            (tx for tx in mine.values() if tx.transaction_id not in stored),
+            key=lambda tx: tx.time,
+        )
+        mark = window.mark
+        for tx in new:
+            refusal = window.refusal(tx.time)
+            if refusal is not None:
+                window.mark = mark  # nothing of a refused job moves the clock
+                return Refused(422, f"transaction {tx.transaction_id}: {refusal}")
+            window.accept(tx.time)
         accepted.update(mine)
         return [tx.transaction_id for tx in job]
 
@@ -252,7 +271,8 @@ class Scorer:
         }
         # rows no window can reach any more go a little per round (no stall), in the same
         # durable write as the new ones
-        before = max(new[-1].time, self.recent.newest or new[-1].time) - self.keep
+        now = self.clock.now(max(new[-1].time, self.recent.newest or new[-1].time))
+        before = now - self.keep
         try:
             cursor = self.store.add_scored(
                 new,
@@ -286,9 +306,16 @@ def load_scorer(
     serving_path: str | Path,
     lock_path: str | Path,
     store: SQLiteHistory,
+    clock: Clock,
 ) -> Scorer:
     """Everything the service serves, each file checked against dvc.lock before use."""
     model = load_model(model_path, lock_path=lock_path)  # its bytes matched this entry
     model_md5 = recorded(model_path, lock_path=lock_path).md5
     config = read_serving_config(serving_path, lock_path=lock_path, model_md5=model_md5)
-    return Scorer(model, config=config, store=store)
+    return Scorer(model, config=config, store=store, clock=clock)
+
+
+def retention_ns(params: FeaturesParams, clock: Clock) -> int:
+    """How long rows are kept behind the clock: the longest window plus the lateness
+    accepted."""
+    return max(span.value for span in history_needed(params)) + clock.late

@@ -25,11 +25,11 @@ import pyarrow as pa
 
 from fraudlab.core import schema
 from fraudlab.core.errors import UserError
-from fraudlab.features.names import history_needed
 from fraudlab.integrity.lock import IntegrityError, recorded, verify_file
 from fraudlab.modeling.artifact import load_model
 from fraudlab.serving.app import Settings, settings_path
-from fraudlab.serving.scorer import read_serving_config
+from fraudlab.serving.clock import SOURCES, Clock, duration_ns, show_duration, show_time
+from fraudlab.serving.scorer import read_serving_config, retention_ns
 from fraudlab.serving.store import SQLiteHistory, seed
 
 log = logging.getLogger("fraudlab.serving.server")
@@ -43,6 +43,16 @@ def _positive(text: str) -> int:
     if value < 1:
         raise argparse.ArgumentTypeError(f"must be at least 1, not {value}")
     return value
+
+
+def _duration(text: str) -> int:
+    try:
+        return duration_ns(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+_DEFAULT_AHEAD = {"system": "5min", "data": "1h"}
 
 
 def parser() -> argparse.ArgumentParser:
@@ -106,10 +116,26 @@ def parser() -> argparse.ArgumentParser:
         "--earliest", default="2000-01-01", help="earliest transaction time (%(default)s)"
     )
     p.add_argument(
-        "--max-ahead-hours",
-        type=float,
-        default=24.0,
-        help="how far a transaction time may be ahead of this machine's clock (%(default)s)",
+        "--clock",
+        choices=SOURCES,
+        default="system",
+        help="the service's now: this machine's clock (live traffic), or the store's newest "
+        "transaction time (`data`: replays of past data); accepted times and retention follow "
+        "it (%(default)s)",
+    )
+    p.add_argument(
+        "--max-ahead",
+        type=_duration,
+        help="how far a transaction time may be ahead of the clock (default: 5min with the "
+        "system clock, 1h with the data clock, where it is the largest step between "
+        "consecutive transactions)",
+    )
+    p.add_argument(
+        "--max-late",
+        type=_duration,
+        default="1 day",
+        help="how far a transaction time may be behind the clock; rows are kept this long "
+        "beyond the longest feature window (%(default)s)",
     )
     p.add_argument(
         "--text-ids",
@@ -217,7 +243,8 @@ def seed_history(args: argparse.Namespace, store: SQLiteHistory) -> None:
         times = frame[schema.TX_DATETIME]
     if frame.empty:
         raise UserError(f"{args.history}: no transactions to seed the history with")
-    keep = max(history_needed(model.features_config)) + pd.Timedelta(days=1)
+    late = Clock(args.clock, ahead=0, late=args.max_late, earliest=0)
+    keep = pd.Timedelta(retention_ns(model.features_config, late))
     recent = frame[times > times.max() - keep]
     log.info(
         "seeding %s with %d of %d transactions (the last %s, up to %s)",
@@ -255,8 +282,36 @@ def require_store(args: argparse.Namespace) -> None:
     )
 
 
+def check_clock(args: argparse.Namespace, store: SQLiteHistory) -> None:
+    """With the system clock, refuse a store whose rows are all past retention or ahead of
+    this machine's clock: serving it would prune every row (a replay of old data wants
+    ``--clock data``) or refuse every live transaction."""
+    if args.clock != "system":
+        return
+    newest = store.newest_time()
+    if newest is None:
+        return
+    clock = Clock("system", ahead=args.max_ahead, late=args.max_late, earliest=0)
+    now = clock.system_ns()
+    features = load_model(args.model, lock_path=args.lock).features_config
+    keep = retention_ns(features, clock)
+    if newest < now - keep:
+        raise UserError(
+            f"--store {args.store}: its newest transaction ({show_time(newest)}) is older than "
+            f"the retention ({show_duration(keep)} before this machine's clock), so the system "
+            "clock would prune every row: to replay past data pass --clock data"
+        )
+    if newest > now + clock.ahead:
+        raise UserError(
+            f"--store {args.store}: its newest transaction ({show_time(newest)}) is ahead of "
+            "this machine's clock: check the clock, or pass --clock data to replay these data"
+        )
+
+
 def serve(argv: list[str] | None = None) -> None:
     args = parser().parse_args(argv)
+    if args.max_ahead is None:
+        args.max_ahead = duration_ns(_DEFAULT_AHEAD[args.clock])
     keys = api_keys(args.api_key_file)
     if not keys and not args.no_auth:
         raise UserError(
@@ -268,6 +323,7 @@ def serve(argv: list[str] | None = None) -> None:
     with SQLiteHistory(args.store, fsync=args.fsync) as store:
         if args.history:
             seed_history(args, store)
+        check_clock(args, store)
         log.info("history: %d transactions in %s", store.count(), store.path)
     start_server(args, keys=keys, version=version)
 
@@ -289,7 +345,9 @@ def start_server(args: argparse.Namespace, *, keys: tuple[str, ...], version: st
         max_body_bytes=args.max_body_bytes,
         max_amount=args.max_amount,
         earliest=args.earliest,
-        max_ahead_hours=args.max_ahead_hours,
+        clock=args.clock,
+        max_ahead_ns=args.max_ahead,
+        max_late_ns=args.max_late,
         text_ids=tuple(args.text_ids),
         metrics_dir=metrics_dir,
         model_version=version,

@@ -248,6 +248,7 @@ class SQLiteHistory:
                 _INSERT,
                 [(*_row(tx), answer) for tx, answer in new],
             )
+            self._known_end = None  # the rows grew
         return added
 
     def label(self, labels: Iterable[tuple[int, int]]) -> None:
