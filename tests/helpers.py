@@ -57,10 +57,13 @@ SERVE = [sys.executable, "-m", "fraudlab", "serve", "--host", "127.0.0.1", "--po
 class Server:
     """A real ``fraudlab serve`` process on 127.0.0.1 (an ephemeral port), spoken to over HTTP."""
 
-    def __init__(self, args: list[str], *, env: dict[str, str] | None = None, cwd=None) -> None:
+    def __init__(
+        self, args: list[str], *, env: dict[str, str] | None = None, cwd=None, preexec_fn=None
+    ) -> None:
         self.args = args
         self.env = {**os.environ, **(env or {})}
         self.cwd = cwd
+        self.preexec_fn = preexec_fn  # e.g. resource limits for the server process
         self.process: subprocess.Popen | None = None
         self.url = ""
         self.log: list[str] = []
@@ -73,6 +76,7 @@ class Server:
             text=True,
             env=self.env,
             cwd=self.cwd,
+            preexec_fn=self.preexec_fn,
         )
         deadline = time.monotonic() + timeout
         for line in self.process.stderr:
@@ -145,10 +149,11 @@ class Server:
         self.stop()
 
 
-def refused_start(args: list[str], *, env: dict[str, str] | None = None, cwd=None):
+def refused_start(args: list[str], *, env: dict[str, str] | None = None, cwd=None, preexec_fn=None):
     """The exit status and log of a ``fraudlab serve`` that must stop before listening."""
     done = subprocess.run(
         [*SERVE, *args],
+        preexec_fn=preexec_fn,
         capture_output=True,
         text=True,
         env={**os.environ, **(env or {})},

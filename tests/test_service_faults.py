@@ -5,11 +5,18 @@ hostile client does), then checks that the store is intact."""
 
 from __future__ import annotations
 
+import collections
+import contextlib
+import resource
+import socket
 import sqlite3
+import threading
+import time
 from pathlib import Path
 
 import pandas as pd
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from helpers import Server, refused_start
 from test_service import (  # noqa: F401 (fixtures)
@@ -142,3 +149,168 @@ def test_the_system_clock_accepts_minutes_ahead_and_a_day_behind(deployment, tmp
             assert got == status, answer
             assert words in answer.get("error", "")
     assert _rows(tmp_path / "live.db") == 2
+
+
+# --- bounded requests: raw sockets, as a hostile or broken client sends them
+
+BOUNDS = ["--header-timeout", "2", "--idle-timeout", "1", "--body-timeout", "3",
+          "--keep-alive-timeout", "1", "--max-header-bytes", "8192", "--max-headers", "20",
+          "--max-requests-per-connection", "3"]  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def bounded(deployment, tmp_path_factory):  # noqa: F811
+    store = tmp_path_factory.mktemp("bounded") / "bounded.db"
+    args = server_args(deployment["root"], str(store), "--create-store", *BOUNDS)
+    with Server(args, env=ENV) as running:
+        running.store = store
+        yield running
+
+
+def _address(server) -> tuple[str, int]:
+    host, port = server.url.removeprefix("http://").split(":")
+    return host, int(port)
+
+
+def _answer_of(connection: socket.socket) -> tuple[int | None, float]:
+    """The status the server answers on ``connection`` (None: closed without one) and when."""
+    started = time.monotonic()
+    connection.settimeout(30)
+    data = b""
+    try:
+        while b"\r\n" not in data:
+            chunk = connection.recv(65536)
+            if not chunk:
+                break
+            data += chunk
+    except ConnectionResetError:
+        return -1, time.monotonic() - started  # a reset: the answer was lost
+    status = int(data.split(b" ", 2)[1]) if data.startswith(b"HTTP/1.1 ") else None
+    return status, time.monotonic() - started
+
+
+def _head(*lines: str) -> bytes:
+    return ("\r\n".join(["GET /healthz HTTP/1.1", "Host: x", *lines]) + "\r\n\r\n").encode()
+
+
+def _score_head(length: int, *extra: str) -> bytes:
+    lines = ["POST /v1/score HTTP/1.1", "Host: x", f"Authorization: Bearer {KEY}",
+             "Content-Type: application/json", f"Content-Length: {length}", *extra]  # fmt: skip
+    return ("\r\n".join(lines) + "\r\n\r\n").encode()
+
+
+def _chunked_head() -> bytes:
+    return _score_head(0).replace(b"Content-Length: 0", b"Transfer-Encoding: chunked")
+
+
+def _counted(server, status: int) -> float:
+    status_code, text = server.request("GET", "/metrics", key=KEY)
+    assert status_code == 200
+    return sum(
+        sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+        if sample.name == "fraudlab_requests_total" and sample.labels["status"] == str(status)
+    )
+
+
+def test_an_oversized_head_is_a_431_at_once_without_parsing_it(bounded):
+    """A 64 MiB header and a head of 500 lines: 431 while the client is still sending, read
+    by the client (no reset), and counted on /metrics; the service goes on."""
+    before = _counted(bounded, 431)
+    huge = b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Big: " + b"a" * (64 << 20)
+    many = _head(*(f"X-{n}: 1" for n in range(500)))
+    for payload in (huge, many):
+        with socket.create_connection(_address(bounded)) as connection:
+            sender = threading.Thread(target=_send_quietly, args=(connection, payload))
+            sender.start()
+            status, _ = _answer_of(connection)
+            sender.join()
+        assert status == 431
+    assert _counted(bounded, 431) == before + 2
+    assert bounded.request("GET", "/healthz")[0] == 200
+
+
+def _send_quietly(connection: socket.socket, payload: bytes) -> None:
+    with contextlib.suppress(OSError):  # the server may close once it has answered
+        connection.sendall(payload)
+
+
+@pytest.mark.parametrize(
+    ("why", "payload"),
+    [
+        ("head never finished", b"GET /healthz HTTP/1.1\r\nHost: x\r\n"),
+        ("short body", _score_head(100) + b'{"transaction_id": '),
+        ("chunked body never ended", _chunked_head() + b'10\r\n{"transaction_'),
+    ],
+)
+def test_a_half_sent_request_gets_a_408_within_its_deadline(bounded, why, payload):
+    before = _counted(bounded, 408)
+    rows = _rows(bounded.store)
+    with socket.create_connection(_address(bounded)) as connection:
+        connection.sendall(payload)
+        status, waited = _answer_of(connection)
+    assert status == 408, why
+    assert waited < 10  # the deadlines are 1 to 3 s; without them: held for minutes
+    assert _counted(bounded, 408) == before + 1
+    assert _rows(bounded.store) == rows
+
+
+def test_a_connection_that_sends_nothing_is_closed(bounded):
+    with socket.create_connection(_address(bounded)) as connection:
+        status, waited = _answer_of(connection)
+    assert status is None
+    assert waited < 10
+
+
+def test_an_oversized_body_sent_whole_still_reads_its_413(bounded):
+    """No Expect: 100-continue and Connection: close: the server answers before the body is
+    read, then drains it (a lingering close) instead of resetting the connection."""
+    body = b"x" * (20 << 20)
+    with socket.create_connection(_address(bounded)) as connection:
+        sender = threading.Thread(
+            target=_send_quietly,
+            args=(connection, _score_head(len(body), "Connection: close") + body),
+        )
+        sender.start()
+        status, _ = _answer_of(connection)
+        sender.join()
+    assert status == 413
+
+
+def test_a_connection_serves_a_bounded_number_of_requests(bounded):
+    with socket.create_connection(_address(bounded)) as connection:
+        connection.sendall(_head() * 4)
+        data = b""
+        while chunk := connection.recv(65536):
+            data += chunk
+    assert data.count(b"HTTP/1.1 200") == 3  # --max-requests-per-connection 3
+    assert data.count(b"connection: close") == 1
+
+
+def test_slow_clients_cannot_take_every_descriptor(deployment, tmp_path):  # noqa: F811
+    """256 file descriptors and 300 half-sent requests: past --max-connections the newest get a
+    503 at once, the others a 408 at their deadline, and a normal client is served again as
+    soon as they are gone; the server never runs out of descriptors."""
+
+    def limited() -> None:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (256, 256))
+
+    args = server_args(deployment["root"], str(tmp_path / "fd.db"), "--create-store", *BOUNDS)
+    status, log = refused_start(args, env=ENV, preexec_fn=limited)
+    assert status == 1
+    assert "--max-connections 1000 needs 1064 file descriptors per worker" in log
+    with Server([*args, "--max-connections", "150"], env=ENV, preexec_fn=limited) as running:
+        slow = [socket.create_connection(_address(running)) for _ in range(300)]
+        for connection in slow:
+            connection.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n")
+        answers = collections.Counter(_answer_of(connection)[0] for connection in slow)
+        for connection in slow:
+            connection.close()
+        assert answers[503] >= 150 - 5  # minus what the other tests' clients hold
+        assert answers[408] + answers[503] == 300
+        assert running.request("GET", "/healthz")[0] == 200
+        status, answer = running.request("POST", "/v1/score", _tx(1, pd.Timestamp("2018-06-01")),
+                                         key=KEY)  # fmt: skip
+        assert status == 200, answer
+    assert "Too many open files" not in "".join(running.log)

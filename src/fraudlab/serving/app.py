@@ -22,7 +22,7 @@ import logging
 import re
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Annotated, Any
@@ -44,6 +44,7 @@ from pydantic import (
 from fraudlab.monitoring.drift import DriftWindow
 from fraudlab.monitoring.reference import read_reference_profile
 from fraudlab.serving.clock import Clock
+from fraudlab.serving.protocol import REFUSED_STATUS, Limits
 from fraudlab.serving.scorer import Refused, Scorer, load_scorer
 from fraudlab.serving.store import (
     Checkpointer,
@@ -100,6 +101,7 @@ class Settings:
     metrics_dir: str | None = None  # Prometheus multiprocess directory (several workers)
     model_version: str = ""  # the model's MD5, shown as the API's version
     drift_window: int = 10_000  # recent transactions whose drift /metrics shows (per process)
+    limits: Limits = field(default_factory=Limits)  # bounds on clients (serving.protocol)
 
 
 def parse_time(text: str) -> int:
@@ -260,6 +262,10 @@ def error_body(message: str, *, details: list | None = None) -> bytes:
 
 def error_response(status: int, message: str, *, details: list | None = None) -> Response:
     headers = {"WWW-Authenticate": "Bearer"} if status == 401 else None
+    if status == 413:
+        # the rest of the body is not wanted: the connection closes (lingering, so the client
+        # still reads this answer; see serving.protocol)
+        headers = {"Connection": "close"}
     return Response(
         error_body(message, details=details),
         status_code=status,
@@ -408,6 +414,7 @@ class Guard:
         self.keys = tuple(key.encode() for key in settings.api_keys)
         self.max_body = settings.max_body_bytes
         self.metrics = metrics
+        self.limits = settings.limits  # read by serving.protocol.BoundedProtocol
         # served here, straight from ASGI: they are the hot path, and FastAPI's routing and
         # Starlette's request and response objects cost more than the rest of a request's
         # handling; FastAPI keeps their routes (for the docs) over the same handlers
@@ -460,9 +467,15 @@ class Guard:
             if not response_started:
                 await self._too_large()(scope, receive, send_and_record)
         except _ClientGoneError:
-            status = 499  # nginx's code for it: the client left before its answer
+            # the protocol's answer (a 408), or nginx's code for a client that left before
+            # its answer
+            status = scope.get(REFUSED_STATUS, 499)
         finally:
             self.metrics.request(endpoint, status=status, seconds=time.perf_counter() - started)
+
+    def refused(self, status: int) -> None:
+        """Count a request the protocol answered itself (431, 408, 400, 503)."""
+        self.metrics.request("other", status=status, seconds=0.0)
 
     def _refusal(self, scope: dict, headers: dict[bytes, bytes], path: str) -> Response | None:
         if sum(name == b"authorization" for name, _ in scope["headers"]) > 1:

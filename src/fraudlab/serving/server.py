@@ -13,6 +13,7 @@ import json
 import logging
 import os
 import re
+import resource
 import shutil
 import socket
 import subprocess
@@ -29,6 +30,7 @@ from fraudlab.integrity.lock import IntegrityError, recorded, verify_file
 from fraudlab.modeling.artifact import load_model
 from fraudlab.serving.app import Settings, settings_path
 from fraudlab.serving.clock import SOURCES, Clock, duration_ns, show_duration, show_time
+from fraudlab.serving.protocol import Limits
 from fraudlab.serving.scorer import read_serving_config, retention_ns
 from fraudlab.serving.store import SQLiteHistory, seed
 
@@ -150,7 +152,45 @@ def parser() -> argparse.ArgumentParser:
         help="skip `dvc status` (hashes are still checked): for a deployment without the repo",
     )
     p.add_argument("--access-log", action="store_true", help="log every request")
+    bounds = p.add_argument_group("bounds on clients (docs/serving.md, Bounded requests)")
+    default = Limits()
+    for flag, kind, value, text in (
+        ("--max-header-bytes", _positive, default.max_header_bytes, "a request's head, in bytes"),
+        ("--max-headers", _positive, default.max_headers, "header lines per request"),
+        ("--header-timeout", _seconds, default.header_timeout,
+         "seconds for a request's head to arrive"),
+        ("--body-timeout", _seconds, default.body_timeout, "seconds for a body to arrive"),
+        ("--idle-timeout", _seconds, default.idle_timeout,
+         "seconds a request may stay silent half-sent"),
+        ("--keep-alive-timeout", _seconds, default.keep_alive_timeout,
+         "seconds an idle connection stays open between requests"),
+        ("--max-requests-per-connection", _positive, default.max_requests,
+         "requests before a connection is closed"),
+        ("--max-connections", _positive, default.max_connections,
+         "open connections per worker; one more gets a 503"),
+    ):  # fmt: skip
+        bounds.add_argument(flag, type=kind, default=value, help=f"{text} (%(default)s)")
     return p
+
+
+def _seconds(text: str) -> float:
+    value = float(text)
+    if not 0 < value < 86_400:
+        raise argparse.ArgumentTypeError(f"must be a number of seconds above 0, not {text}")
+    return value
+
+
+def limits_of(args: argparse.Namespace) -> Limits:
+    return Limits(
+        max_header_bytes=args.max_header_bytes,
+        max_headers=args.max_headers,
+        header_timeout=args.header_timeout,
+        body_timeout=args.body_timeout,
+        idle_timeout=args.idle_timeout,
+        keep_alive_timeout=args.keep_alive_timeout,
+        max_requests=args.max_requests_per_connection,
+        max_connections=args.max_connections,
+    )
 
 
 # A key is a header value an attacker must guess: long, and nothing a list or header could split
@@ -308,8 +348,30 @@ def check_clock(args: argparse.Namespace, store: SQLiteHistory) -> None:
         )
 
 
+# descriptors a worker needs beside its connections: the store, its journal and lock, the
+# listening socket, logs, the metrics files, the interpreter's own
+_SPARE_DESCRIPTORS = 64
+
+
+def check_descriptors(max_connections: int) -> None:
+    """Raise this process's open-file limit to its ceiling (the workers inherit it), and
+    refuse a connection cap it cannot hold: past it, accept() fails and nobody is served."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != hard:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+        soft = hard
+    needed = max_connections + _SPARE_DESCRIPTORS
+    if soft != resource.RLIM_INFINITY and soft < needed:
+        raise UserError(
+            f"--max-connections {max_connections} needs {needed} file descriptors per worker, "
+            f"and this process may open {soft} (ulimit -n): lower --max-connections to "
+            f"{max(1, soft - _SPARE_DESCRIPTORS)} or raise the limit"
+        )
+
+
 def serve(argv: list[str] | None = None) -> None:
     args = parser().parse_args(argv)
+    check_descriptors(args.max_connections)
     if args.max_ahead is None:
         args.max_ahead = duration_ns(_DEFAULT_AHEAD[args.clock])
     keys = api_keys(args.api_key_file)
@@ -351,6 +413,7 @@ def start_server(args: argparse.Namespace, *, keys: tuple[str, ...], version: st
         text_ids=tuple(args.text_ids),
         metrics_dir=metrics_dir,
         model_version=version,
+        limits=limits_of(args),
     )
     sock = listening_socket(args.host, args.port)
     host, port = sock.getsockname()[:2]
@@ -371,7 +434,8 @@ def start_server(args: argparse.Namespace, *, keys: tuple[str, ...], version: st
             fd=sock.fileno(),
             workers=args.workers,
             loop="uvloop",
-            http="httptools",
+            http="fraudlab.serving.protocol:BoundedProtocol",
+            timeout_keep_alive=settings.limits.keep_alive_timeout,  # type: ignore[arg-type]
             access_log=args.access_log,
             log_level="info" if args.access_log else "warning",
             timeout_graceful_shutdown=10,
@@ -392,4 +456,5 @@ def app_from_environment() -> object:
     raw = json.loads(Path(os.environ[_SETTINGS_VARIABLE]).read_text(encoding="utf-8"))
     raw["api_keys"] = tuple(raw["api_keys"])
     raw["text_ids"] = tuple(raw["text_ids"])
+    raw["limits"] = Limits(**raw["limits"])
     return create_app(Settings(**raw))
