@@ -7,9 +7,11 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import json
 import resource
 import socket
 import sqlite3
+import subprocess
 import threading
 import time
 from pathlib import Path
@@ -314,3 +316,187 @@ def test_slow_clients_cannot_take_every_descriptor(deployment, tmp_path):  # noq
                                          key=KEY)  # fmt: skip
         assert status == 200, answer
     assert "Too many open files" not in "".join(running.log)
+
+
+# --- the store's health: deleted, replaced, read-only, full
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """A 24 MiB tmpfs of the test's own (needs root, as CI has)."""
+    mount = tmp_path / "disk"
+    mount.mkdir()
+    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=24m", "tmpfs", str(mount)],
+                          capture_output=True, text=True, check=False)  # fmt: skip
+    if done.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here ({done.stderr.strip()}): needs root")
+    yield mount
+    subprocess.run(["umount", "-l", str(mount)], check=False)
+
+
+def _remount(mount: Path, mode: str) -> None:
+    subprocess.run(["mount", "-o", f"remount,{mode}", str(mount)], check=True)
+
+
+def _fill(mount: Path) -> Path:
+    """Fill the file system to the last byte; the filler file."""
+    filler = mount / "filler"
+    with open(filler, "wb", buffering=0) as out:
+        for size in (1 << 16, 1):  # big blocks, then the last bytes
+            with contextlib.suppress(OSError):
+                while True:
+                    out.write(b"\0" * size)
+    return filler
+
+
+def _incidents(server) -> int:
+    return sum("cannot take writes" in line for line in server.log)
+
+
+def _until(condition, *, seconds: float = 10.0) -> bool:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if condition():
+            return True
+        time.sleep(0.05)
+    return False
+
+
+def _store_server(deployment, store: Path, *extra: str) -> Server:  # noqa: F811
+    args = server_args(deployment["root"], str(store), "--create-store", *extra)
+    return Server(args, env=ENV)
+
+
+def _post(server, tx_id: int, acknowledged: dict) -> int:
+    tx = _tx(tx_id, pd.Timestamp("2018-06-01T10:00") + pd.Timedelta(seconds=tx_id))
+    status, answer = server.request("POST", "/v1/score", tx, key=KEY)
+    if status == 200:
+        acknowledged[tx["transaction_id"]] = answer
+    return status
+
+
+def _faulty(server, kind: str, acknowledged: dict) -> None:
+    """While a fault lasts: every write a 503 naming it, at once, readiness failing, liveness
+    not, and one log line for the incident."""
+    statuses = [_post(server, n, acknowledged) for n in range(2, 12)]
+    assert set(statuses) == {503}, statuses
+    tx = _tx(99, pd.Timestamp("2018-06-01"))
+    status, answer = server.request("POST", "/v1/score", tx, key=KEY)
+    assert (status, answer["error"].split(": ")[1]) == (503, kind), answer
+    labels = {"labels": [{"transaction_id": 10**12 + 1, "tx_fraud": 1}]}
+    assert server.request("POST", "/v1/labels", labels, key=KEY)[0] == 503
+    assert server.request("GET", "/readyz") == (503, {"status": "not ready", "store": kind})
+    assert server.request("GET", "/healthz")[0] == 200
+    assert _incidents(server) == 1  # logged once, not per request
+    assert "Traceback" not in "".join(server.log)
+
+
+def _stored_answers(store: Path) -> dict:
+    with sqlite3.connect(store) as db:
+        rows = db.execute("SELECT transaction_id, answer FROM history").fetchall()
+    return {tx_id: json.loads(answer) for tx_id, answer in rows if answer}
+
+
+@pytest.mark.parametrize("fault", ["read-only file", "disk full", "disk full, no reserve"])
+def test_a_read_only_or_full_store_is_a_503_then_recovers_by_itself(
+    deployment,  # noqa: F811
+    small_disk,
+    fault,
+):
+    store = small_disk / "history.db"
+    reserve = ["--store-reserve-bytes", "0" if "no reserve" in fault else "1048576"]
+    acknowledged: dict[int, dict] = {}
+    with _store_server(deployment, store, *reserve) as running:
+        assert _post(running, 1, acknowledged) == 200
+        if fault == "read-only file":
+            subprocess.run(["chattr", "+i", str(store)], check=True)  # even root cannot write
+        else:
+            filler = _fill(small_disk)
+        _faulty(running, "read-only" if "read-only" in fault else "disk full", acknowledged)
+        if fault == "read-only file":
+            subprocess.run(["chattr", "-i", str(store)], check=True)
+        else:
+            filler.unlink()
+        assert _until(lambda: running.request("GET", "/readyz")[0] == 200)
+        assert _until(lambda: _post(running, 20, acknowledged) == 200)
+        assert any("takes writes again" in line for line in running.log)
+    assert len(acknowledged) == 2
+    assert {tx_id: _stored_answers(store)[tx_id] for tx_id in acknowledged} == acknowledged
+
+
+@pytest.fixture
+def ext4_disk(tmp_path):
+    """A small ext4 file system on a loop device, mounted errors=remount-ro (needs root)."""
+    image, mount = tmp_path / "disk.img", tmp_path / "ext4"
+    mount.mkdir()
+    with open(image, "wb") as out:
+        out.truncate(32 << 20)
+    for command in (["mkfs.ext4", "-q", str(image)],
+                    ["mount", "-o", "loop,errors=remount-ro", str(image), str(mount)]):  # fmt: skip
+        done = subprocess.run(command, capture_output=True, text=True, check=False)
+        if done.returncode != 0:
+            pytest.skip(f"{command[0]} failed here ({done.stderr.strip()}): needs root")
+    yield mount, image
+    subprocess.run(["umount", "-l", str(mount)], check=False)
+
+
+def test_a_file_system_turned_read_only_under_the_service_is_a_503(deployment, ext4_disk):  # noqa: F811
+    """A disk error remounts ext4 read-only under the running service (the kernel's
+    errors=remount-ro, triggered by hand): writes fail, the service says read-only; nothing it
+    acknowledged is lost (with --fsync: an aborted file system drops what was only in the page
+    cache, as a power cut does). It cannot recover by itself: the mount must be repaired."""
+    mount, image = ext4_disk
+    store = mount / "history.db"
+    acknowledged: dict[int, dict] = {}
+    reserve = ["--store-reserve-bytes", "1048576"]
+    with _store_server(deployment, store, "--fsync", *reserve) as running:
+        assert _post(running, 1, acknowledged) == 200
+        device = Path(subprocess.run(["findmnt", "-no", "SOURCE", str(mount)], check=True,
+                                     capture_output=True, text=True).stdout.strip())  # fmt: skip
+        Path(f"/sys/fs/ext4/{device.name}/trigger_fs_error").write_text("1")
+        _faulty(running, "read-only", acknowledged)
+    subprocess.run(["umount", str(mount)], check=True)
+    subprocess.run(["mount", "-o", "loop", str(image), str(mount)], check=True)
+    assert {tx_id: _stored_answers(store)[tx_id] for tx_id in acknowledged} == acknowledged
+
+
+@pytest.mark.parametrize("fault", ["deleted", "replaced"])
+def test_a_deleted_or_replaced_store_is_a_503_until_restarted(deployment, tmp_path, fault):  # noqa: F811
+    store = tmp_path / "history.db"
+    acknowledged: dict[int, dict] = {}
+    with _store_server(deployment, store) as running:
+        assert _post(running, 1, acknowledged) == 200
+        if fault == "deleted":
+            for part in tmp_path.glob("history.db*"):
+                part.unlink()
+        else:
+            copy = tmp_path / "copy.db"
+            copy.write_bytes(store.read_bytes())
+            copy.replace(store)
+        assert _post(running, 2, acknowledged) == 503
+        assert running.request("GET", "/readyz") == (503, {"status": "not ready", "store": fault})
+        assert _post(running, 3, acknowledged) == 503
+        assert _incidents(running) == 1
+    assert list(acknowledged) == [10**12 + 1]
+
+
+def test_a_store_that_cannot_take_writes_refuses_the_start_in_one_line(deployment, small_disk):  # noqa: F811
+    root = deployment["root"]
+    store = small_disk / "history.db"
+    reserve = ["--store-reserve-bytes", "1048576"]
+    with _store_server(deployment, store, *reserve):
+        pass  # created
+    _remount(small_disk, "ro")
+    status, log = refused_start(server_args(root, str(store), *reserve), env=ENV)
+    assert status == 1
+    assert "cannot take writes: read-only: the store" in log
+    assert "Traceback" not in log
+    _remount(small_disk, "rw")
+    store.unlink()
+    _fill(small_disk)
+    args = server_args(root, str(store), "--history", str(root / "history.parquet"),
+                       "--store-reserve-bytes", "0")  # fmt: skip
+    status, log = refused_start(args, env=ENV)
+    assert status == 1
+    assert "disk full" in log
+    assert "Traceback" not in log

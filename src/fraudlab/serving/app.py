@@ -20,6 +20,7 @@ import gc
 import hmac
 import logging
 import re
+import sqlite3
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
@@ -44,6 +45,7 @@ from pydantic import (
 from fraudlab.monitoring.drift import DriftWindow
 from fraudlab.monitoring.reference import read_reference_profile
 from fraudlab.serving.clock import Clock
+from fraudlab.serving.health import StoreHealth, StoreUnavailableError, kind_of
 from fraudlab.serving.protocol import REFUSED_STATUS, Limits
 from fraudlab.serving.scorer import Refused, Scorer, load_scorer
 from fraudlab.serving.store import (
@@ -102,6 +104,7 @@ class Settings:
     model_version: str = ""  # the model's MD5, shown as the API's version
     drift_window: int = 10_000  # recent transactions whose drift /metrics shows (per process)
     limits: Limits = field(default_factory=Limits)  # bounds on clients (serving.protocol)
+    store_reserve_bytes: int = 64 * 1024 * 1024  # free space below which writes stop (503)
 
 
 def parse_time(text: str) -> int:
@@ -287,6 +290,8 @@ def _answering(handler: Endpoint) -> Endpoint:
             return await handler(body, content_type)
         except RequestError as exc:
             return exc.status, error_body(exc.message, details=exc.details)
+        except StoreUnavailableError as exc:
+            return 503, error_body(f"the history store cannot take writes now: {exc}")
         except Exception:
             log.exception("request failed")
             return 500, error_body("internal error; see the service log")
@@ -328,10 +333,13 @@ class IdleCollector:
 class Batcher:
     """Collects the jobs of concurrent requests and scores them in one ``Scorer`` call."""
 
-    def __init__(self, scorer: Scorer, metrics: Any, *, collector: IdleCollector) -> None:
+    def __init__(
+        self, scorer: Scorer, metrics: Any, *, collector: IdleCollector, health: StoreHealth
+    ) -> None:
         self.scorer = scorer
         self.metrics = metrics
         self.collector = collector
+        self.health = health
         self._pending: list[tuple[list[Transaction], asyncio.Future]] = []
         self._ready = asyncio.Event()
         self._task: asyncio.Task | None = None
@@ -362,17 +370,7 @@ class Batcher:
             self._ready.clear()
             taken, self._pending = self._pending, []
             self.metrics.batch_size(sum(len(job) for job, _ in taken))
-            try:
-                outcomes = self.scorer.score([job for job, _ in taken])
-                self.metrics.scored(
-                    self.scorer.last_scores,
-                    threshold=self.scorer.config.threshold,
-                    late=self.scorer.last_late,
-                    features=self.scorer.last_features,
-                )
-            except Exception as exc:
-                log.exception("scoring failed")
-                outcomes = [exc] * len(taken)
+            outcomes = self._score([job for job, _ in taken])
             for (_, future), outcome in zip(taken, outcomes, strict=True):
                 if future.done():
                     continue
@@ -381,6 +379,27 @@ class Batcher:
                 else:
                     future.set_result(outcome)
             self.collector.after_round(idle=not self._pending)
+
+    def _score(self, jobs: list[list[Transaction]]) -> list:
+        """Per job, its answers, a Refused or the exception to answer with."""
+        try:
+            self.health.require()
+            outcomes = self.scorer.score(jobs)
+        except StoreUnavailableError as exc:
+            return [exc] * len(jobs)
+        except sqlite3.Error as exc:  # rolled back; the health check logs it once
+            return [self.health.failed(exc)] * len(jobs)
+        except Exception as exc:
+            log.exception("scoring failed")
+            return [exc] * len(jobs)
+        self.health.succeeded()
+        self.metrics.scored(
+            self.scorer.last_scores,
+            threshold=self.scorer.config.threshold,
+            late=self.scorer.last_late,
+            features=self.scorer.last_features,
+        )
+        return outcomes
 
 
 def _authorized(header: bytes | None, keys: tuple[bytes, ...]) -> bool:
@@ -532,6 +551,9 @@ def create_app(settings: Settings) -> Any:
     @contextlib.asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
         store = SQLiteHistory(settings.store, fsync=settings.fsync, autocheckpoint=False)
+        health = StoreHealth(
+            settings.store, reserve_bytes=settings.store_reserve_bytes, on_change=metrics.store_up
+        )
         checkpointer = Checkpointer(settings.store).start()
         scorer = load_scorer(
             model_path=settings.model,
@@ -555,13 +577,15 @@ def create_app(settings: Settings) -> Any:
         )
         metrics.watch(window)
         with IdleCollector() as collector:
-            batcher = Batcher(scorer, metrics, collector=collector)
+            batcher = Batcher(scorer, metrics, collector=collector, health=health)
             batcher.start()
-            state.update(store=store, scorer=scorer, batcher=batcher)
+            watcher = asyncio.get_running_loop().create_task(_watch(health))
+            state.update(store=store, scorer=scorer, batcher=batcher, health=health)
             log.info("serving model %s (%s)", scorer.model_version, scorer.model.family)
             try:
                 yield
             finally:
+                watcher.cancel()
                 await batcher.stop()
                 checkpointer.stop()
                 store.close()
@@ -593,10 +617,15 @@ def create_app(settings: Settings) -> Any:
     async def record_labels(body: bytes, content_type: str | None) -> tuple[int, bytes]:
         request = parse_body(body, adapter=adapters["labels"], content_type=content_type)
         pairs = [(item.transaction_id, item.tx_fraud) for item in request.labels]
+        health = state["health"]
+        health.require()
         try:
             state["scorer"].label(pairs)
         except UnknownTransactionError as exc:
             raise RequestError(404, str(exc)) from None
+        except sqlite3.Error as exc:
+            raise health.failed(exc) from None
+        health.succeeded()
         metrics.labels(pairs)
         return 200, orjson.dumps({"recorded": len(pairs)})
 
@@ -648,10 +677,13 @@ def create_app(settings: Settings) -> Any:
 
     @app.get("/readyz")
     async def readyz() -> Response:
-        """The model is loaded, the store open and the scoring loop running."""
+        """The model is loaded, the store takes writes and the scoring loop runs."""
         ready = "scorer" in state and state["batcher"].alive
-        # no model version here: this endpoint answers without a key (it is on /metrics)
+        # no model version nor file names here: this endpoint answers without a key
         body = {"status": "ready" if ready else "not ready"}
+        if ready and (reason := state["health"].reason) is not None:
+            ready = False
+            body = {"status": "not ready", "store": kind_of(reason)}
         return Response(
             orjson.dumps(body), status_code=200 if ready else 503, media_type="application/json"
         )
@@ -663,6 +695,13 @@ def create_app(settings: Settings) -> Any:
         return Response(content, media_type=media_type)
 
     return Guard(app, settings=settings, metrics=metrics, endpoints=endpoints)
+
+
+async def _watch(health: StoreHealth, *, every: float = 0.5) -> None:
+    """Look at the store while no request does, so that readiness follows it."""
+    while True:
+        await asyncio.sleep(every)
+        health.check()
 
 
 def settings_path(directory: str | Path) -> Path:

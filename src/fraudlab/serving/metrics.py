@@ -178,6 +178,13 @@ class ServiceMetrics:
             multiprocess_mode="livesum",
             registry=registry,
         )
+        self._store_up = Gauge(
+            "fraudlab_store_up",
+            "1 while the history store takes writes, 0 while writes are refused (503)",
+            multiprocess_mode="livemin",
+            registry=registry,
+        )
+        self._store_up.set(1)
         self._cells: list[tuple[int, int, Gauge]] = []
 
     def watch(self, window: DriftWindow) -> None:
@@ -221,6 +228,9 @@ class ServiceMetrics:
             "threshold": repr(scorer.config.threshold),
             "threshold_rule": scorer.config.threshold_rule,
         }
+
+    def store_up(self, reason: str | None) -> None:
+        self._store_up.set(0 if reason else 1)
 
     def request(self, endpoint: str, *, status: int, seconds: float) -> None:
         self._requests.labels(endpoint, str(status)).inc()

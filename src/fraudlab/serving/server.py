@@ -16,6 +16,7 @@ import re
 import resource
 import shutil
 import socket
+import sqlite3
 import subprocess
 import sys
 import tempfile
@@ -30,6 +31,7 @@ from fraudlab.integrity.lock import IntegrityError, recorded, verify_file
 from fraudlab.modeling.artifact import load_model
 from fraudlab.serving.app import Settings, settings_path
 from fraudlab.serving.clock import SOURCES, Clock, duration_ns, show_duration, show_time
+from fraudlab.serving.health import StoreHealth, write_error_reason
 from fraudlab.serving.protocol import Limits
 from fraudlab.serving.scorer import read_serving_config, retention_ns
 from fraudlab.serving.store import SQLiteHistory, seed
@@ -93,6 +95,13 @@ def parser() -> argparse.ArgumentParser:
         action="store_true",
         help="start an empty history when --store does not exist (without it or --history, a "
         "missing store refuses the start: a lost store is never replaced without a word)",
+    )
+    p.add_argument(
+        "--store-reserve-bytes",
+        type=int,
+        default=64 * 1024 * 1024,
+        help="free disk space below which the store takes no more writes: /readyz fails and "
+        "writes answer 503 until space is freed (%(default)s)",
     )
     p.add_argument(
         "--fsync",
@@ -382,12 +391,38 @@ def serve(argv: list[str] | None = None) -> None:
         )
     version = check_integrity(args)
     require_store(args)
-    with SQLiteHistory(args.store, fsync=args.fsync) as store:
-        if args.history:
-            seed_history(args, store)
-        check_clock(args, store)
-        log.info("history: %d transactions in %s", store.count(), store.path)
+    open_store(args)
     start_server(args, keys=keys, version=version)
+
+
+def open_store(args: argparse.Namespace) -> None:
+    """Create, seed and check the store before any worker starts; whatever stops it (a
+    read-only mount, a full disk, a file that is not a database) is one line."""
+    store_healthy(args)
+    try:
+        with SQLiteHistory(args.store, fsync=args.fsync) as store:
+            if args.history:
+                seed_history(args, store)
+            check_clock(args, store)
+            log.info("history: %d transactions in %s", store.count(), store.path)
+    except sqlite3.Error as exc:
+        raise UserError(
+            f"--store {args.store}: {write_error_reason(Path(args.store), exc)}; a seed that "
+            "failed left nothing behind"
+        ) from None
+    except OSError as exc:
+        raise UserError(f"--store {args.store}: {exc.strerror}: {exc.filename}") from None
+    store_healthy(args)
+
+
+def store_healthy(args: argparse.Namespace) -> None:
+    path = Path(args.store)
+    if not path.parent.exists():
+        return  # created with the store
+    health = StoreHealth(path, reserve_bytes=args.store_reserve_bytes)
+    problem = health.problem() if path.exists() else health.space_problem()
+    if problem is not None:
+        raise UserError(f"--store {args.store} cannot take writes: {problem}")
 
 
 def start_server(args: argparse.Namespace, *, keys: tuple[str, ...], version: str) -> None:
@@ -414,6 +449,7 @@ def start_server(args: argparse.Namespace, *, keys: tuple[str, ...], version: st
         metrics_dir=metrics_dir,
         model_version=version,
         limits=limits_of(args),
+        store_reserve_bytes=args.store_reserve_bytes,
     )
     sock = listening_socket(args.host, args.port)
     host, port = sock.getsockname()[:2]

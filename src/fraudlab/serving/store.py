@@ -406,12 +406,19 @@ class Checkpointer:
 
     def _run(self) -> None:
         db = sqlite3.connect(self.path, isolation_level=None)
+        failing = False
         try:
             while not self._stop.wait(self.every):
                 try:
                     db.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
-                except sqlite3.Error:
-                    log.exception("checkpoint of %s failed; retrying", self.path)
+                except sqlite3.Error as exc:
+                    if not failing:  # once per incident, not every second
+                        log.warning("checkpoints of %s fail (%s); retrying", self.path, exc)
+                    failing = True
+                else:
+                    if failing:
+                        log.warning("checkpoints of %s succeed again", self.path)
+                    failing = False
         finally:
             db.close()
 
