@@ -474,6 +474,33 @@ def seed(store: SQLiteHistory, frame: pd.DataFrame, *, labels_known_until: int |
         )
 
 
+# rows transposed per slice: one ``zip(*rows)`` over a whole store is a single call holding the
+# GIL for about a second, long enough, on a busy machine, for a supervisor's liveness check of a
+# worker that is loading to fail
+_TRANSPOSE_ROWS = 20_000
+
+
+def _columns(rows: list[tuple]) -> tuple:
+    """(ids, times, customers, terminals, amounts, labels) of change-log rows."""
+    parts = [list(zip(*rows[at : at + _TRANSPOSE_ROWS], strict=True))
+             for at in range(0, len(rows), _TRANSPOSE_ROWS)]  # fmt: skip
+
+    def numbers(column: int, dtype: type) -> np.ndarray:
+        return np.concatenate([np.array(part[column], dtype=dtype) for part in parts])
+
+    def objects(column: int) -> list:
+        return [value for part in parts for value in part[column]]
+
+    return (
+        numbers(0, np.int64),
+        numbers(1, np.int64),
+        objects(2),
+        objects(3),
+        numbers(4, np.float64),
+        numbers(5, np.int64),
+    )
+
+
 def _group(keys: list, *, times: np.ndarray, ids: np.ndarray, values: np.ndarray) -> dict:
     """Rows as one ``History`` per key, each sorted by (time, id)."""
     if not keys:
@@ -518,19 +545,10 @@ class RecentHistory:
         """Take in every row and label committed since the last refresh (by any process)."""
         changes = self.store.changes(self.cursor)
         if changes.rows:
-            ids, times, customers, terminals, amounts, labels = zip(*changes.rows, strict=True)
-            ids = np.array(ids, dtype=np.int64)
-            times = np.array(times, dtype=np.int64)
+            ids, times, customers, terminals, amounts, labels = _columns(changes.rows)
             self.update(
-                customers=_group(
-                    list(customers),
-                    times=times,
-                    ids=ids,
-                    values=np.array(amounts, dtype=np.float64),
-                ),
-                terminals=_group(
-                    list(terminals), times=times, ids=ids, values=np.array(labels, dtype=np.int64)
-                ),
+                customers=_group(customers, times=times, ids=ids, values=amounts),
+                terminals=_group(terminals, times=times, ids=ids, values=labels),
             )
         for row_seq, tx_id, time, terminal, fraud in changes.labels:
             # a row read in this refresh already carries its label (the same snapshot)
