@@ -41,6 +41,8 @@ BATTERY = [
     ("tx_amount", "1,000", False),
     ("tx_amount", "", False),
     ("tx_amount", "1e3", True),
+    ("tx_amount", "1e-400", False),  # not 0: too small for float64, never read as 0
+    ("tx_amount", "0.0e-400", True),
     ("tx_amount", "0", True),
     ("tx_datetime", "2018-13-01", False),
     ("tx_datetime", "abc", False),
@@ -72,21 +74,25 @@ def _batch_accepts(column: str, value: str) -> bool:
     return len(checked.rejected) == 0
 
 
-def _as_json(column: str, value: str) -> object:
-    """The value as a client sends it: ids and amounts as JSON numbers where they are numbers
-    (1e999 is then infinite), anything else as a string, times always as strings."""
-    if column == "tx_datetime":
-        return value
-    try:
-        return json.loads(value)
-    except ValueError:
-        return value
+def _as_json(column: str, value: str) -> str:
+    """The value as a client writes it in JSON: ids and amounts as the number literal given
+    where it is one (1e999 and 1e-400 kept as written), anything else as a string, times always
+    as strings."""
+    if column != "tx_datetime":
+        try:
+            json.loads(value)
+        except ValueError:
+            pass
+        else:
+            return value
+    return json.dumps(value)
 
 
 def _service_status(column: str, value: str) -> int:
     """200 when the request contract takes the transaction, else the status it answers."""
     row = GOOD | {"transaction_id": "2", column: value}
-    body = json.dumps({key: _as_json(key, text) for key, text in row.items()}).encode()
+    body = ("{" + ",".join(f"{json.dumps(key)}: {_as_json(key, text)}"
+                           for key, text in row.items()) + "}").encode()  # fmt: skip
     adapter = TypeAdapter(request_models(Settings())["score"])
     try:
         parse_body(body, adapter=adapter, content_type="application/json")

@@ -244,6 +244,8 @@ BAD_SCORES = [
     ),
     ("NaN amount", b"NaN", {}, 422, "tx_amount: Input should be a finite number"),
     ("infinite amount", b"1e999", {}, 422, "tx_amount: Input should be a finite number"),
+    ("amount read as 0", b"1e-400", {}, 422, "tx_amount: 1e-400 is too small to represent"),
+    ("a key given twice", b"twice", {}, 422, "customer_id: given more than once"),
     (
         "absurd amount",
         {"tx_amount": 1e15},
@@ -302,8 +304,11 @@ def test_a_bad_score_request_gets_a_4xx_naming_the_problem_and_the_service_goes_
         body = json.dumps(changed).encode()
     elif isinstance(change, list):
         body = json.dumps(change).encode()
-    elif change in (b"NaN", b"1e999"):
+    elif change in (b"NaN", b"1e999", b"1e-400"):
         body = json.dumps(good).replace("12.5", change.decode()).encode()
+    elif change == b"twice":
+        body = json.dumps(good).replace('"customer_id": 3', '"customer_id": 3, "customer_id": 4')
+        body = body.encode()
     else:
         body = change
     got, answer = server.request("POST", "/v1/score", raw=body, key=KEY, headers=headers)

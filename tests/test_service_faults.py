@@ -500,3 +500,38 @@ def test_a_store_that_cannot_take_writes_refuses_the_start_in_one_line(deploymen
     assert status == 1
     assert "disk full" in log
     assert "Traceback" not in log
+
+
+def test_a_label_flipped_is_kept_as_history_and_counted(bounded):
+    acknowledged: dict[int, dict] = {}
+    assert _post(bounded, 500, acknowledged) == 200
+    (tx_id,) = acknowledged
+
+    def changes(before: str, after: str) -> float:
+        _, text = bounded.request("GET", "/metrics", key=KEY)
+        return sum(
+            sample.value
+            for family in text_string_to_metric_families(text)
+            for sample in family.samples
+            if sample.name == "fraudlab_label_changes_total"
+            and sample.labels == {"from_label": before, "to_label": after}
+        )
+
+    answers = [
+        bounded.request("POST", "/v1/labels", {"labels": [{"transaction_id": tx_id,
+                                                           "tx_fraud": fraud}]}, key=KEY)
+        for fraud in (1, 0, 1)
+    ]  # fmt: skip
+    assert [answer for _, answer in answers] == [
+        {"recorded": 1, "changed": 0},
+        {"recorded": 1, "changed": 1},
+        {"recorded": 1, "changed": 1},
+    ]
+    assert (changes("1", "0"), changes("0", "1")) == (1, 1)
+    with sqlite3.connect(bounded.store) as db:
+        log = db.execute("SELECT previous, fraud FROM label_log WHERE transaction_id = ? "
+                         "ORDER BY seq", (tx_id,)).fetchall()  # fmt: skip
+        latest = db.execute("SELECT fraud FROM history WHERE transaction_id = ?", (tx_id,))
+        assert latest.fetchone() == (1,)
+    assert log == [(None, 1), (1, 0), (0, 1)]
+    assert sum("label changed from" in line for line in bounded.log) == 2

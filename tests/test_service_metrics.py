@@ -25,7 +25,7 @@ def test_requests_decisions_and_labels_are_counted_as_given():
     metrics.request("score", status=422, seconds=0.001)
     # scores 0.1, 0.5, 0.9 against a threshold of 0.5: two frauds (>=), one legit; one late
     metrics.scored(np.array([0.1, 0.5, 0.9]), threshold=0.5, late=1, features=np.zeros((3, 2)))
-    metrics.labels([(1, 1), (2, 0), (3, 0)])
+    metrics.labels([(1, 1), (2, 0), (3, 0)], changed=[(3, 1, 0)])
     found = _samples(metrics)
     requests = "fraudlab_requests_total"
     assert found[(requests, (("endpoint", "score"), ("status", "200")))] == 2
@@ -35,6 +35,8 @@ def test_requests_decisions_and_labels_are_counted_as_given():
     assert found[("fraudlab_late_transactions_total", ())] == 1
     assert found[("fraudlab_labels_total", (("tx_fraud", "1"),))] == 1
     assert found[("fraudlab_labels_total", (("tx_fraud", "0"),))] == 2
+    changes = "fraudlab_label_changes_total"
+    assert found[(changes, (("from_label", "1"), ("to_label", "0")))] == 1
     assert found[("fraudlab_score_count", ())] == 3
     assert found[("fraudlab_score_sum", ())] == 1.5
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import collections
 import signal
+import sqlite3
 import subprocess
 import sys
 import time
@@ -238,3 +239,33 @@ def test_a_scored_write_prunes_in_the_same_transaction(store):
     with store.exclusive():
         store.add_scored([_tx(4)], ["{}"], prune_before=1_000 * DAY + 2, prune_limit=5)
     assert sorted(store.lookup([1, 2, 3, 4])) == [3, 4]
+
+
+def test_a_label_changed_keeps_its_history_and_the_latest_counts(tmp_path):
+    with SQLiteHistory(tmp_path / "labels.db", fsync=False) as store:
+        store.add([Transaction(1, 10, 1, 1, 5.0), Transaction(2, 20, 1, 1, 6.0)])
+        assert store.label([(1, 1), (2, 0)]) == []  # first labels: nothing changed
+        assert store.label([(1, 0)]) == [(1, 1, 0)]
+        assert store.label([(1, 1), (2, 0)]) == [(1, 0, 1)]  # the same label again: no change
+        history = store._db.execute(
+            "SELECT transaction_id, previous, fraud, recorded_at FROM label_log ORDER BY seq"
+        ).fetchall()
+        latest = store._db.execute("SELECT fraud FROM history WHERE transaction_id = 1")
+        assert latest.fetchone() == (1,)
+    assert [row[:3] for row in history] == [(1, None, 1), (2, None, 0), (1, 1, 0), (1, 0, 1)]
+    assert all(row[3] > 1_700_000_000_000 for row in history)  # ms since the epoch, now
+
+
+def test_a_store_made_before_label_history_gains_it(tmp_path):
+    path = tmp_path / "old.db"
+    with sqlite3.connect(path) as db:
+        db.executescript(
+            "CREATE TABLE label_log (seq INTEGER PRIMARY KEY AUTOINCREMENT, "
+            "transaction_id INTEGER NOT NULL, time INTEGER NOT NULL);"
+        )
+    with SQLiteHistory(path, fsync=False) as store:
+        store.add([Transaction(1, 10, 1, 1, 5.0)])
+        store.label([(1, 1)])
+        assert store.label([(1, 0)]) == [(1, 1, 0)]
+        rows = store._db.execute("SELECT previous, fraud FROM label_log ORDER BY seq").fetchall()
+    assert rows == [(None, 1), (1, 0)]

@@ -277,6 +277,7 @@ _ID_COLUMNS = (schema.TRANSACTION_ID, schema.CUSTOMER_ID, schema.TERMINAL_ID)
 NOT_AN_INTEGER = "not an integer"
 LEADING_ZEROS = "with leading zeros"
 NON_FINITE_AMOUNT = "non-finite tx_amount"
+UNDERFLOWING_AMOUNT = "tx_amount too small to represent (it would be read as 0)"
 _INT64 = np.iinfo(np.int64)
 _EXACT_FLOAT_LIMIT = 2.0**53  # above it a float64 cannot hold every integer
 _SAFE_DIGITS = 18  # any number of up to 18 digits fits int64
@@ -347,13 +348,16 @@ def _parse_integer_id(values: pd.Series, column: str) -> tuple[pd.Series, dict[s
 
 def _parse_amount(values: pd.Series) -> tuple[pd.Series, dict[str, np.ndarray]]:
     """Amounts as float64; 'nan' written out is a non-finite amount, not an unreadable one
-    (inf, -inf and 1e999 parse, and the contract's finite rule catches them)."""
+    (inf, -inf and 1e999 parse, and the contract's finite rule catches them); a non-zero amount
+    too small for float64 (1e-400) would be read as 0 and is refused."""
     numbers = pd.to_numeric(values, errors="coerce")
     if pd.api.types.is_numeric_dtype(values):
         return numbers, {}
     text = values.astype("string").str.strip().str.lower()
     written_nan = text.isin(["nan", "+nan", "-nan"]).fillna(False).to_numpy(dtype=bool)
-    return numbers, {NON_FINITE_AMOUNT: written_nan}
+    nonzero_digits = text.str.split("e", n=1).str[0].str.contains(r"[1-9]", regex=True)
+    underflow = ((numbers == 0) & nonzero_digits).fillna(False).to_numpy(dtype=bool)
+    return numbers, {NON_FINITE_AMOUNT: written_nan, UNDERFLOWING_AMOUNT: underflow}
 
 
 def _parse_text_id(values: pd.Series, column: str) -> tuple[pd.Series, dict[str, np.ndarray]]:

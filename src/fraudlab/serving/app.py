@@ -18,6 +18,7 @@ import asyncio
 import contextlib
 import gc
 import hmac
+import json
 import logging
 import re
 import sqlite3
@@ -246,9 +247,57 @@ def _problems(error: ValidationError) -> list[dict[str, str]]:
     return problems
 
 
+class _AmbiguousJSONError(Exception):
+    pass
+
+
+class _Underflow(float):
+    """A number literal that is not zero but that float64 reads as 0.0."""
+
+    text = ""
+
+
+_NONZERO_DIGIT = re.compile(r"[1-9]")
+
+
+def _exact_float(text: str) -> float:
+    value = float(text)
+    if value == 0.0 and _NONZERO_DIGIT.search(text.lower().split("e", 1)[0]):
+        underflow = _Underflow(0.0)
+        underflow.text = text
+        return underflow
+    return value
+
+
+def _unambiguous_object(pairs: list[tuple[str, Any]]) -> dict:
+    found: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in found:
+            # which of the two counts is a guess another parser could make differently
+            raise _AmbiguousJSONError(f"{key}: given more than once")
+        if isinstance(value, _Underflow):
+            raise _AmbiguousJSONError(
+                f"{key}: {value.text} is too small to represent (it would be read as 0)"
+            )
+        found[key] = value
+    return found
+
+
+def _require_unambiguous(body: bytes) -> None:
+    """Refuse what a JSON parser reads silently one way: a key given twice (the last would
+    win) and a non-zero number read as 0.0; anything else is pydantic's to judge."""
+    try:
+        json.loads(body, object_pairs_hook=_unambiguous_object, parse_float=_exact_float)
+    except _AmbiguousJSONError as exc:
+        raise RequestError(422, f"invalid request: {exc}") from None
+    except (ValueError, RecursionError):
+        pass  # malformed: pydantic says how
+
+
 def parse_body(body: bytes, *, adapter: TypeAdapter, content_type: str | None) -> Any:
     if not (content_type or "").split(";")[0].strip().lower() == "application/json":
         raise RequestError(415, f"content type must be application/json, not {content_type!r}")
+    _require_unambiguous(body)
     try:
         return adapter.validate_json(body)
     except ValidationError as error:
@@ -620,14 +669,16 @@ def create_app(settings: Settings) -> Any:
         health = state["health"]
         health.require()
         try:
-            state["scorer"].label(pairs)
+            changed = state["scorer"].label(pairs)
         except UnknownTransactionError as exc:
             raise RequestError(404, str(exc)) from None
         except sqlite3.Error as exc:
             raise health.failed(exc) from None
         health.succeeded()
-        metrics.labels(pairs)
-        return 200, orjson.dumps({"recorded": len(pairs)})
+        metrics.labels(pairs, changed=changed)
+        for tx_id, before, after in changed:
+            log.info("transaction %d: label changed from %d to %d", tx_id, before, after)
+        return 200, orjson.dumps({"recorded": len(pairs), "changed": len(changed)})
 
     endpoints: dict[str, Endpoint] = {
         "/v1/score": _answering(score_one),

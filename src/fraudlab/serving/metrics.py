@@ -153,6 +153,12 @@ class ServiceMetrics:
         self._labels = Counter(
             "fraudlab_labels", "Confirmed labels received", ["tx_fraud"], registry=registry
         )
+        self._label_changes = Counter(
+            "fraudlab_label_changes",
+            "Labels that replaced another label of the same transaction (the latest counts)",
+            ["from_label", "to_label"],
+            registry=registry,
+        )
         self._batch = Histogram(
             "fraudlab_scoring_round_transactions",
             "Transactions scored together in one round (concurrent requests share a round)",
@@ -255,7 +261,9 @@ class ServiceMetrics:
         if late:
             self._late.inc(late)
 
-    def labels(self, pairs: list[tuple[int, int]]) -> None:
+    def labels(self, pairs: list[tuple[int, int]], *, changed: list[tuple[int, int, int]]) -> None:
+        for _, before, after in changed:
+            self._label_changes.labels(str(before), str(after)).inc()
         frauds = sum(fraud for _, fraud in pairs)
         if frauds:
             self._labels.labels("1").inc(frauds)

@@ -290,10 +290,11 @@ class Scorer:
         self.last_scores, self.last_features = scores, online.matrix
         return answers
 
-    def label(self, labels: Sequence[tuple[int, int]]) -> None:
-        """Record confirmed labels durably (UnknownTransactionError: none recorded)."""
+    def label(self, labels: Sequence[tuple[int, int]]) -> list[tuple[int, int, int]]:
+        """Record confirmed labels durably (UnknownTransactionError: none recorded); the
+        changes of labels already given (transaction_id, from, to)."""
         with self.store.exclusive():
-            self.store.label(labels)
+            return self.store.label(labels)
 
 
 def load_scorer(

@@ -89,7 +89,7 @@ class HistoryStore(Protocol):
 
     def lookup(self, transaction_ids: Iterable[int]) -> dict[int, Stored]: ...
 
-    def label(self, labels: Iterable[tuple[int, int]]) -> None: ...
+    def label(self, labels: Iterable[tuple[int, int]]) -> list[tuple[int, int, int]]: ...
 
     def changes(self, cursor: tuple[int, int]) -> Changes: ...
 
@@ -120,10 +120,19 @@ CREATE TABLE IF NOT EXISTS label_log (
     time INTEGER NOT NULL
 );
 CREATE INDEX IF NOT EXISTS label_log_by_time ON label_log (time);
-CREATE TRIGGER IF NOT EXISTS log_label AFTER UPDATE OF fraud ON history
+"""
+# every label change is kept: the value it replaced and when (ms since the epoch, UTC); the
+# latest counts. Added to the label log of stores made before it kept them.
+_LABEL_HISTORY = (("fraud", "INTEGER"), ("previous", "INTEGER"), ("recorded_at", "INTEGER"))
+_LABEL_TRIGGER = """
+DROP TRIGGER IF EXISTS log_label;
+CREATE TRIGGER log_label AFTER UPDATE OF fraud ON history
 WHEN old.fraud IS NOT new.fraud
 BEGIN
-    INSERT INTO label_log (transaction_id, time) VALUES (new.transaction_id, new.time);
+    INSERT INTO label_log (transaction_id, time, fraud, previous, recorded_at) VALUES (
+        new.transaction_id, new.time, new.fraud, old.fraud,
+        CAST((julianday('now') - 2440587.5) * 86400000 AS INTEGER)
+    );
 END;
 """
 # the queries the service runs, each an index search (tests check the plans)
@@ -177,6 +186,20 @@ class SQLiteHistory:
         self._data_version = -1
         with self.exclusive():
             self._db.executescript(_SCHEMA)
+            self._add_label_history()
+
+    def _add_label_history(self) -> None:
+        columns = {row[1] for row in self._db.execute("PRAGMA table_info(label_log)")}
+        missing = [(name, kind) for name, kind in _LABEL_HISTORY if name not in columns]
+        if (
+            missing
+            or not self._db.execute(
+                "SELECT 1 FROM sqlite_master WHERE type = 'trigger' AND name = 'log_label' "
+                "AND sql LIKE '%recorded_at%'"
+            ).fetchone()
+        ):
+            script = "".join(f"ALTER TABLE label_log ADD COLUMN {n} {k};" for n, k in missing)
+            self._db.executescript(f"BEGIN; {script} {_LABEL_TRIGGER} COMMIT;")
 
     def close(self) -> None:
         self._db.close()
@@ -251,23 +274,24 @@ class SQLiteHistory:
             self._known_end = None  # the rows grew
         return added
 
-    def label(self, labels: Iterable[tuple[int, int]]) -> None:
+    def label(self, labels: Iterable[tuple[int, int]]) -> list[tuple[int, int, int]]:
         """Record confirmed labels (transaction_id, 0 or 1) in one durable write; nothing is
-        recorded if one is invalid or unknown."""
+        recorded if one is invalid or unknown. The latest label counts, and each change is
+        kept in the label log; returns the changes of a label already given (transaction_id,
+        from, to), e.g. an investigation reopened."""
         labels = [(int(tx_id), fraud) for tx_id, fraud in labels]
         for transaction_id, fraud in labels:
             if fraud not in (0, 1) or isinstance(fraud, bool):
                 raise UserError(f"transaction {transaction_id}: tx_fraud {fraud} is not 0/1")
         with self._transaction():
-            known = set()
+            known: dict[int, int | None] = {}
             for chunk in _chunks(list(dict.fromkeys(tx_id for tx_id, _ in labels))):
                 known.update(
-                    row[0]
-                    for row in self._db.execute(
-                        "SELECT transaction_id FROM history "
+                    self._db.execute(
+                        "SELECT transaction_id, fraud FROM history "
                         f"WHERE transaction_id IN ({_placeholders(len(chunk))})",
                         chunk,
-                    )
+                    ).fetchall()
                 )
             unknown = [tx_id for tx_id, _ in labels if tx_id not in known]
             if unknown:
@@ -280,6 +304,12 @@ class SQLiteHistory:
                 [(int(fraud), tx_id) for tx_id, fraud in labels],
             )
             self._known_end = None  # the label log grew
+        changed = []
+        for tx_id, fraud in labels:
+            if known[tx_id] is not None and known[tx_id] != fraud:
+                changed.append((tx_id, known[tx_id], fraud))
+            known[tx_id] = fraud
+        return changed
 
     def changes(self, cursor: tuple[int, int]) -> Changes:
         """Rows added and labels changed after ``cursor`` (read in one snapshot)."""
