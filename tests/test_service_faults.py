@@ -9,6 +9,8 @@ import collections
 import contextlib
 import json
 import resource
+import shutil
+import signal
 import socket
 import sqlite3
 import subprocess
@@ -16,17 +18,26 @@ import threading
 import time
 from pathlib import Path
 
+import joblib
 import pandas as pd
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from fraudlab.core import schema
+from fraudlab.core.params import load_params
+from fraudlab.integrity.lock import file_md5
+from fraudlab.modeling.artifact import model_artifact
+from fraudlab.modeling.pipeline import fit_pipeline
 from helpers import Server, refused_start
 from test_service import (  # noqa: F401 (fixtures)
+    DAY,
     KEY,
+    PARAMS,
     batch,
     deployment,
     features_params_module,
     server_args,
+    write_lock,
 )
 
 pytestmark = pytest.mark.slow  # real server processes over HTTP
@@ -535,3 +546,81 @@ def test_a_label_flipped_is_kept_as_history_and_counted(bounded):
         assert latest.fetchone() == (1,)
     assert log == [(None, 1), (1, 0), (0, 1)]
     assert sum("label changed from" in line for line in bounded.log) == 2
+
+
+def test_a_model_changed_on_disk_is_reported_and_loaded_only_on_sighup(
+    deployment,  # noqa: F811
+    batch,  # noqa: F811
+    tmp_path,
+):
+    """The served model replaced on disk: still served, reported on /readyz and /metrics; SIGHUP
+    with dvc.lock not matching it is refused; with dvc.lock recording it, it is loaded while a
+    client keeps scoring, without a failed request."""
+    root = tmp_path / "deployment"
+    shutil.copytree(deployment["root"], root, ignore=shutil.ignore_patterns("*.db*"))
+    args = server_args(root, "history.db", "--create-store")
+    names = deployment["names"]
+    old_md5 = file_md5(root / "models" / "model.joblib")
+    with Server(args, env=ENV) as running:
+        train = batch[batch[schema.TX_DATETIME] < batch[schema.TX_DATETIME].min() + 21 * DAY]
+        params = load_params(PARAMS, "train")["train"]
+        params = params.model_copy(
+            update={"xgboost": params.xgboost.model_copy(update={"n_estimators": 12})}
+        )
+        features = load_params(PARAMS, "features")["features"]
+        model = root / "models" / "model.joblib"
+        joblib.dump(
+            model_artifact(fit_pipeline(train, names, params=params), params=params,
+                           features=features), model,
+        )  # fmt: skip
+        new_md5 = file_md5(model)
+        assert _until(lambda: "changed_on_disk" in running.request("GET", "/readyz")[1])
+        status, body = running.request("GET", "/readyz")
+        assert (status, body["changed_on_disk"]) == (200, ["model.joblib"])
+        assert _gauge(running, "fraudlab_served_file_changed", file="model.joblib") == 1
+        acknowledged: dict[int, dict] = {}
+        assert _post(running, 1, acknowledged) == 200
+        assert acknowledged[10**12 + 1]["model_version"] == old_md5
+
+        running.process.send_signal(signal.SIGHUP)  # dvc.lock still records the old model
+        assert _until(lambda: any("reload refused" in line for line in running.log))
+        assert "model.joblib: MD5" in "".join(running.log)
+        assert _post(running, 2, acknowledged) == 200
+        assert acknowledged[10**12 + 2]["model_version"] == old_md5
+
+        serving = root / "models" / "serving.json"
+        serving.write_text(json.dumps(json.loads(serving.read_text()) | {"model_md5": new_md5}))
+        write_lock(root)  # as `dvc repro` would record them
+        statuses: list[int] = []
+        stop = threading.Event()
+
+        def stream() -> None:
+            n = 100
+            while not stop.is_set():
+                n += 1
+                statuses.append(_post(running, n, acknowledged))
+
+        client = threading.Thread(target=stream)
+        client.start()
+        running.process.send_signal(signal.SIGHUP)
+        reloaded = _until(lambda: any("now serving model" in line for line in running.log))
+        time.sleep(0.5)
+        stop.set()
+        client.join()
+        assert reloaded
+        assert statuses
+        assert set(statuses) == {200}  # no request failed during the swap
+        assert _post(running, 3, acknowledged) == 200
+        assert acknowledged[10**12 + 3]["model_version"] == new_md5
+        assert "changed_on_disk" not in running.request("GET", "/readyz")[1]
+        assert _gauge(running, "fraudlab_served_file_changed", file="model.joblib") == 0
+
+
+def _gauge(server, name: str, **labels: str) -> float:
+    _, text = server.request("GET", "/metrics", key=KEY)
+    return sum(
+        sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+        if sample.name == name and sample.labels == labels
+    )

@@ -18,9 +18,11 @@ import asyncio
 import contextlib
 import gc
 import hmac
+import itertools
 import json
 import logging
 import re
+import signal
 import sqlite3
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -43,9 +45,11 @@ from pydantic import (
     field_validator,
 )
 
+from fraudlab.integrity.lock import recorded
 from fraudlab.monitoring.drift import DriftWindow
 from fraudlab.monitoring.reference import read_reference_profile
 from fraudlab.serving.clock import Clock
+from fraudlab.serving.files import ServedFiles
 from fraudlab.serving.health import StoreHealth, StoreUnavailableError, kind_of
 from fraudlab.serving.protocol import REFUSED_STATUS, Limits
 from fraudlab.serving.scorer import Refused, Scorer, load_scorer
@@ -599,45 +603,33 @@ def create_app(settings: Settings) -> Any:
 
     @contextlib.asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
-        store = SQLiteHistory(settings.store, fsync=settings.fsync, autocheckpoint=False)
+        served = load_served(settings)
         health = StoreHealth(
             settings.store, reserve_bytes=settings.store_reserve_bytes, on_change=metrics.store_up
         )
         checkpointer = Checkpointer(settings.store).start()
-        scorer = load_scorer(
-            model_path=settings.model,
-            serving_path=settings.serving,
-            lock_path=settings.lock,
-            store=store,
-            clock=clock_of(settings),
-        )
-        metrics.describe_model(scorer)
-        reference = read_reference_profile(
-            settings.reference,
-            lock_path=settings.lock,
-            model_path=settings.model,
-            features=scorer.model.features,
-        )
-        window = DriftWindow(
-            reference,
-            features=scorer.names,
-            size=settings.drift_window,
-            threshold=scorer.config.threshold,
-        )
-        metrics.watch(window)
+        files = ServedFiles(served.md5s, on_change=metrics.served_file_changed)
+        metrics.describe_model(served.scorer)
+        metrics.watch(served.window)
+        loop = asyncio.get_running_loop()
         with IdleCollector() as collector:
-            batcher = Batcher(scorer, metrics, collector=collector, health=health)
+            batcher = Batcher(served.scorer, metrics, collector=collector, health=health)
             batcher.start()
-            watcher = asyncio.get_running_loop().create_task(_watch(health))
-            state.update(store=store, scorer=scorer, batcher=batcher, health=health)
-            log.info("serving model %s (%s)", scorer.model_version, scorer.model.family)
+            watcher = loop.create_task(_watch(health, files))
+            state.update(served=served, scorer=served.scorer, batcher=batcher, health=health,
+                         files=files)  # fmt: skip
+            reloading = ReloadOnHangup(settings, state=state, metrics=metrics)
+            loop.add_signal_handler(signal.SIGHUP, reloading.start)
+            log.info("serving model %s (%s)", served.scorer.model_version,
+                     served.scorer.model.family)  # fmt: skip
             try:
                 yield
             finally:
+                loop.remove_signal_handler(signal.SIGHUP)
                 watcher.cancel()
                 await batcher.stop()
                 checkpointer.stop()
-                store.close()
+                state["served"].store.close()
                 state.clear()
 
     app = FastAPI(
@@ -735,6 +727,9 @@ def create_app(settings: Settings) -> Any:
         if ready and (reason := state["health"].reason) is not None:
             ready = False
             body = {"status": "not ready", "store": kind_of(reason)}
+        if ready and (changed := state["files"].changed()):
+            # still ready: the verified copies are served; the operator should know
+            body["changed_on_disk"] = [Path(name).name for name in changed]
         return Response(
             orjson.dumps(body), status_code=200 if ready else 503, media_type="application/json"
         )
@@ -742,17 +737,102 @@ def create_app(settings: Settings) -> Any:
     @app.get("/metrics")
     async def prometheus_metrics() -> Response:
         """Prometheus text format."""
-        content, media_type = metrics.exposition(state.get("store"))
+        served = state.get("served")
+        content, media_type = metrics.exposition(None if served is None else served.store)
         return Response(content, media_type=media_type)
 
     return Guard(app, settings=settings, metrics=metrics, endpoints=endpoints)
 
 
-async def _watch(health: StoreHealth, *, every: float = 0.5) -> None:
-    """Look at the store while no request does, so that readiness follows it."""
-    while True:
+async def _watch(health: StoreHealth, files: ServedFiles, *, every: float = 0.5) -> None:
+    """Look at the store while no request does, so that readiness follows it, and at the
+    served files every few seconds."""
+    for turn in itertools.count():
         await asyncio.sleep(every)
         health.check()
+        if turn % 6 == 5:
+            files.check()
+
+
+@dataclass
+class Served:
+    """What one service process serves, loaded and checked together."""
+
+    store: SQLiteHistory  # this scorer's own connection
+    scorer: Scorer
+    window: DriftWindow
+    md5s: dict[str, str]  # each served file's MD5, as dvc.lock recorded and the load checked
+
+
+def load_served(settings: Settings) -> Served:
+    """Open the store and load the model, its serving config and reference profile, each
+    checked against dvc.lock (blocking: seconds at the reference size)."""
+    store = SQLiteHistory(settings.store, fsync=settings.fsync, autocheckpoint=False)
+    try:
+        scorer = load_scorer(
+            model_path=settings.model,
+            serving_path=settings.serving,
+            lock_path=settings.lock,
+            store=store,
+            clock=clock_of(settings),
+        )
+        reference = read_reference_profile(
+            settings.reference,
+            lock_path=settings.lock,
+            model_path=settings.model,
+            features=scorer.model.features,
+        )
+    except BaseException:
+        store.close()
+        raise
+    window = DriftWindow(
+        reference,
+        features=scorer.names,
+        size=settings.drift_window,
+        threshold=scorer.config.threshold,
+    )
+    md5s = {
+        path: recorded(path, lock_path=settings.lock).md5
+        for path in (settings.model, settings.serving, settings.reference)
+    }
+    return Served(store=store, scorer=scorer, window=window, md5s=md5s)
+
+
+class ReloadOnHangup:
+    """SIGHUP: load the served files again, checked against dvc.lock, in a thread while the
+    current model keeps serving; swap between two scoring rounds (no request waits or is
+    dropped); on any failure keep serving what was served, and say why in one line."""
+
+    def __init__(self, settings: Settings, *, state: dict, metrics: Any) -> None:
+        self.settings = settings
+        self.state = state
+        self.metrics = metrics
+        self._task: asyncio.Task | None = None
+
+    def start(self) -> None:
+        if self._task is not None and not self._task.done():
+            log.warning("SIGHUP: a reload is already running")
+            return
+        self._task = asyncio.get_running_loop().create_task(self._reload())
+
+    async def _reload(self) -> None:
+        log.warning("SIGHUP: loading %s again", self.settings.model)
+        try:
+            served = await asyncio.to_thread(load_served, self.settings)
+        except Exception as exc:
+            log.error("SIGHUP: reload refused, still serving %s: %s",
+                      self.state["scorer"].model_version, exc)  # fmt: skip
+            return
+        old = self.state["served"]
+        # between rounds: the batcher's loop and this coroutine share the event loop
+        self.state["batcher"].scorer = served.scorer
+        self.state.update(served=served, scorer=served.scorer)
+        self.metrics.describe_model(served.scorer)
+        self.metrics.watch(served.window)
+        self.state["files"].serve(served.md5s)
+        old.store.close()
+        log.warning("SIGHUP: now serving model %s (was %s)", served.scorer.model_version,
+                    old.scorer.model_version)  # fmt: skip
 
 
 def settings_path(directory: str | Path) -> Path:

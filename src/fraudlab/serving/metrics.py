@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Iterable
+from pathlib import Path
 
 import numpy as np
 from prometheus_client import (
@@ -191,6 +192,14 @@ class ServiceMetrics:
             registry=registry,
         )
         self._store_up.set(1)
+        self._file_changed = Gauge(
+            "fraudlab_served_file_changed",
+            "1 when a served file (model, serving.json, reference profile) differs on disk from "
+            "the copy being served (SIGHUP reloads it once dvc.lock records it)",
+            ["file"],
+            multiprocess_mode="livemax",
+            registry=registry,
+        )
         self._cells: list[tuple[int, int, Gauge]] = []
 
     def watch(self, window: DriftWindow) -> None:
@@ -234,6 +243,9 @@ class ServiceMetrics:
             "threshold": repr(scorer.config.threshold),
             "threshold_rule": scorer.config.threshold_rule,
         }
+
+    def served_file_changed(self, path: str, changed: bool) -> None:
+        self._file_changed.labels(Path(path).name).set(1 if changed else 0)
 
     def store_up(self, reason: str | None) -> None:
         self._store_up.set(0 if reason else 1)

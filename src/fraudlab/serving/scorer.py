@@ -157,8 +157,9 @@ class Scorer:
         self.last_scores = np.zeros(0)
         self.last_features = np.zeros((0, len(self.names)))
         self.last_late = 0  # of those, older than their customer's newest stored transaction
-        with store.exclusive():
-            self.recent.refresh()
+        # one snapshot of the store (no lock: a reload loads while the scoring goes on); the
+        # first round catches up with what was written since
+        self.recent.refresh()
 
     @property
     def model_version(self) -> str:
