@@ -37,8 +37,8 @@ import numpy as np
 import pandas as pd
 
 from fraudlab.core import schema
-from fraudlab.core.params import load_params
 from fraudlab.serving.app import request_fields
+from serve import test_period_start  # bench/serve.py
 
 ROOT = Path(__file__).resolve().parents[1]
 KEY = "bench-key-0123456789abcdef"
@@ -243,11 +243,7 @@ print(f"{loaded:.1f} {max(gaps):.3f}")
 def main() -> None:
     if os.geteuid() != 0:
         raise SystemExit("needs root (a tmpfs of its own, chattr)")
-    params = load_params(ROOT / "params.yaml", "split", "features")
-    split, features = params["split"], params["features"]
-    test_start = pd.Timestamp(split.train_start) + pd.Timedelta(
-        days=split.train_days + features.label_delay_days
-    )
+    test_start = test_period_start()
     clean = pd.read_parquet(ROOT / "data" / "clean" / "transactions.parquet")
     workdir = Path(tempfile.mkdtemp(prefix="fraudlab-bench-faults-"))
     disk = workdir / "disk"

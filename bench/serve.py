@@ -282,6 +282,15 @@ def parity(url: str, later: pd.DataFrame, *, delay: pd.Timedelta) -> None:
           f"decisions differing: {differing}")  # fmt: skip
 
 
+def test_period_start() -> pd.Timestamp:
+    """The first day of the test period under the committed params."""
+    params = load_params(ROOT / "params.yaml", "split", "features")
+    split, features = params["split"], params["features"]
+    return pd.Timestamp(split.train_start) + pd.Timedelta(
+        days=split.train_days + features.label_delay_days
+    )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     # one: on these 2 cores the load generator needs the other (two measured slower)
@@ -293,11 +302,8 @@ def main() -> None:
     args = parser.parse_args()
     if shutil.which("wrk") is None:
         raise SystemExit("wrk not found: apt-get install wrk")
-    params = load_params(ROOT / "params.yaml", "split", "features")
-    split, features = params["split"], params["features"]
-    test_start = pd.Timestamp(split.train_start) + pd.Timedelta(
-        days=split.train_days + features.label_delay_days
-    )
+    features = load_params(ROOT / "params.yaml", "features")["features"]
+    test_start = test_period_start()
     clean = pd.read_parquet(ROOT / "data" / "clean" / "transactions.parquet")
     clean = clean.sort_values(schema.SORT_KEYS, ignore_index=True)
     workdir = Path(tempfile.mkdtemp(prefix="fraudlab-bench-serve-"))

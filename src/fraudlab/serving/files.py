@@ -46,8 +46,8 @@ class ServedFiles:
 
     def serve(self, md5s: dict[str, str]) -> None:
         """Watch these copies now (at start, and after a reload)."""
-        for name, watched in self.files.items():
-            if watched.changed and self.on_change is not None:
+        if self.on_change is not None:  # every file reported, unchanged so far
+            for name in {*self.files, *md5s}:
                 self.on_change(name, False)
         self.files = {
             name: _Watched(Path(name), md5, _signature(Path(name))) for name, md5 in md5s.items()
