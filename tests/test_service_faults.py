@@ -231,7 +231,7 @@ def _counted(server, status: int) -> float:
 def test_an_oversized_head_is_a_431_at_once_without_parsing_it(bounded):
     """A 64 MiB header and a head of 500 lines: 431 while the client is still sending, read
     by the client (no reset), and counted on /metrics; the service goes on."""
-    before = _counted(bounded, 431)
+    before, rows = _counted(bounded, 431), _rows(bounded.store)
     huge = b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Big: " + b"a" * (64 << 20)
     many = _head(*(f"X-{n}: 1" for n in range(500)))
     for payload in (huge, many):
@@ -243,6 +243,7 @@ def test_an_oversized_head_is_a_431_at_once_without_parsing_it(bounded):
         assert status == 431
     assert _counted(bounded, 431) == before + 2
     assert bounded.request("GET", "/healthz")[0] == 200
+    assert _rows(bounded.store) == rows
 
 
 def _send_quietly(connection: socket.socket, payload: bytes) -> None:
