@@ -1,0 +1,407 @@
+"""Online features from running state: constant work per transaction, whatever a window holds.
+
+The batch kernels (``fraudlab.features.kernels``) stay the definition; this module keeps, per
+card and per terminal, what the features need as running sums with expiry, so that scoring a
+transaction costs a few operations per window instead of a walk over the card's and terminal's
+rows (tests check every group against the kernels).
+
+* A card (``CardState``) keeps its rows of the retention in (time, id) order and, per window
+  length, the position of the first row inside ``(now - n, now]`` with the count, a compensated
+  sum of the amounts and the count of anomalous payments there; per amount window a monotonic
+  queue gives the maximum. A new transaction later than every stored one (the usual case)
+  advances each window's start past the rows that left it: each row enters and leaves each
+  window once, so the work per transaction is constant on average.
+* A terminal (``TerminalState``) keeps its rows and labels; its windows end at the known-label
+  frontier ``t - d`` and start ``n`` days before it, with running counts and fraud counts, and
+  the run of known frauds ending at the frontier. A label that changes moves each window's
+  fraud count by one (the row is found by id); one behind the frontier also re-reads the run
+  (as far back as the run goes).
+* A transaction earlier than its card's or terminal's newest row (late, inside the accepted
+  window) is scored from a replay of the rows before it, and its card or terminal is replayed
+  once it is inserted: correct, at a cost that grows with the rows kept. The service counts them
+  (``fraudlab_late_transactions_total``).
+
+Rules are the kernels' (SPEC section 4): customer windows ``(t - n, t]`` with the transaction
+itself, the amount groups over the earlier payments ``(t - n, t)``, terminal windows
+``(t - d - n, t - d]``; rows ordered by (time, id); a row at ``t - n`` exactly is outside.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import deque
+from dataclasses import dataclass, field
+
+import numpy as np
+import pandas as pd
+
+from fraudlab.core import schema
+from fraudlab.core.params import FeaturesParams
+from fraudlab.features.kernels import NS_PER_DAY, SATURDAY
+from fraudlab.features.names import (
+    KNOWN_LABEL_FEATURES,
+    customer_feature_names,
+    feature_names,
+    group_feature_names,
+    terminal_feature_names,
+)
+
+_NAN = float("nan")
+
+
+class _Sum:
+    """A running sum with Neumaier's compensation: adding and removing values for months keeps
+    the error near one rounding, where a plain running sum drifts."""
+
+    __slots__ = ("compensation", "total")
+
+    def __init__(self) -> None:
+        self.total = 0.0
+        self.compensation = 0.0
+
+    def add(self, value: float) -> None:
+        total = self.total + value
+        if abs(self.total) >= abs(value):
+            self.compensation += (self.total - total) + value
+        else:
+            self.compensation += (value - total) + self.total
+        self.total = total
+
+    def value(self) -> float:
+        return self.total + self.compensation
+
+
+@dataclass
+class _Window:
+    """Rows ``start`` (absolute position) to the newest row inside one window length."""
+
+    length: int  # ns
+    start: int = 0
+    amounts: _Sum = field(default_factory=_Sum)
+    anomalies: int = 0
+    maxima: deque[int] | None = None  # positions, amounts decreasing (amount windows only)
+
+
+class _Plan:
+    """Which window lengths a card needs, and the column names, from the feature params."""
+
+    def __init__(self, params: FeaturesParams) -> None:
+        day = NS_PER_DAY
+        self.groups = frozenset(params.groups)
+        self.customer = tuple(n * day for n in params.customer_windows_days)
+        self.amount = tuple(n * day for n in params.amount_windows_days)
+        self.anomaly = tuple(n * day for n in params.anomaly_windows_days)
+        needed = set(self.customer)
+        if {"amount_ratios", "last_payments", "anomaly_counts"} & self.groups:
+            needed |= {max(self.amount)}
+        if "amount_ratios" in self.groups:
+            needed |= set(self.amount)
+        if "anomaly_counts" in self.groups:
+            needed |= set(self.anomaly)
+        self.lengths = tuple(sorted(needed))
+        self.look_back = max(self.amount)  # of the last payments' statistics
+        self.last = params.last_payments
+        self.factor = params.anomaly_factor
+        names = customer_feature_names(params.customer_windows_days)
+        self.customer_names = list(zip(names[::2], names[1::2], strict=True))
+        self.group_names = group_feature_names(params)
+        ratios = self.group_names["amount_ratios"]
+        self.ratio_names = list(zip(ratios[::2], ratios[1::2], strict=True))
+
+
+def _median(values: list[float]) -> float:
+    """As ``kernels._row_median`` computes it for one row."""
+    if not values:
+        return _NAN
+    ordered = sorted(values)
+    count = len(ordered)
+    return (ordered[(count - 1) // 2] + ordered[count // 2]) / 2
+
+
+def _zscore(amount: float, values: list[float]) -> float:
+    """As ``kernels._row_zscore`` computes it for one row: sums in the columns' order (latest
+    first; the absent columns add 0, which changes no sum)."""
+    count = len(values)
+    total = 0.0
+    for value in values:
+        total = total + value
+    mean = total / max(count, 1)
+    squares = 0.0
+    for value in values:
+        squares = squares + (value - mean) * (value - mean)
+    std = math.sqrt(squares / max(count - 1, 1))
+    return (amount - mean) / std if count >= 2 and std > 0 else 0.0
+
+
+def _ratio(amount: float, baseline: float) -> float:
+    return amount / baseline if baseline > 0 else 1.0  # NaN > 0 is False
+
+
+class CardState:
+    """One card's rows and running windows (see the module's docstring)."""
+
+    __slots__ = ("amounts", "base", "flags", "ids", "plan", "times", "windows")
+
+    def __init__(self, plan: _Plan) -> None:
+        self.plan = plan
+        self.base = 0  # absolute position of times[0]
+        self.times: list[int] = []
+        self.ids: list[int] = []
+        self.amounts: list[float] = []
+        self.flags: list[int] = []  # 1 where a payment was anomalous
+        self.windows = [
+            _Window(n, maxima=deque() if n in plan.amount else None) for n in plan.lengths
+        ]
+
+    def __len__(self) -> int:
+        return len(self.times)
+
+    def is_next(self, time: int, transaction_id: int) -> bool:
+        """Whether (time, id) comes after every stored row (the constant-time case)."""
+        return not self.times or (time, transaction_id) > (self.times[-1], self.ids[-1])
+
+    def append(self, time: int, transaction_id: int, amount: float) -> dict[str, float]:
+        """Add a transaction later than every stored row; its features (card ones)."""
+        plan = self.plan
+        base, times, amounts = self.base, self.times, self.amounts
+        end = base + len(times)  # the new row's position
+        for window in self.windows:
+            edge = time - window.length
+            start = window.start
+            while start < end and times[start - base] <= edge:
+                window.amounts.add(-amounts[start - base])
+                window.anomalies -= self.flags[start - base]
+                start += 1
+            window.start = start
+            if window.maxima is not None:
+                maxima = window.maxima
+                while maxima and maxima[0] < start:
+                    maxima.popleft()
+        out: dict[str, float] = {}
+        by_length = {window.length: window for window in self.windows}
+        for n, (count_name, mean_name) in zip(plan.customer, plan.customer_names, strict=True):
+            window = by_length[n]
+            count = end - window.start + 1
+            out[count_name] = count
+            out[mean_name] = (window.amounts.value() + amount) / count
+        group_names = plan.group_names
+        if "amount_ratios" in plan.groups:
+            for n, (mean_name, max_name) in zip(plan.amount, plan.ratio_names, strict=True):
+                window = by_length[n]
+                earlier = end - window.start
+                mean = window.amounts.value() / earlier if earlier else _NAN
+                top = amounts[window.maxima[0] - base] if window.maxima else _NAN
+                out[mean_name] = _ratio(amount, mean)
+                out[max_name] = _ratio(amount, top)
+        flag = 0
+        if {"last_payments", "anomaly_counts"} & plan.groups:
+            first = by_length[plan.look_back].start
+            last = [amounts[p - base] for p in range(end - 1, max(first, end - plan.last) - 1, -1)]
+            median = _median(last)
+            flag = int(amount > plan.factor * median)  # False against NaN
+            if "last_payments" in plan.groups:
+                median_name, zscore_name = group_names["last_payments"]
+                out[median_name] = _ratio(amount, median)
+                out[zscore_name] = _zscore(amount, last)
+            if "anomaly_counts" in plan.groups:
+                for n, name in zip(plan.anomaly, group_names["anomaly_counts"], strict=True):
+                    out[name] = by_length[n].anomalies + flag
+        times.append(time)
+        self.ids.append(transaction_id)
+        amounts.append(amount)
+        self.flags.append(flag)
+        for window in self.windows:
+            window.amounts.add(amount)
+            window.anomalies += flag
+            if window.maxima is not None:
+                maxima = window.maxima
+                while maxima and amounts[maxima[-1] - base] <= amount:
+                    maxima.pop()
+                maxima.append(end)
+        return out
+
+    def forget(self, before: int) -> None:
+        """Drop rows at or before ``before`` that no window holds any more."""
+        oldest = min((window.start for window in self.windows), default=self.base + len(self))
+        drop = 0
+        while drop < len(self.times) and self.times[drop] <= before and self.base + drop < oldest:
+            drop += 1
+        if drop:
+            del self.times[:drop], self.ids[:drop], self.amounts[:drop], self.flags[:drop]
+            self.base += drop
+
+
+class TerminalState:
+    """One terminal's rows, labels and running windows behind the known-label frontier."""
+
+    __slots__ = ("base", "begins", "delay", "end", "frauds", "ids", "labels", "last_fraud",
+                 "last_legit", "lengths", "names", "positions", "times", "with_runs")  # fmt: skip
+
+    def __init__(self, params: FeaturesParams) -> None:
+        self.delay = params.label_delay_days * NS_PER_DAY
+        self.lengths = [n * NS_PER_DAY for n in params.terminal_windows_days]
+        self.with_runs = "known_labels" in params.groups
+        self.base = 0
+        self.times: list[int] = []
+        self.ids: list[int] = []
+        self.labels: list[int] = []  # 0 until a fraud label is known
+        self.positions: dict[int, int] = {}  # transaction id -> absolute position
+        self.end = 0  # the first row after the frontier t - d
+        self.begins = [0] * len(self.lengths)  # per window, the first row after t - d - n
+        self.frauds = [0] * len(self.lengths)
+        self.last_legit = -1  # positions behind the frontier (-1: none)
+        self.last_fraud = -1
+        names = terminal_feature_names(params.terminal_windows_days)
+        self.names = list(zip(names[::2], names[1::2], strict=True))
+
+    def is_next(self, time: int, transaction_id: int) -> bool:
+        return not self.times or (time, transaction_id) > (self.times[-1], self.ids[-1])
+
+    def _label(self, position: int) -> int:
+        return self.labels[position - self.base]
+
+    def append(self, time: int, transaction_id: int, label: int | None) -> dict[str, float]:
+        """Add a transaction later than every stored row (its label, if already known); its
+        features (terminal ones)."""
+        base, times = self.base, self.times
+        stored_end = base + len(times)
+        frontier = time - self.delay
+        end = self.end
+        while end < stored_end and times[end - base] <= frontier:
+            fraud = self.labels[end - base]
+            for k in range(len(self.lengths)):
+                self.frauds[k] += fraud
+            if fraud:
+                self.last_fraud = end
+            else:
+                self.last_legit = end
+            end += 1
+        self.end = end
+        for k, length in enumerate(self.lengths):
+            begin, edge = self.begins[k], frontier - length
+            while begin < end and times[begin - base] <= edge:
+                self.frauds[k] -= self.labels[begin - base]
+                begin += 1
+            self.begins[k] = begin
+        out: dict[str, float] = {}
+        for k, (count_name, risk_name) in enumerate(self.names):
+            count = end - self.begins[k]
+            out[count_name] = count
+            out[risk_name] = self.frauds[k] / count if count > 0 else 0.0
+        if self.with_runs:
+            out |= self._runs(time)
+        position = stored_end
+        times.append(time)
+        self.ids.append(transaction_id)
+        self.labels.append(1 if label == 1 else 0)
+        self.positions[transaction_id] = position
+        return out
+
+    def _runs(self, time: int) -> dict[str, float]:
+        """The known-label features at ``time`` (``kernels.known_labels`` for one row)."""
+        begin = self.begins[self.lengths.index(max(self.lengths))]
+        end = self.end
+        look_back = self.delay + max(self.lengths)
+        known = end > begin
+        last = end - 1
+        run_start = max(self.last_legit + 1, begin)
+        run_length = end - run_start if known else 0
+        in_run = run_length > 0
+        seen_fraud = known and self.last_fraud >= begin
+        return dict(
+            zip(
+                KNOWN_LABEL_FEATURES,
+                (
+                    int(known and self._label(last) == 1),
+                    run_length,
+                    (time - self.times[run_start - self.base]) / NS_PER_DAY if in_run else 0,
+                    (time - self.times[self.last_fraud - self.base]) / NS_PER_DAY
+                    if seen_fraud
+                    else look_back / NS_PER_DAY,
+                ),
+                strict=True,
+            )
+        )
+
+    def set_label(self, transaction_id: int, fraud: int) -> bool:
+        """A label known now; False if the row is not held (pruned, or never seen)."""
+        position = self.positions.get(transaction_id)
+        if position is None or position < self.base:
+            return False
+        old = self.labels[position - self.base]
+        new = 1 if fraud == 1 else 0
+        if old == new:
+            return True
+        self.labels[position - self.base] = new
+        if position < self.end:  # behind the frontier: inside windows, and in the runs
+            for k, begin in enumerate(self.begins):
+                if begin <= position:
+                    self.frauds[k] += new - old
+            self._reread_runs()
+        return True
+
+    def _reread_runs(self) -> None:
+        """The latest legitimate and fraud rows behind the frontier, read back from it (as far
+        as the first of each, or the oldest row held)."""
+        self.last_legit = self.last_fraud = -1
+        position = self.end - 1
+        while position >= self.base and (self.last_legit < 0 or self.last_fraud < 0):
+            if self.labels[position - self.base]:
+                if self.last_fraud < 0:
+                    self.last_fraud = position
+            elif self.last_legit < 0:
+                self.last_legit = position
+            position -= 1
+
+    def forget(self, before: int) -> None:
+        oldest = min(self.begins, default=self.end)
+        drop = 0
+        while drop < len(self.times) and self.times[drop] <= before and self.base + drop < oldest:
+            del self.positions[self.ids[drop]]
+            drop += 1
+        if drop:
+            del self.times[:drop], self.ids[:drop], self.labels[:drop]
+            self.base += drop
+
+
+def calendar(time: int, night_end_hour: int) -> tuple[int, int]:
+    """(tx_during_weekend, tx_during_night) as ``online._calendar`` computes them."""
+    days, rest = divmod(time, NS_PER_DAY)
+    return int((days + 3) % 7 >= SATURDAY), int(rest // (3600 * 10**9) <= night_end_hour)
+
+
+def plan_of(params: FeaturesParams) -> _Plan:
+    return _Plan(params)
+
+
+def replay(frame: pd.DataFrame, params: FeaturesParams) -> pd.DataFrame:
+    """Every row's features computed by the running state, the rows taken one at a time in
+    (time, id) order with their labels known at once (as the batch reads them): what the tests
+    hold against the batch kernels. Columns in ``feature_names`` order, rows in ``frame``'s."""
+    plan = plan_of(params)
+    order = np.lexsort((frame[schema.TRANSACTION_ID].to_numpy(), frame[schema.TX_DATETIME]
+                        .to_numpy(dtype="datetime64[ns]").view(np.int64)))  # fmt: skip
+    times = frame[schema.TX_DATETIME].to_numpy(dtype="datetime64[ns]").view(np.int64)
+    ids = frame[schema.TRANSACTION_ID].to_numpy(dtype=np.int64)
+    amounts = frame[schema.TX_AMOUNT].to_numpy(dtype=np.float64)
+    customers = frame[schema.CUSTOMER_ID].to_numpy()
+    terminals = frame[schema.TERMINAL_ID].to_numpy()
+    labels = (frame[schema.TX_FRAUD].fillna(0).to_numpy(dtype=np.int64)
+              if schema.TX_FRAUD in frame else np.zeros(len(frame), dtype=np.int64))  # fmt: skip
+    cards: dict = {}
+    places: dict = {}
+    names = feature_names(params)
+    out = np.empty((len(frame), len(names)))
+    for row in order.tolist():
+        time, tx_id = int(times[row]), int(ids[row])
+        card = cards.get(customers[row]) or cards.setdefault(customers[row], CardState(plan))
+        place = places.get(terminals[row]) or places.setdefault(
+            terminals[row], TerminalState(params)
+        )
+        values = {schema.TX_AMOUNT: float(amounts[row])}
+        weekend, night = calendar(time, params.night_end_hour)
+        values["tx_during_weekend"], values["tx_during_night"] = weekend, night
+        values |= card.append(time, tx_id, float(amounts[row]))
+        values |= place.append(time, tx_id, int(labels[row]))
+        out[row] = [values[name] for name in names]
+    return pd.DataFrame(out, columns=names, index=frame.index)
