@@ -11,7 +11,15 @@ from conftest import transactions
 from fraudlab.core import schema
 from fraudlab.features.batch import build_features
 from fraudlab.features.names import GROUPS, feature_names
-from fraudlab.features.state import CardState, TerminalState, plan_of, replay
+from fraudlab.features.state import (
+    CardState,
+    TerminalState,
+    calendar,
+    card_with,
+    place_with,
+    plan_of,
+    replay,
+)
 from helpers import exact_columns, features_with
 
 DAY = 86_400 * 10**9
@@ -135,9 +143,58 @@ def test_forgetting_old_rows_changes_no_feature(small_transactions):
             values |= place.append(time, row.transaction_id, int(row.tx_fraud))
             answers.append(values)
         assert answers[0] == answers[1]
+        if row.transaction_id % 50:
+            continue  # forget every 50 transactions
         for card in pruned["cards"].values():
             card.forget(time - 31 * DAY)
         for place in pruned["places"].values():
             place.forget(time - 38 * DAY)
     held = sum(len(card) for card in pruned["cards"].values())
     assert held < sum(len(card) for card in kept["cards"].values())
+
+
+def test_a_late_transaction_is_replayed_into_place_and_gets_the_batch_features(
+    small_transactions,
+):
+    """Every 40th transaction arrives 7 places late. A row whose earlier rows have all arrived
+    (the late ones included) gets the batch's features; the card or terminal is replayed around
+    a late one, and what follows is exact again."""
+    params = features_with(groups=list(GROUPS))
+    plan = plan_of(params)
+    names = feature_names(params)
+    ordered = small_transactions.sort_values([schema.TX_DATETIME, schema.TRANSACTION_ID])
+    batch = build_features(small_transactions, params)
+    expected_of = dict(zip(batch[schema.TRANSACTION_ID].tolist(),
+                           batch[names].to_numpy(dtype=np.float64), strict=True))  # fmt: skip
+    rows = list(ordered.itertuples(index=False))
+    times = ordered[schema.TX_DATETIME].to_numpy(dtype="datetime64[ns]").view(np.int64).tolist()
+    arrival = list(range(len(rows)))
+    for late in range(40, len(rows) - 8, 40):
+        arrival.remove(late)
+        arrival.insert(late + 7, late)
+    cards, places, late_ones, got, expected = {}, {}, 0, [], []
+    arrived_before = -1  # every row up to this position in order has arrived
+    seen = set()
+    for position in arrival:
+        row = rows[position]
+        time = times[position]
+        card = cards.get(row.customer_id) or CardState(plan)
+        place = places.get(row.terminal_id) or TerminalState(params)
+        late_ones += not (card.is_next(time, row.transaction_id)
+                          and place.is_next(time, row.transaction_id))  # fmt: skip
+        cards[row.customer_id], values = card_with(card, time, row.transaction_id, row.tx_amount)
+        places[row.terminal_id], more = place_with(place, time, row.transaction_id,
+                                                   int(row.tx_fraud))  # fmt: skip
+        seen.add(position)
+        while arrived_before + 1 in seen:
+            arrived_before += 1
+        if arrived_before >= position:
+            values |= more | {"tx_amount": row.tx_amount}
+            values["tx_during_weekend"], values["tx_during_night"] = calendar(
+                time, params.night_end_hour
+            )
+            got.append([values[n] for n in names])
+            expected.append(expected_of[row.transaction_id])
+    assert late_ones > 20  # cards or terminals that had moved on
+    assert len(got) > len(rows) * 0.8
+    np.testing.assert_allclose(got, expected, rtol=0, atol=1e-9)

@@ -241,6 +241,17 @@ class TerminalState:
         self.delay = params.label_delay_days * NS_PER_DAY
         self.lengths = [n * NS_PER_DAY for n in params.terminal_windows_days]
         self.with_runs = "known_labels" in params.groups
+        names = terminal_feature_names(params.terminal_windows_days)
+        self.names = list(zip(names[::2], names[1::2], strict=True))
+        self._empty()
+
+    def _reset(self, like: TerminalState) -> None:
+        """Empty, with ``like``'s settings."""
+        self.delay, self.lengths, self.with_runs = like.delay, like.lengths, like.with_runs
+        self.names = like.names
+        self._empty()
+
+    def _empty(self) -> None:
         self.base = 0
         self.times: list[int] = []
         self.ids: list[int] = []
@@ -251,8 +262,6 @@ class TerminalState:
         self.frauds = [0] * len(self.lengths)
         self.last_legit = -1  # positions behind the frontier (-1: none)
         self.last_fraud = -1
-        names = terminal_feature_names(params.terminal_windows_days)
-        self.names = list(zip(names[::2], names[1::2], strict=True))
 
     def is_next(self, time: int, transaction_id: int) -> bool:
         return not self.times or (time, transaction_id) > (self.times[-1], self.ids[-1])
@@ -405,3 +414,56 @@ def replay(frame: pd.DataFrame, params: FeaturesParams) -> pd.DataFrame:
         values |= place.append(time, tx_id, int(labels[row]))
         out[row] = [values[name] for name in names]
     return pd.DataFrame(out, columns=names, index=frame.index)
+
+
+def _replayed_card(card: CardState, rows: list[tuple[int, int, float]], target: tuple | None):
+    """A new CardState from ``rows`` (time, id, amount) in order; the features of ``target``'s
+    row (its (time, id)) as it is appended, if given."""
+    fresh = CardState(card.plan)
+    found: dict[str, float] = {}
+    for time, tx_id, amount in rows:
+        values = fresh.append(time, tx_id, amount)
+        if target is not None and (time, tx_id) == target:
+            found = values
+    return fresh, found
+
+
+def _replayed_place(place: TerminalState, rows: list[tuple[int, int, int]], target: tuple | None):
+    fresh = TerminalState.__new__(TerminalState)
+    TerminalState._reset(fresh, place)
+    found: dict[str, float] = {}
+    for time, tx_id, label in rows:
+        values = fresh.append(time, tx_id, label)
+        if target is not None and (time, tx_id) == target:
+            found = values
+    return fresh, found
+
+
+def card_with(card: CardState, time: int, tx_id: int, amount: float):
+    """(the card with a new row, the row's features): appended when it comes last, else the
+    card replayed with the row in its place (a late transaction: work grows with the rows)."""
+    if card.is_next(time, tx_id):
+        return card, card.append(time, tx_id, amount)
+    rows = sorted([*zip(card.times, card.ids, card.amounts, strict=True), (time, tx_id, amount)])
+    return _replayed_card(card, rows, (time, tx_id))
+
+
+def place_with(place: TerminalState, time: int, tx_id: int, label: int | None):
+    if place.is_next(time, tx_id):
+        return place, place.append(time, tx_id, label)
+    rows = sorted([*zip(place.times, place.ids, place.labels, strict=True),
+                   (time, tx_id, 1 if label == 1 else 0)])  # fmt: skip
+    return _replayed_place(place, rows, (time, tx_id))
+
+
+def card_without(card: CardState, ids: set[int]) -> CardState:
+    """The card replayed without the rows of ``ids`` (a write that failed)."""
+    rows = [row for row in zip(card.times, card.ids, card.amounts, strict=True)
+            if row[1] not in ids]  # fmt: skip
+    return _replayed_card(card, rows, None)[0]
+
+
+def place_without(place: TerminalState, ids: set[int]) -> TerminalState:
+    rows = [row for row in zip(place.times, place.ids, place.labels, strict=True)
+            if row[1] not in ids]  # fmt: skip
+    return _replayed_place(place, rows, None)[0]
