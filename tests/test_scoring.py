@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gc
 import json
+import sqlite3
 
 import numpy as np
 import pandas as pd
@@ -149,7 +150,7 @@ def test_old_rows_are_pruned_from_store_and_memory(scorer):
     # 200 days later: the first is out of reach of every window (the longest is 90 days)
     scorer.score([[_tx(2, seconds=200 * 86_400)]])
     assert sorted(scorer.store.lookup([1, 2])) == [2]
-    assert scorer.recent.size() == 1
+    assert scorer.live.size() == 1
 
 
 def _with_clock(scorer: Scorer, clock: Clock) -> Scorer:
@@ -168,7 +169,7 @@ def test_a_transaction_outside_the_data_clocks_window_is_refused_and_moves_nothi
     acknowledged and dropped (dated before the retention)."""
     scorer = _with_clock(scorer, Clock("data", ahead=3600 * 10**9, late=DAY, earliest=0))
     scorer.store.add(transactions_of_customer(7, 50))  # 2018-06-01, a second apart
-    scorer.recent.refresh()
+    scorer.live.refresh()
     now = pd.Timestamp("2026-12-07T10:00:00").value
     (ahead,), (old,) = (scorer.score([[Transaction(1, t, 7, 1, 5.0)]]) for t in
                         (now, pd.Timestamp("2001-01-01").value))  # fmt: skip
@@ -176,7 +177,7 @@ def test_a_transaction_outside_the_data_clocks_window_is_refused_and_moves_nothi
              "2018-05-31T00:00:49 .. 2018-06-01T01:00:49", "--max-ahead")  # fmt: skip
     _refused(old, "2001-01-01T00:00:00 is older than the accepted window", "--max-late 1 day")
     assert scorer.store.count() == 50
-    assert scorer.recent.newest == _tx(0, seconds=49).time
+    assert scorer.live.newest == _tx(0, seconds=49).time
     # the card's history is whole: the next transaction sees all 50 rows
     (answer,) = scorer.score([[_tx(200, seconds=60, customer=7)]])[0]
     assert json.loads(answer)["features"]["customer_id_nb_tx_1day_window"] == 51
@@ -193,7 +194,7 @@ def test_the_data_clock_moves_one_bounded_step_per_transaction(scorer):
     jump = [_tx(10, seconds=12_000 + 3660), _tx(11, seconds=12_000 + 7200)]
     _refused(scorer.score([jump])[0], "later than the accepted window")
     _refused(scorer.score([[_tx(11, seconds=12_000 + 7200)]])[0], "later than")
-    assert scorer.recent.newest == _tx(0, seconds=12_000).time
+    assert scorer.live.newest == _tx(0, seconds=12_000).time
 
 
 def test_the_system_clock_bounds_times_and_retention_whatever_the_data(scorer):
@@ -216,7 +217,7 @@ def test_retention_keeps_every_row_an_accepted_transaction_can_read(scorer):
     start = _tx(0, seconds=0).time
     inside, outside = start + 10**9, start - 10**9  # around the horizon the move below sets
     scorer.store.add([Transaction(1, outside, 7, 1, 1.0), Transaction(2, inside, 7, 1, 1.0)])
-    scorer.recent.refresh()
+    scorer.live.refresh()
     now = start + keep  # the horizon is now - keep = start
     scorer.score([[Transaction(3, now, 8, 2, 1.0)]])
     assert sorted(scorer.store.lookup([1, 2, 3])) == [2, 3]
@@ -238,7 +239,7 @@ def test_a_late_transaction_is_scored_without_the_later_ones_and_counted(scorer)
     # and the one after it still sees both earlier ones: the copy in memory is in order
     (after,) = scorer.score([[_tx(5, seconds=30)]])[0]
     assert json.loads(after)["features"]["customer_id_nb_tx_1day_window"] == 2
-    assert scorer.recent.customers[1].ids.tolist() == [1, 5, 2, 3]
+    assert scorer.live.cards[1].ids.tolist() == [1, 5, 2, 3]
 
 
 def test_garbage_is_collected_between_rounds_only_when_idle_or_past_the_limit():
@@ -263,3 +264,19 @@ def test_garbage_is_collected_between_rounds_only_when_idle_or_past_the_limit():
         assert gc.get_count()[0] < 100
     assert gc.isenabled()
     assert gc.get_freeze_count() == 0
+
+
+def test_a_failed_write_leaves_the_state_and_the_clock_as_they_were(scorer, monkeypatch):
+    scorer.score([[_tx(1, seconds=0)]])
+    before = (scorer.live.newest, scorer.live.size())
+
+    def fail(*args, **kwargs):
+        raise sqlite3.OperationalError("database or disk is full")
+
+    monkeypatch.setattr(scorer.store, "add_scored", fail)
+    with pytest.raises(sqlite3.OperationalError):
+        scorer.score([[_tx(2, seconds=60), _tx(3, seconds=120, customer=2)]])
+    assert (scorer.live.newest, scorer.live.size()) == before
+    monkeypatch.undo()
+    (answer,) = scorer.score([[_tx(4, seconds=180)]])[0]
+    assert json.loads(answer)["features"]["customer_id_nb_tx_1day_window"] == 2

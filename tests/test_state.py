@@ -3,6 +3,8 @@ every group, ties, labels arriving or changing after their transaction, and forg
 
 from __future__ import annotations
 
+import copy as copy_module
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -14,6 +16,8 @@ from fraudlab.features.names import GROUPS, feature_names
 from fraudlab.features.state import (
     CardState,
     TerminalState,
+    bulk_cards,
+    bulk_places,
     calendar,
     card_with,
     place_with,
@@ -70,8 +74,8 @@ def _replay_with_labels_posted(frame: pd.DataFrame, params, *, late_by: int) -> 
     cards, places, pending, out = {}, {}, [], []
     for time, row in zip(times.tolist(), rows.itertuples(index=False), strict=True):
         while pending and pending[0][0] + delay + late_by <= time:
-            _, terminal, tx_id, fraud = pending.pop(0)
-            assert places[terminal].set_label(tx_id, fraud)
+            when, terminal, tx_id, fraud = pending.pop(0)
+            assert places[terminal].set_label(tx_id, when, fraud)
         card = cards.setdefault(row.customer_id, CardState(plan))
         place = places.setdefault(row.terminal_id, TerminalState(params))
         values = card.append(time, row.transaction_id, row.tx_amount)
@@ -103,18 +107,19 @@ def test_labels_posted_late_or_changed_move_the_windows_and_runs_exactly():
         place.append(time, tx_id, None)
     now = rows[-1][1] + DAY // 8
     labels = {tx_id: fraud for tx_id, _, fraud in rows}
+    time_of = {tx_id: time for tx_id, time, _ in rows}
     for tx_id, fraud in labels.items():
-        assert place.set_label(tx_id, fraud)
+        assert place.set_label(tx_id, time_of[tx_id], fraud)
     for changed in ([(35, 0)], [(35, 1), (33, 0)], [(20, 1)]):
         for tx_id, fraud in changed:
-            place.set_label(tx_id, fraud)
+            place.set_label(tx_id, time_of[tx_id], fraud)
             labels[tx_id] = fraud
         fresh = TerminalState(params)
         for tx_id, time, _ in rows:
             fresh.append(time, tx_id, labels[tx_id])
         probe = 10_000 + len(labels)
         assert _probe(place, now, probe) == _probe(fresh, now, probe)
-    assert not place.set_label(999, 1)  # never seen
+    assert not place.set_label(999, time_of[20], 1)  # never seen
 
 
 def _probe(place: TerminalState, time: int, tx_id: int) -> dict:
@@ -122,7 +127,7 @@ def _probe(place: TerminalState, time: int, tx_id: int) -> dict:
     copy = TerminalState.__new__(TerminalState)
     for slot in TerminalState.__slots__:
         value = getattr(place, slot)
-        setattr(copy, slot, value.copy() if hasattr(value, "copy") else value)
+        setattr(copy, slot, copy_module.copy(value))
     return copy.append(time, tx_id, None)
 
 
@@ -198,3 +203,46 @@ def test_a_late_transaction_is_replayed_into_place_and_gets_the_batch_features(
     assert late_ones > 20  # cards or terminals that had moved on
     assert len(got) > len(rows) * 0.8
     np.testing.assert_allclose(got, expected, rtol=0, atol=1e-9)
+
+
+def test_states_built_in_bulk_equal_states_built_one_row_at_a_time(small_transactions):
+    """A service loads its store in bulk: the states must be those appending gives, so the
+    transactions after the load get the same features either way."""
+    params = features_with(groups=list(GROUPS))
+    plan = plan_of(params)
+    rows = small_transactions.sort_values([schema.TX_DATETIME, schema.TRANSACTION_ID])
+    loaded, later = rows.iloc[: len(rows) * 4 // 5], rows.iloc[len(rows) * 4 // 5 :]
+    times = loaded[schema.TX_DATETIME].to_numpy(dtype="datetime64[ns]").view(np.int64)
+    ids = loaded[schema.TRANSACTION_ID].to_numpy(dtype=np.int64)
+    shuffled = np.random.default_rng(0).permutation(len(loaded))  # bulk takes any order
+    bulk = (
+        bulk_cards(loaded[schema.CUSTOMER_ID].to_numpy()[shuffled].tolist(), times[shuffled],
+                   ids[shuffled], loaded[schema.TX_AMOUNT].to_numpy()[shuffled], params),
+        bulk_places(loaded[schema.TERMINAL_ID].to_numpy()[shuffled].tolist(), times[shuffled],
+                    ids[shuffled], loaded[schema.TX_FRAUD].to_numpy()[shuffled], params),
+    )  # fmt: skip
+    appended: tuple[dict, dict] = ({}, {})
+    for time, row in zip(times.tolist(), loaded.itertuples(index=False), strict=True):
+        appended[0].setdefault(row.customer_id, CardState(plan)).append(
+            time, row.transaction_id, row.tx_amount
+        )
+        appended[1].setdefault(row.terminal_id, TerminalState(params)).append(
+            time, row.transaction_id, int(row.tx_fraud)
+        )
+    later_times = later[schema.TX_DATETIME].to_numpy(dtype="datetime64[ns]").view(np.int64)
+    answers = []
+    for states in (bulk, appended):
+        cards, places = states
+        out = []
+        for time, row in zip(later_times.tolist(), later.itertuples(index=False), strict=True):
+            card = cards.setdefault(row.customer_id, None) or CardState(plan)
+            place = places.setdefault(row.terminal_id, None) or TerminalState(params)
+            cards[row.customer_id], places[row.terminal_id] = card, place
+            values = card.append(time, row.transaction_id, row.tx_amount)
+            values |= place.append(time, row.transaction_id, int(row.tx_fraud))
+            out.append([values[name] for name in sorted(values)])
+        answers.append(np.array(out))
+    assert len(answers[0]) > 1000
+    np.testing.assert_allclose(answers[0], answers[1], rtol=0, atol=1e-9)
+    counts = [k for k, name in enumerate(sorted(values)) if "nb_" in name or "run_length" in name]
+    np.testing.assert_array_equal(answers[0][:, counts], answers[1][:, counts])

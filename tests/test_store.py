@@ -19,18 +19,17 @@ from fraudlab.core import schema
 from fraudlab.core.errors import UserError
 from fraudlab.features.batch import build_features
 from fraudlab.features.names import feature_names
-from fraudlab.features.online import History, transaction_features
+from fraudlab.serving.live import LiveState
 from fraudlab.serving.store import (
     Checkpointer,
     ConflictError,
-    RecentHistory,
     SQLiteHistory,
     Transaction,
     UnknownTransactionError,
     seed,
     transactions_from_frame,
 )
-from helpers import exact_columns
+from helpers import exact_columns, features_with
 
 DAY = 86_400 * 10**9
 
@@ -57,7 +56,7 @@ def test_a_replay_through_the_store_gives_every_batch_feature(
     labels = batch[schema.TX_FRAUD].to_numpy()
     with SQLiteHistory(tmp_path / "history.db") as store:
         seed(store, batch[times < cut], labels_known_until=cut - delay)
-        recent = RecentHistory(store)
+        live = LiveState(store, features_params)
         ids = batch[schema.TRANSACTION_ID].to_numpy()
         # rows whose label has not arrived yet, in time order (labels arrive in that order)
         pending = collections.deque(np.flatnonzero((times < cut) & (times > cut - delay)))
@@ -68,8 +67,10 @@ def test_a_replay_through_the_store_gives_every_batch_feature(
             while pending and times[pending[0]] + delay <= tx.time:
                 due.append(pending.popleft())
             store.label((int(ids[j]), int(labels[j])) for j in due)
-            online.append(_from_store(recent, tx, features_params))
+            live.refresh()
+            online.append(live.score([tx])[0][0])
             store.add([tx])
+            live.commit(store.cursor())
             pending.append(i)
     expected = batch.iloc[replayed][names].to_numpy(dtype=np.float64)
     online = np.array(online)
@@ -79,24 +80,10 @@ def test_a_replay_through_the_store_gives_every_batch_feature(
     np.testing.assert_allclose(online, expected, rtol=0, atol=1e-9)
 
 
-def _from_store(recent: RecentHistory, tx: Transaction, params) -> np.ndarray:
-    """One transaction's features from the in-memory copy of the store, brought up to date."""
-    recent.refresh()
-    empty = History(np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0))
-    return transaction_features(
-        time=tx.time,
-        transaction_id=tx.transaction_id,
-        amount=tx.amount,
-        customer=recent.customers.get(tx.customer_id, empty),
-        terminal=recent.terminals.get(tx.terminal_id, empty),
-        params=params,
-    )
-
-
-def _recent(store: SQLiteHistory) -> RecentHistory:
-    recent = RecentHistory(store)
-    recent.refresh()
-    return recent
+def _live(store: SQLiteHistory) -> LiveState:
+    live = LiveState(store, features_with())
+    live.refresh()
+    return live
 
 
 def _tx(tx_id: int, amount: float = 10.0, customer: int | str = 1) -> Transaction:
@@ -122,19 +109,19 @@ def test_labels_need_a_known_transaction_and_a_0_or_1(store):
         store.label([(1, 1), (5, 0)])
     with pytest.raises(UserError, match="tx_fraud 2 is not 0/1"):
         store.label([(1, 2)])
-    recent = _recent(store)
-    assert recent.terminals[7].values.tolist() == [0]
+    live = _live(store)
+    assert live.places[7].labels.tolist() == [0]
     store.label([(1, 1)])
-    recent.refresh()  # the label arrives through the change log
-    assert recent.terminals[7].values.tolist() == [1]
-    assert _recent(store).terminals[7].values.tolist() == [1]
+    live.refresh()  # the label arrives through the change log
+    assert live.places[7].labels.tolist() == [1]
+    assert _live(store).places[7].labels.tolist() == [1]
 
 
 def test_text_ids_and_integer_ids_are_kept_apart(store):
     store.add([_tx(1, customer=7), _tx(2, customer="7")])
-    recent = _recent(store)
-    assert recent.customers[7].ids.tolist() == [1]
-    assert recent.customers["7"].ids.tolist() == [2]
+    live = _live(store)
+    assert live.cards[7].ids.tolist() == [1]
+    assert live.cards["7"].ids.tolist() == [2]
 
 
 def test_the_service_queries_search_an_index_and_never_scan(store):
@@ -144,14 +131,14 @@ def test_the_service_queries_search_an_index_and_never_scan(store):
 
 
 def test_another_connection_writes_reach_the_copy_in_memory(store, tmp_path):
-    recent = _recent(store)
+    live = _live(store)
     with SQLiteHistory(tmp_path / "history.db") as other:  # as another process would
         other.add([_tx(1), _tx(2, customer=2)])
         other.label([(1, 1)])
-    recent.refresh()
-    assert recent.customers[1].ids.tolist() == [1]
-    assert recent.terminals[7].values.tolist() == [1, 0]
-    assert recent.cursor == store.cursor()
+    live.refresh()
+    assert live.cards[1].ids.tolist() == [1]
+    assert live.places[7].labels.tolist() == [1, 0]
+    assert live.cursor == store.cursor()
 
 
 def test_pruning_drops_only_rows_older_than_the_windows(store):
@@ -161,9 +148,9 @@ def test_pruning_drops_only_rows_older_than_the_windows(store):
     seed(store, frame, labels_known_until=None)
     assert store.prune(before=pd.Timestamp("2018-04-15").value, limit=10) == 1
     assert sorted(store.lookup([1, 2])) == [2]
-    recent = _recent(store)
-    recent.prune(before=pd.Timestamp("2018-04-15").value, budget=1)
-    assert recent.customers[1].ids.tolist() == [2]
+    live = _live(store)
+    live.forget(before=pd.Timestamp("2018-04-15").value, budget=2)
+    assert live.cards[1].ids.tolist() == [2]
 
 
 WRITER = """
@@ -186,7 +173,7 @@ def test_every_acknowledged_write_survives_kill_9(tmp_path):
     writer.wait(timeout=30)
     with SQLiteHistory(path) as reopened:
         stored = reopened.count()
-        ids = _recent(reopened).customers[0].ids.tolist()
+        ids = _live(reopened).cards[0].ids.tolist()
         assert stored >= len(acknowledged)  # the last write may have landed unacknowledged
         assert ids == [i for i in range(1, stored + 1) if i % 13 == 0]  # each once, in order
         assert reopened.add([Transaction(10**6, 10**6, 0, 0, 1.0)]) == [True]  # and continues
@@ -211,11 +198,11 @@ def test_the_checkpointer_moves_the_log_into_the_database(tmp_path):
 
 
 def test_the_change_log_is_skipped_only_while_no_one_else_wrote(store, tmp_path):
-    recent = _recent(store)
+    live = _live(store)
     with store.exclusive():
         cursor = store.add_scored([_tx(1)], ['{"a": 1}'], prune_before=0, prune_limit=10)
     assert cursor == store.cursor()
-    recent.replace(customers={}, terminals={}, cursor=cursor)
+    live.commit(cursor)
     assert store.changes(cursor).rows == []  # its own write, already in the copy
     store.label([(1, 1)])  # the same connection: the label log grew, and must be read
     labelled = store.changes(cursor)

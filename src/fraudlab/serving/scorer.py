@@ -25,11 +25,11 @@ from xgboost import XGBClassifier
 
 from fraudlab.core.params import FeaturesParams
 from fraudlab.features.names import feature_names, history_needed
-from fraudlab.features.online import NewRows, online_feature_matrix
 from fraudlab.integrity.lock import IntegrityError, recorded, verify_file
 from fraudlab.modeling.artifact import ModelArtifact, load_model
 from fraudlab.serving.clock import Clock, Window
-from fraudlab.serving.store import RecentHistory, SQLiteHistory, Transaction
+from fraudlab.serving.live import LiveState
+from fraudlab.serving.store import SQLiteHistory, Transaction
 from fraudlab.serving.treepredict import compile_booster
 
 log = logging.getLogger(__name__)
@@ -152,14 +152,14 @@ class Scorer:
         # beyond the longest window by as much as a transaction may be late: every accepted
         # transaction finds every row its windows cover (see ``clock``)
         self.keep = retention_ns(self.params, clock)
-        self.recent = RecentHistory(store)
+        self.live = LiveState(store, self.params)
         # what the last ``score`` call scored anew, for the service's metrics
         self.last_scores = np.zeros(0)
         self.last_features = np.zeros((0, len(self.names)))
         self.last_late = 0  # of those, older than their customer's newest stored transaction
         # one snapshot of the store (no lock: a reload loads while the scoring goes on); the
         # first round catches up with what was written since
-        self.recent.refresh()
+        self.live.refresh()
 
     @property
     def model_version(self) -> str:
@@ -183,9 +183,9 @@ class Scorer:
         self.last_scores, self.last_late = np.zeros(0), 0
         self.last_features = self.last_features[:0]
         with self.store.exclusive():
-            self.recent.refresh()
+            self.live.refresh()
             stored = self.store.lookup(tx.transaction_id for job in jobs for tx in job)
-            window = self.clock.window(self.recent.newest)
+            window = self.clock.window(self.live.newest)
             accepted: dict[int, Transaction] = {}
             outcomes: list[list[int] | Refused] = []
             for job in jobs:
@@ -245,50 +245,30 @@ class Scorer:
         return [tx.transaction_id for tx in job]
 
     def _score_new(self, new: list[Transaction]) -> dict[int, str]:
-        rows = NewRows(
-            np.fromiter((tx.time for tx in new), dtype=np.int64, count=len(new)),
-            np.fromiter((tx.transaction_id for tx in new), dtype=np.int64, count=len(new)),
-            np.fromiter((tx.amount for tx in new), dtype=np.float64, count=len(new)),
-            [tx.customer_id for tx in new],
-            [tx.terminal_id for tx in new],
-        )
-        self.last_late = sum(
-            1
-            for tx in new
-            if (stored := self.recent.customers.get(tx.customer_id)) is not None
-            and len(stored.times)
-            and stored.times[-1] > tx.time
-        )
-        online = online_feature_matrix(
-            rows,
-            customers=self.recent.customers,
-            terminals=self.recent.terminals,
-            params=self.params,
-        )
-        scores = self.predict(online.matrix)
+        live = self.live
+        now = self.clock.now(max(new[-1].time, live.newest or new[-1].time))
+        matrix, self.last_late = live.score(new)
+        scores = self.predict(matrix)
         answers = {
             tx.transaction_id: self._answer(tx, score=score, features=features)
-            for tx, score, features in zip(new, scores.tolist(), online.matrix, strict=True)
+            for tx, score, features in zip(new, scores.tolist(), matrix, strict=True)
         }
         # rows no window can reach any more go a little per round (no stall), in the same
         # durable write as the new ones
-        now = self.clock.now(max(new[-1].time, self.recent.newest or new[-1].time))
         before = now - self.keep
-        # a write that fails is rolled back, and the copy in memory is only replaced below:
-        # both still agree, and nothing needs rebuilding (seconds at the reference size)
-        cursor = self.store.add_scored(
-            new,
-            [answers[tx.transaction_id] for tx in new],
-            prune_before=before,
-            prune_limit=_PRUNE_ROWS_PER_TX * len(new),
-        )
-        self.recent.replace(
-            customers=online.customers.histories(after=before),
-            terminals=online.terminals.histories(after=before),
-            cursor=cursor,
-        )
-        self.recent.prune(before=before, budget=min(len(new), _SWEEP_KEYS_PER_ROUND))
-        self.last_scores, self.last_features = scores, online.matrix
+        try:
+            cursor = self.store.add_scored(
+                new,
+                [answers[tx.transaction_id] for tx in new],
+                prune_before=before,
+                prune_limit=_PRUNE_ROWS_PER_TX * len(new),
+            )
+        except BaseException:
+            live.rollback(new)  # the write was rolled back: so are the new rows in memory
+            raise
+        live.commit(cursor)
+        live.forget(before=before, budget=min(len(new), _SWEEP_KEYS_PER_ROUND))
+        self.last_scores, self.last_features = scores, matrix
         return answers
 
     def label(self, labels: Sequence[tuple[int, int]]) -> list[tuple[int, int, int]]:

@@ -9,15 +9,14 @@ database behind a small interface (``HistoryStore``), so a networked store can r
   serialises whole read-compute-write cycles between them, so a transaction is scored with every
   transaction committed before it, whichever process took it.
 * Rows are kept in arrival order (a sequence number), indexed by transaction id and by time.
-  The windows' reads go to ``RecentHistory``, this process's copy of the recent rows keyed by
-  customer and by terminal (a hash lookup, no scan), kept current from the store's change log.
-  Per-customer and per-terminal SQL indexes would serve no query and cost most of a write
-  (every insert lands on random leaf pages of both).
+  The features read the running state in memory (``fraudlab.serving.live``), kept current from
+  the store's change log; per-customer and per-terminal SQL indexes would serve no query and
+  cost most of a write (every insert lands on random leaf pages of both).
 * Adding a transaction is idempotent: the same id with the same content is accepted again and
   changes nothing (clients retry); with other content it is a ``ConflictError``. The scoring
   service's answer is kept with the transaction, so a retry gets the same answer.
 * Every row has a sequence number and every label change is logged, so a process keeping the
-  recent rows in memory (``RecentHistory``) catches up with other processes' writes cheaply.
+  running state in memory catches up with other processes' writes cheaply.
 """
 
 from __future__ import annotations
@@ -29,7 +28,7 @@ import math
 import os
 import sqlite3
 import threading
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import NamedTuple, Protocol
@@ -39,7 +38,6 @@ import pandas as pd
 
 from fraudlab.core import schema
 from fraudlab.core.errors import UserError
-from fraudlab.features.online import History
 
 log = logging.getLogger(__name__)
 
@@ -502,148 +500,3 @@ def seed(store: SQLiteHistory, frame: pd.DataFrame, *, labels_known_until: int |
                 strict=True,
             )
         )
-
-
-# rows transposed per slice: one ``zip(*rows)`` over a whole store is a single call holding the
-# GIL for about a second, long enough, on a busy machine, for a supervisor's liveness check of a
-# worker that is loading to fail
-_TRANSPOSE_ROWS = 20_000
-
-
-def _columns(rows: list[tuple]) -> tuple:
-    """(ids, times, customers, terminals, amounts, labels) of change-log rows."""
-    parts = [list(zip(*rows[at : at + _TRANSPOSE_ROWS], strict=True))
-             for at in range(0, len(rows), _TRANSPOSE_ROWS)]  # fmt: skip
-
-    def numbers(column: int, dtype: type) -> np.ndarray:
-        return np.concatenate([np.array(part[column], dtype=dtype) for part in parts])
-
-    def objects(column: int) -> list:
-        return [value for part in parts for value in part[column]]
-
-    return (
-        numbers(0, np.int64),
-        numbers(1, np.int64),
-        objects(2),
-        objects(3),
-        numbers(4, np.float64),
-        numbers(5, np.int64),
-    )
-
-
-def _group(keys: list, *, times: np.ndarray, ids: np.ndarray, values: np.ndarray) -> dict:
-    """Rows as one ``History`` per key, each sorted by (time, id)."""
-    if not keys:
-        return {}
-    order = np.lexsort((ids, times))
-    codes, distinct = pd.factorize(pd.Series(keys, dtype=object).iloc[order], sort=False)
-    by_key = np.argsort(codes, kind="stable")
-    bounds = np.flatnonzero(np.diff(codes[by_key])) + 1
-    rows = order[by_key]
-    return {
-        key: History(times[part], ids[part], values[part])
-        for key, part in zip(distinct, np.split(rows, bounds), strict=True)
-    }
-
-
-def _merge(old: History | None, new: History) -> History:
-    if old is None or not len(old.times):
-        return new
-    times = np.concatenate([old.times, new.times])
-    ids = np.concatenate([old.ids, new.ids])
-    values = np.concatenate([old.values, new.values])
-    order = np.lexsort((ids, times))
-    return History(times[order], ids[order], values[order])
-
-
-class RecentHistory:
-    """The store's recent rows in this process's memory, one ``History`` per customer (amounts)
-    and per terminal (labels known so far, 0 if not), kept current from the store's change log:
-    reading a few hundred rows from SQLite costs more than the features computed from them.
-    The store stays the truth; this copy is rebuilt from it at start and after any doubt."""
-
-    def __init__(self, store: HistoryStore | SQLiteHistory) -> None:
-        self.store = store
-        self.customers: dict = {}
-        self.terminals: dict = {}
-        self.cursor = (0, 0)
-        self.newest: int | None = None
-        self._customer_sweep: list = []
-        self._terminal_sweep: list = []
-
-    def refresh(self) -> None:
-        """Take in every row and label committed since the last refresh (by any process)."""
-        changes = self.store.changes(self.cursor)
-        if changes.rows:
-            ids, times, customers, terminals, amounts, labels = _columns(changes.rows)
-            self.update(
-                customers=_group(customers, times=times, ids=ids, values=amounts),
-                terminals=_group(terminals, times=times, ids=ids, values=labels),
-            )
-        for row_seq, tx_id, time, terminal, fraud in changes.labels:
-            # a row read in this refresh already carries its label (the same snapshot)
-            if row_seq <= self.cursor[0]:
-                self._set_label(terminal, time=time, transaction_id=tx_id, fraud=fraud)
-        self.cursor = changes.cursor
-
-    def update(self, *, customers: Mapping, terminals: Mapping) -> None:
-        """Merge new rows (per key, sorted) into the copy."""
-        for key, rows in customers.items():
-            self.customers[key] = _merge(self.customers.get(key), rows)
-        for key, rows in terminals.items():
-            self.terminals[key] = _merge(self.terminals.get(key), rows)
-        self._note_newest(customers)
-
-    def replace(self, *, customers: Mapping, terminals: Mapping, cursor: tuple[int, int]) -> None:
-        """Take whole per-key histories that already include this process's own new rows, and
-        the store's cursor after writing them (nothing else was written meanwhile: the writer
-        held ``exclusive()``); a key given no rows is forgotten."""
-        for histories, given in ((self.customers, customers), (self.terminals, terminals)):
-            histories.update(given)
-            for key in [key for key, rows in given.items() if not len(rows.times)]:
-                del histories[key]
-        self._note_newest(customers)
-        self.cursor = cursor
-
-    def _note_newest(self, customers: Mapping) -> None:
-        latest = [int(rows.times[-1]) for rows in customers.values() if len(rows.times)]
-        if latest and (self.newest is None or max(latest) > self.newest):
-            self.newest = max(latest)
-
-    def _set_label(
-        self, terminal: int | str, *, time: int, transaction_id: int, fraud: int
-    ) -> None:
-        rows = self.terminals.get(terminal)
-        if rows is None:
-            return  # pruned from memory: too old for any window
-        start = int(np.searchsorted(rows.times, time, side="left"))
-        end = int(np.searchsorted(rows.times, time, side="right"))
-        for i in range(start, end):
-            if rows.ids[i] == transaction_id:
-                rows.values[i] = 0 if fraud is None else fraud
-
-    def prune(self, *, before: int, budget: int | None = None) -> None:
-        """Forget rows at or before ``before``: in every key, or (``budget``) in the next
-        ``budget`` keys of a round-robin sweep, so that a service spreads the work."""
-        for histories, sweep in ((self.customers, self._customer_sweep),
-                                 (self.terminals, self._terminal_sweep)):  # fmt: skip
-            if budget is None:
-                keys = list(histories)
-            else:
-                if not sweep:
-                    sweep.extend(histories)
-                keys = [sweep.pop() for _ in range(min(budget, len(sweep)))]
-            for key in keys:
-                rows = histories.get(key)
-                if rows is None or rows.times[0] > before:
-                    continue
-                first = int(np.searchsorted(rows.times, before, side="right"))
-                if first == len(rows.times):
-                    del histories[key]
-                elif first:
-                    histories[key] = History(
-                        rows.times[first:], rows.ids[first:], rows.values[first:]
-                    )
-
-    def size(self) -> int:
-        return sum(len(rows.times) for rows in self.customers.values())
