@@ -639,3 +639,13 @@ def test_a_request_the_parser_refuses_is_a_400_counted_on_metrics(bounded):
             status, _ = _answer_of(connection)
         assert status == 400
     assert _counted(bounded, 400) == before + 2
+
+
+def test_a_store_from_a_newer_fraudlab_refuses_the_start_in_one_line(deployment, tmp_path):  # noqa: F811
+    store = tmp_path / "future.db"
+    with sqlite3.connect(store) as db:
+        db.execute("PRAGMA user_version = 99")
+    status, log = refused_start(server_args(deployment["root"], str(store)), env=ENV)
+    assert status == 1
+    assert "its schema is version 99, written by a newer fraudlab" in log
+    assert "Traceback" not in log

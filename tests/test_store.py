@@ -21,9 +21,11 @@ from fraudlab.features.batch import build_features
 from fraudlab.features.names import feature_names
 from fraudlab.serving.live import LiveState
 from fraudlab.serving.store import (
+    SCHEMA_VERSION,
     Checkpointer,
     ConflictError,
     SQLiteHistory,
+    StoreVersionError,
     Transaction,
     UnknownTransactionError,
     seed,
@@ -246,7 +248,10 @@ def test_a_label_changed_keeps_its_history_and_the_latest_counts(tmp_path):
 def test_a_store_made_before_label_history_gains_it(tmp_path):
     path = tmp_path / "old.db"
     with sqlite3.connect(path) as db:
-        db.executescript(
+        db.executescript(  # the schema before label history and versioning
+            "CREATE TABLE history (seq INTEGER PRIMARY KEY AUTOINCREMENT, transaction_id "
+            "INTEGER NOT NULL UNIQUE, time INTEGER NOT NULL, customer_id NOT NULL, terminal_id "
+            "NOT NULL, amount REAL NOT NULL, fraud INTEGER CHECK (fraud IN (0, 1)), answer TEXT);"
             "CREATE TABLE label_log (seq INTEGER PRIMARY KEY AUTOINCREMENT, "
             "transaction_id INTEGER NOT NULL, time INTEGER NOT NULL);"
         )
@@ -255,4 +260,24 @@ def test_a_store_made_before_label_history_gains_it(tmp_path):
         store.label([(1, 1)])
         assert store.label([(1, 0)]) == [(1, 1, 0)]
         rows = store._db.execute("SELECT previous, fraud FROM label_log ORDER BY seq").fetchall()
+        version = store._db.execute("PRAGMA user_version").fetchone()[0]
     assert rows == [(None, 1), (1, 0)]
+    assert version == SCHEMA_VERSION  # migrated from before versioning (0)
+
+
+def test_the_schema_is_versioned_and_a_store_it_cannot_read_is_refused(tmp_path):
+    with SQLiteHistory(tmp_path / "new.db") as store:
+        assert store._db.execute("PRAGMA user_version").fetchone() == (SCHEMA_VERSION,)
+    future = tmp_path / "future.db"
+    with sqlite3.connect(future) as db:
+        db.execute(f"PRAGMA user_version = {SCHEMA_VERSION + 1}")
+    with pytest.raises(StoreVersionError, match=r"written by a newer fraudlab"):
+        SQLiteHistory(future)
+    other = tmp_path / "other.db"
+    with sqlite3.connect(other) as db:
+        db.execute("CREATE TABLE invoices (id INTEGER)")
+    with pytest.raises(StoreVersionError, match=r"not a fraudlab history store"):
+        SQLiteHistory(other)
+    with sqlite3.connect(other) as db:  # and nothing was added to it
+        tables = {row[0] for row in db.execute("SELECT name FROM sqlite_master")}
+    assert tables == {"invoices"}

@@ -57,6 +57,15 @@ class Transaction:
         return (self.time, self.customer_id, self.terminal_id, self.amount)
 
 
+# The store's schema version (SQLite's user_version): 1, rows and the label log (stores made
+# before versioning read 0 and are treated as 1); 2, each label change's previous value and time.
+SCHEMA_VERSION = 2
+
+
+class StoreVersionError(UserError):
+    """A store this fraudlab cannot read or migrate."""
+
+
 class ConflictError(UserError):
     """A transaction id already stored with other content."""
 
@@ -183,8 +192,33 @@ class SQLiteHistory:
         self._known_end: tuple[int, int] | None = None
         self._data_version = -1
         with self.exclusive():
-            self._db.executescript(_SCHEMA)
+            self._migrate()
+
+    def _migrate(self) -> None:
+        """Create the schema, or bring an older store's up to ``SCHEMA_VERSION``; a store
+        written by a newer fraudlab, or a database that is not a store, is refused."""
+        version = self._db.execute("PRAGMA user_version").fetchone()[0]
+        if version > SCHEMA_VERSION:
+            raise StoreVersionError(
+                f"{self.path}: its schema is version {version}, written by a newer fraudlab "
+                f"(this one knows versions up to {SCHEMA_VERSION}): upgrade fraudlab, or "
+                "serve from another store"
+            )
+        tables = {
+            row[0]
+            for row in self._db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")
+        }
+        if tables - {"sqlite_sequence"} and "history" not in tables:
+            raise StoreVersionError(
+                f"{self.path}: a SQLite database, but not a fraudlab history store (tables "
+                f"{sorted(tables)})"
+            )
+        self._db.executescript(_SCHEMA)
+        if version < 2:  # 2 keeps each label change's previous value and time
             self._add_label_history()
+        if version != SCHEMA_VERSION:
+            self._db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+            log.info("%s: store schema version %d -> %d", self.path, version, SCHEMA_VERSION)
 
     def _add_label_history(self) -> None:
         columns = {row[1] for row in self._db.execute("PRAGMA table_info(label_log)")}
