@@ -27,14 +27,7 @@ from fraudlab.core import schema
 from fraudlab.core.params import load_params
 from fraudlab.features.names import feature_names
 from fraudlab.features.online import histories, transaction_features
-from fraudlab.features.state import (
-    CardState,
-    TerminalState,
-    bulk_cards,
-    bulk_places,
-    calendar,
-    plan_of,
-)
+from fraudlab.features.state import States, bulk_cards, bulk_places
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -62,22 +55,15 @@ def main() -> None:
     places = bulk_places(before[schema.TERMINAL_ID].tolist(), times, ids,
                          before[schema.TX_FRAUD].to_numpy(), params)  # fmt: skip
     built = time.perf_counter() - started
-    plan = plan_of(params)
+    states = States(params)
+    states.cards, states.places = cards, places
     seconds, state_rows = [], []
     for row in rows.itertuples(index=False):
         when = pd.Timestamp(row.tx_datetime).value
         started = time.perf_counter()
-        card = cards.get(row.customer_id) or cards.setdefault(row.customer_id, CardState(plan))
-        place = places.get(row.terminal_id) or places.setdefault(
-            row.terminal_id, TerminalState(params)
-        )
-        values = card.append(when, int(row.transaction_id), float(row.tx_amount))
-        values |= place.append(when, int(row.transaction_id), int(row.tx_fraud))
-        values["tx_amount"] = float(row.tx_amount)
-        values["tx_during_weekend"], values["tx_during_night"] = calendar(
-            when, params.night_end_hour
-        )
-        state_rows.append([values[name] for name in names])
+        values = states.add(when, int(row.transaction_id), row.customer_id, row.terminal_id,
+                            float(row.tx_amount), int(row.tx_fraud))  # fmt: skip
+        state_rows.append(states.row(values))
         seconds.append(time.perf_counter() - started)
     print(f"transactions scored: {len(rows):,} from {test_start.date()}, one at a time")
     print(f"states of {len(before):,} stored rows built in bulk in {built:.1f} s "

@@ -19,10 +19,9 @@ from fraudlab.features.state import (
     bulk_cards,
     bulk_places,
     calendar,
-    card_with,
-    place_with,
     plan_of,
     replay,
+    with_row,
 )
 from helpers import exact_columns, features_with
 
@@ -187,8 +186,8 @@ def test_a_late_transaction_is_replayed_into_place_and_gets_the_batch_features(
         place = places.get(row.terminal_id) or TerminalState(params)
         late_ones += not (card.is_next(time, row.transaction_id)
                           and place.is_next(time, row.transaction_id))  # fmt: skip
-        cards[row.customer_id], values = card_with(card, time, row.transaction_id, row.tx_amount)
-        places[row.terminal_id], more = place_with(place, time, row.transaction_id,
+        cards[row.customer_id], values = with_row(card, time, row.transaction_id, row.tx_amount)
+        places[row.terminal_id], more = with_row(place, time, row.transaction_id,
                                                    int(row.tx_fraud))  # fmt: skip
         seen.add(position)
         while arrived_before + 1 in seen:

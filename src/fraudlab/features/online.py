@@ -1,7 +1,8 @@
-"""Features of transactions not yet stored, from their cards' and terminals' stored rows: what
-the scoring service computes, with the batch kernels (``fraudlab.features.kernels``) run on just
-the groups a request touches, so online and batch agree by construction (and a replay test proves
-it). The same-timestamp rule is the batch's: rows are ordered by (tx_datetime, transaction_id).
+"""Features of transactions not yet stored, from their cards' and terminals' stored rows, with
+the batch kernels (``fraudlab.features.kernels``) run on just the groups a transaction touches:
+the second online path, kept beside the scoring service's running state
+(``fraudlab.features.state``) for the point-in-time tests and ``bench/online_features.py``. The
+same-timestamp rule is the batch's: rows are ordered by (tx_datetime, transaction_id).
 """
 
 from __future__ import annotations
@@ -64,19 +65,6 @@ class Merged(NamedTuple):
     ids: np.ndarray
     values: np.ndarray
     rows: np.ndarray
-
-    def histories(self, *, after: int | None = None) -> dict:
-        """Each group's rows after the merge, only those later than ``after`` when given (a
-        group may be left empty)."""
-        groups, times, ids, values = self.groups, self.times, self.ids, self.values
-        if after is not None:
-            later = times > after
-            groups, times, ids, values = groups[later], times[later], ids[later], values[later]
-        bounds = np.searchsorted(groups, np.arange(len(self.keys) + 1)).tolist()
-        return {
-            key: History(times[start:end], ids[start:end], values[start:end])
-            for key, start, end in zip(self.keys, bounds[:-1], bounds[1:], strict=True)
-        }
 
 
 def _is_sorted(groups: np.ndarray, *, times: np.ndarray, ids: np.ndarray) -> bool:

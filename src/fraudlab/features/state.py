@@ -39,7 +39,13 @@ import pandas as pd
 
 from fraudlab.core import schema
 from fraudlab.core.params import FeaturesParams
-from fraudlab.features.kernels import NS_PER_DAY, SATURDAY
+from fraudlab.features.kernels import (
+    NS_PER_DAY,
+    SATURDAY,
+    _last_payments,
+    _row_median,
+    _window_bounds,
+)
 from fraudlab.features.names import (
     KNOWN_LABEL_FEATURES,
     customer_feature_names,
@@ -139,7 +145,21 @@ def _ratio(amount: float, baseline: float) -> float:
     return amount / baseline if baseline > 0 else 1.0  # NaN > 0 is False
 
 
-class CardState:
+class _Rows:
+    """What a card and a terminal share: rows in (time, id) order from absolute position
+    ``base``, each with a value (an amount, a label)."""
+
+    __slots__ = ()
+
+    def __len__(self) -> int:
+        return len(self.times)
+
+    def is_next(self, time: int, transaction_id: int) -> bool:
+        """Whether (time, id) comes after every stored row (the constant-time case)."""
+        return not self.times or (time, transaction_id) > (self.times[-1], self.ids[-1])
+
+
+class CardState(_Rows):
     """One card's rows and running windows (see the module's docstring)."""
 
     __slots__ = ("amounts", "base", "flags", "ids", "plan", "times", "windows")
@@ -156,12 +176,11 @@ class CardState:
             _Window(n, maxima=deque() if n in plan.amount else None) for n in plan.lengths
         ]
 
-    def __len__(self) -> int:
-        return len(self.times)
+    def rows(self) -> list[tuple[int, int, float]]:
+        return list(zip(self.times, self.ids, self.amounts, strict=True))
 
-    def is_next(self, time: int, transaction_id: int) -> bool:
-        """Whether (time, id) comes after every stored row (the constant-time case)."""
-        return not self.times or (time, transaction_id) > (self.times[-1], self.ids[-1])
+    def empty_like(self) -> CardState:
+        return CardState(self.plan)
 
     def append(self, time: int, transaction_id: int, amount: float) -> dict[str, float]:
         """Add a transaction later than every stored row; its features (card ones)."""
@@ -242,7 +261,7 @@ class CardState:
             self.base = cut
 
 
-class TerminalState:
+class TerminalState(_Rows):
     """One terminal's rows, labels and running windows behind the known-label frontier."""
 
     __slots__ = ("base", "begins", "delay", "end", "frauds", "ids", "labels", "last_fraud",
@@ -256,11 +275,15 @@ class TerminalState:
         self.names = list(zip(names[::2], names[1::2], strict=True))
         self._empty()
 
-    def _reset(self, like: TerminalState) -> None:
-        """Empty, with ``like``'s settings."""
-        self.delay, self.lengths, self.with_runs = like.delay, like.lengths, like.with_runs
-        self.names = like.names
-        self._empty()
+    def empty_like(self) -> TerminalState:
+        fresh = TerminalState.__new__(TerminalState)
+        fresh.delay, fresh.lengths, fresh.with_runs = self.delay, self.lengths, self.with_runs
+        fresh.names = self.names
+        fresh._empty()
+        return fresh
+
+    def rows(self) -> list[tuple[int, int, int]]:
+        return list(zip(self.times, self.ids, self.labels, strict=True))
 
     def _empty(self) -> None:
         self.base = 0
@@ -272,9 +295,6 @@ class TerminalState:
         self.frauds = [0] * len(self.lengths)
         self.last_legit = -1  # positions behind the frontier (-1: none)
         self.last_fraud = -1
-
-    def is_next(self, time: int, transaction_id: int) -> bool:
-        return not self.times or (time, transaction_id) > (self.times[-1], self.ids[-1])
 
     def _label(self, position: int) -> int:
         return self.labels[position - self.base]
@@ -410,9 +430,6 @@ def replay(frame: pd.DataFrame, params: FeaturesParams) -> pd.DataFrame:
     """Every row's features computed by the running state, the rows taken one at a time in
     (time, id) order with their labels known at once (as the batch reads them): what the tests
     hold against the batch kernels. Columns in ``feature_names`` order, rows in ``frame``'s."""
-    plan = plan_of(params)
-    order = np.lexsort((frame[schema.TRANSACTION_ID].to_numpy(), frame[schema.TX_DATETIME]
-                        .to_numpy(dtype="datetime64[ns]").view(np.int64)))  # fmt: skip
     times = frame[schema.TX_DATETIME].to_numpy(dtype="datetime64[ns]").view(np.int64)
     ids = frame[schema.TRANSACTION_ID].to_numpy(dtype=np.int64)
     amounts = frame[schema.TX_AMOUNT].to_numpy(dtype=np.float64)
@@ -420,76 +437,75 @@ def replay(frame: pd.DataFrame, params: FeaturesParams) -> pd.DataFrame:
     terminals = frame[schema.TERMINAL_ID].to_numpy()
     labels = (frame[schema.TX_FRAUD].fillna(0).to_numpy(dtype=np.int64)
               if schema.TX_FRAUD in frame else np.zeros(len(frame), dtype=np.int64))  # fmt: skip
-    cards: dict = {}
-    places: dict = {}
-    names = feature_names(params)
-    out = np.empty((len(frame), len(names)))
-    for row in order.tolist():
-        time, tx_id = int(times[row]), int(ids[row])
-        card = cards.get(customers[row]) or cards.setdefault(customers[row], CardState(plan))
-        place = places.get(terminals[row]) or places.setdefault(
-            terminals[row], TerminalState(params)
+    states = States(params)
+    out = np.empty((len(frame), len(states.names)))
+    for row in np.lexsort((ids, times)).tolist():
+        values = states.add(int(times[row]), int(ids[row]), customers[row], terminals[row],
+                            float(amounts[row]), int(labels[row]))  # fmt: skip
+        out[row] = states.row(values)
+    return pd.DataFrame(out, columns=states.names, index=frame.index)
+
+
+def _replayed(state, rows: list[tuple], target: tuple | None):
+    """A state of the same kind from ``rows`` (time, id, value) in order; the features of
+    ``target``'s row (its (time, id)) as it is appended, if given."""
+    fresh = state.empty_like()
+    found: dict[str, float] = {}
+    for time, tx_id, value in rows:
+        values = fresh.append(time, tx_id, value)
+        if (time, tx_id) == target:
+            found = values
+    return fresh, found
+
+
+def with_row(state, time: int, tx_id: int, value):
+    """(the card or terminal with a new row, the row's features): appended when it comes
+    last, else replayed with the row in its place (a late transaction: work grows with the
+    rows kept)."""
+    if state.is_next(time, tx_id):
+        return state, state.append(time, tx_id, value)
+    return _replayed(state, sorted([*state.rows(), (time, tx_id, value)]), (time, tx_id))
+
+
+def without_rows(state, ids: set[int]):
+    """The card or terminal replayed without the rows of ``ids`` (a write that failed)."""
+    return _replayed(state, [row for row in state.rows() if row[1] not in ids], None)[0]
+
+
+class States:
+    """Every card's and terminal's state, and the features of a transaction from them."""
+
+    def __init__(self, params: FeaturesParams) -> None:
+        self.params = params
+        self.plan = plan_of(params)
+        self.names = feature_names(params)
+        self.cards: dict = {}
+        self.places: dict = {}
+
+    def add(
+        self, time: int, tx_id: int, customer, terminal, amount: float, label: int | None
+    ) -> dict[str, float]:
+        """Take a transaction in (a late one replays its card or terminal); its features."""
+        card = self.cards.get(customer) or CardState(self.plan)
+        place = self.places.get(terminal) or TerminalState(self.params)
+        self.cards[customer], values = with_row(card, time, tx_id, amount)
+        self.places[terminal], more = with_row(place, time, tx_id, label)
+        values |= more
+        values[schema.TX_AMOUNT] = amount
+        values["tx_during_weekend"], values["tx_during_night"] = calendar(
+            time, self.params.night_end_hour
         )
-        values = {schema.TX_AMOUNT: float(amounts[row])}
-        weekend, night = calendar(time, params.night_end_hour)
-        values["tx_during_weekend"], values["tx_during_night"] = weekend, night
-        values |= card.append(time, tx_id, float(amounts[row]))
-        values |= place.append(time, tx_id, int(labels[row]))
-        out[row] = [values[name] for name in names]
-    return pd.DataFrame(out, columns=names, index=frame.index)
+        return values
 
+    def row(self, values: dict[str, float]) -> list[float]:
+        """Features in ``feature_names`` order."""
+        return [values[name] for name in self.names]
 
-def _replayed_card(card: CardState, rows: list[tuple[int, int, float]], target: tuple | None):
-    """A new CardState from ``rows`` (time, id, amount) in order; the features of ``target``'s
-    row (its (time, id)) as it is appended, if given."""
-    fresh = CardState(card.plan)
-    found: dict[str, float] = {}
-    for time, tx_id, amount in rows:
-        values = fresh.append(time, tx_id, amount)
-        if target is not None and (time, tx_id) == target:
-            found = values
-    return fresh, found
-
-
-def _replayed_place(place: TerminalState, rows: list[tuple[int, int, int]], target: tuple | None):
-    fresh = TerminalState.__new__(TerminalState)
-    TerminalState._reset(fresh, place)
-    found: dict[str, float] = {}
-    for time, tx_id, label in rows:
-        values = fresh.append(time, tx_id, label)
-        if target is not None and (time, tx_id) == target:
-            found = values
-    return fresh, found
-
-
-def card_with(card: CardState, time: int, tx_id: int, amount: float):
-    """(the card with a new row, the row's features): appended when it comes last, else the
-    card replayed with the row in its place (a late transaction: work grows with the rows)."""
-    if card.is_next(time, tx_id):
-        return card, card.append(time, tx_id, amount)
-    rows = sorted([*zip(card.times, card.ids, card.amounts, strict=True), (time, tx_id, amount)])
-    return _replayed_card(card, rows, (time, tx_id))
-
-
-def place_with(place: TerminalState, time: int, tx_id: int, label: int | None):
-    if place.is_next(time, tx_id):
-        return place, place.append(time, tx_id, label)
-    rows = sorted([*zip(place.times, place.ids, place.labels, strict=True),
-                   (time, tx_id, 1 if label == 1 else 0)])  # fmt: skip
-    return _replayed_place(place, rows, (time, tx_id))
-
-
-def card_without(card: CardState, ids: set[int]) -> CardState:
-    """The card replayed without the rows of ``ids`` (a write that failed)."""
-    rows = [row for row in zip(card.times, card.ids, card.amounts, strict=True)
-            if row[1] not in ids]  # fmt: skip
-    return _replayed_card(card, rows, None)[0]
-
-
-def place_without(place: TerminalState, ids: set[int]) -> TerminalState:
-    rows = [row for row in zip(place.times, place.ids, place.labels, strict=True)
-            if row[1] not in ids]  # fmt: skip
-    return _replayed_place(place, rows, None)[0]
+    def without(self, customers, terminals, ids: set[int]) -> None:
+        for key in customers:
+            self.cards[key] = without_rows(self.cards[key], ids)
+        for key in terminals:
+            self.places[key] = without_rows(self.places[key], ids)
 
 
 def _sorted_groups(keys: list, times: np.ndarray, ids: np.ndarray):
@@ -508,8 +524,6 @@ def bulk_cards(
 ) -> dict:
     """Every card's state after its rows, built with array operations (the rows need not be
     in any order): what appending them one by one would give, at a fraction of the cost."""
-    from fraudlab.features.kernels import _last_payments, _row_median, _window_bounds
-
     if not len(keys):
         return {}
     plan = plan_of(params)
@@ -553,12 +567,17 @@ def bulk_cards(
     return cards
 
 
+def _within(latest: np.ndarray, at: int, first: int) -> int:
+    """``latest[at]`` (a global position) as a position in the group starting at ``first``,
+    or -1 when it is in an earlier group or there is none."""
+    position = int(latest[at]) if at >= first else -1
+    return position - first if position >= first else -1
+
+
 def bulk_places(
     keys: list, times: np.ndarray, ids: np.ndarray, labels: np.ndarray, params: FeaturesParams
 ) -> dict:
     """Every terminal's state after its rows (labels as known), as ``bulk_cards``."""
-    from fraudlab.features.kernels import _window_bounds
-
     if not len(keys):
         return {}
     order, groups, distinct, starts, ends = _sorted_groups(keys, times, ids)
@@ -583,12 +602,7 @@ def bulk_places(
         place.end = stop - first
         place.begins = [int(b[g]) - first for b in begins]
         place.frauds = [int(frauds[stop] - frauds[int(b[g])]) for b in begins]
-        behind = stop - 1
-        place.last_legit = int(last_legit[behind]) - first if behind >= first else -1
-        place.last_fraud = int(last_fraud[behind]) - first if behind >= first else -1
-        if place.last_legit < 0:
-            place.last_legit = -1
-        if place.last_fraud < 0:
-            place.last_fraud = -1
+        place.last_legit = _within(last_legit, stop - 1, first)
+        place.last_fraud = _within(last_fraud, stop - 1, first)
         places[key] = place
     return places

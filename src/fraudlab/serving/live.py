@@ -11,21 +11,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from fraudlab.core import schema
 from fraudlab.core.params import FeaturesParams
-from fraudlab.features.names import feature_names
-from fraudlab.features.state import (
-    CardState,
-    TerminalState,
-    bulk_cards,
-    bulk_places,
-    calendar,
-    card_with,
-    card_without,
-    place_with,
-    place_without,
-    plan_of,
-)
+from fraudlab.features.state import States, bulk_cards, bulk_places
 from fraudlab.serving.store import HistoryStore, Transaction
 
 # past this many rows at once (a store loaded at start), states are built in bulk
@@ -61,14 +48,19 @@ class LiveState:
     def __init__(self, store: HistoryStore, params: FeaturesParams) -> None:
         self.store = store
         self.params = params
-        self.plan = plan_of(params)
-        self.names = feature_names(params)
-        self.cards: dict = {}
-        self.places: dict = {}
+        self.states = States(params)
         self.cursor = (0, 0)
         self.newest: int | None = None
         self._newest_before: int | None = None
         self._sweep: list = []
+
+    @property
+    def cards(self) -> dict:
+        return self.states.cards
+
+    @property
+    def places(self) -> dict:
+        return self.states.places
 
     def refresh(self) -> None:
         """Take in every row and label committed since the last refresh (by any process)."""
@@ -93,35 +85,27 @@ class LiveState:
         """Build every state at once with array operations (what appending the rows one by
         one gives, tested, in a fraction of the time)."""
         ids, times, customers, terminals, amounts, labels = _columns(rows)
-        self.cards = bulk_cards(customers, times, ids, amounts, self.params)
-        self.places = bulk_places(terminals, times, ids, labels, self.params)
+        self.states.cards = bulk_cards(customers, times, ids, amounts, self.params)
+        self.states.places = bulk_places(terminals, times, ids, labels, self.params)
         self.newest = int(times.max())
 
     def _add(self, tx: Transaction, *, label: int | None) -> dict[str, float]:
-        card = self.cards.get(tx.customer_id) or CardState(self.plan)
-        place = self.places.get(tx.terminal_id) or TerminalState(self.params)
-        self.cards[tx.customer_id], values = card_with(card, tx.time, tx.transaction_id,
-                                                       tx.amount)  # fmt: skip
-        self.places[tx.terminal_id], more = place_with(place, tx.time, tx.transaction_id, label)
         if self.newest is None or tx.time > self.newest:
             self.newest = tx.time
-        return values | more
+        return self.states.add(tx.time, tx.transaction_id, tx.customer_id, tx.terminal_id,
+                               tx.amount, label)  # fmt: skip
 
     def score(self, new: list[Transaction]) -> tuple[np.ndarray, int]:
         """The features of new transactions (in (time, id) order, each seeing the ones before
         it), taken into the state at once; ``commit`` or ``rollback`` after the write. Also the
         number of them later than their card's newest row."""
-        matrix = np.empty((len(new), len(self.names)))
+        matrix = np.empty((len(new), len(self.states.names)))
         self._newest_before = self.newest
         late = 0
-        night_end = self.params.night_end_hour
         for k, tx in enumerate(new):
             card = self.cards.get(tx.customer_id)
             late += card is not None and not card.is_next(tx.time, tx.transaction_id)
-            values = self._add(tx, label=None)
-            values[schema.TX_AMOUNT] = tx.amount
-            values["tx_during_weekend"], values["tx_during_night"] = calendar(tx.time, night_end)
-            matrix[k] = [values[name] for name in self.names]
+            matrix[k] = self.states.row(self._add(tx, label=None))
         return matrix, late
 
     def commit(self, cursor: tuple[int, int]) -> None:
@@ -130,12 +114,12 @@ class LiveState:
 
     def rollback(self, new: list[Transaction]) -> None:
         """The round's write failed: replay its cards and terminals without its rows."""
-        ids = {tx.transaction_id for tx in new}
         self.newest = self._newest_before  # the data clock does not move either
-        for key in {tx.customer_id for tx in new}:
-            self.cards[key] = card_without(self.cards[key], ids)
-        for key in {tx.terminal_id for tx in new}:
-            self.places[key] = place_without(self.places[key], ids)
+        self.states.without(
+            {tx.customer_id for tx in new},
+            {tx.terminal_id for tx in new},
+            {tx.transaction_id for tx in new},
+        )
 
     def forget(self, *, before: int, budget: int | None = None) -> None:
         """Drop rows at or before ``before`` that no window holds: in every card and terminal,

@@ -20,6 +20,7 @@ import sqlite3
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 import pandas as pd
@@ -269,9 +270,9 @@ def check_integrity(args: argparse.Namespace) -> str:
     return model.md5
 
 
-def seed_history(args: argparse.Namespace, store: SQLiteHistory) -> None:
-    """Store the rows of ``--history`` the windows can still need (and their labels)."""
-    model = load_model(args.model, lock_path=args.lock)
+def seed_history(args: argparse.Namespace, store: SQLiteHistory, *, keep: int) -> None:
+    """Store the rows of ``--history`` within ``keep`` (the retention, ns) of its newest: those
+    the windows can still need (and their labels)."""
     if not Path(args.history).exists():  # a Parquet file or a dataset directory
         raise UserError(f"--history {args.history}: no such file or directory")
     try:
@@ -292,15 +293,13 @@ def seed_history(args: argparse.Namespace, store: SQLiteHistory) -> None:
         times = frame[schema.TX_DATETIME]
     if frame.empty:
         raise UserError(f"{args.history}: no transactions to seed the history with")
-    late = Clock(args.clock, ahead=0, late=args.max_late, earliest=0)
-    keep = pd.Timedelta(retention_ns(model.features_config, late))
-    recent = frame[times > times.max() - keep]
+    recent = frame[times > times.max() - pd.Timedelta(keep)]
     log.info(
         "seeding %s with %d of %d transactions (the last %s, up to %s)",
         store.path,
         len(recent),
         len(frame),
-        keep,
+        pd.Timedelta(keep),
         times.max(),
     )
     seed(store, recent, labels_known_until=None)
@@ -331,7 +330,7 @@ def require_store(args: argparse.Namespace) -> None:
     )
 
 
-def check_clock(args: argparse.Namespace, store: SQLiteHistory) -> None:
+def check_clock(args: argparse.Namespace, store: SQLiteHistory, *, keep: int) -> None:
     """With the system clock, refuse a store whose rows are all past retention or ahead of
     this machine's clock: serving it would prune every row (a replay of old data wants
     ``--clock data``) or refuse every live transaction."""
@@ -340,17 +339,14 @@ def check_clock(args: argparse.Namespace, store: SQLiteHistory) -> None:
     newest = store.newest_time()
     if newest is None:
         return
-    clock = Clock("system", ahead=args.max_ahead, late=args.max_late, earliest=0)
-    now = clock.system_ns()
-    features = load_model(args.model, lock_path=args.lock).features_config
-    keep = retention_ns(features, clock)
+    now = time.time_ns()
     if newest < now - keep:
         raise UserError(
             f"--store {args.store}: its newest transaction ({show_time(newest)}) is older than "
             f"the retention ({show_duration(keep)} before this machine's clock), so the system "
             "clock would prune every row: to replay past data pass --clock data"
         )
-    if newest > now + clock.ahead:
+    if newest > now + args.max_ahead:
         raise UserError(
             f"--store {args.store}: its newest transaction ({show_time(newest)}) is ahead of "
             "this machine's clock: check the clock, or pass --clock data to replay these data"
@@ -399,11 +395,13 @@ def open_store(args: argparse.Namespace) -> None:
     """Create, seed and check the store before any worker starts; whatever stops it (a
     read-only mount, a full disk, a file that is not a database) is one line."""
     store_healthy(args)
+    clock = Clock(args.clock, ahead=args.max_ahead, late=args.max_late, earliest=0)
+    keep = retention_ns(load_model(args.model, lock_path=args.lock).features_config, clock)
     try:
         with SQLiteHistory(args.store, fsync=args.fsync) as store:
             if args.history:
-                seed_history(args, store)
-            check_clock(args, store)
+                seed_history(args, store, keep=keep)
+            check_clock(args, store, keep=keep)
             log.info("history: %d transactions in %s", store.count(), store.path)
     except sqlite3.Error as exc:
         raise UserError(
