@@ -3,17 +3,20 @@
 from __future__ import annotations
 
 import datetime as dt
+import os
 import subprocess
 import sys
 from pathlib import Path
 
 import pandas as pd
 import pytest
+import redis
 
 from fraudlab.core import schema
 from fraudlab.core.params import FeaturesParams, SimulateParams, SourceParams, ValidateParams
 from fraudlab.data.simulate import simulate_transactions
 from fraudlab.features.names import GROUPS
+from fraudlab.serving.redis_server import RedisServer, redis_server_binary
 from helpers import features_with
 
 
@@ -130,3 +133,33 @@ def run_validate_stage(
         text=True,
         check=False,
     )
+
+
+@pytest.fixture(scope="session")
+def redis_server(tmp_path_factory):
+    """A private redis-server for the session (free loopback port, its own directory, AOF
+    with appendfsync always); skipped where Debian's redis-server is missing, unless
+    FRAUDLAB_REQUIRE_REDIS is set (CI), where that fails."""
+    if redis_server_binary() is None:
+        if os.environ.get("FRAUDLAB_REQUIRE_REDIS"):
+            pytest.fail("FRAUDLAB_REQUIRE_REDIS is set but redis-server is not on PATH")
+        pytest.skip("no redis-server (Debian: apt-get install redis-server)")
+    with RedisServer(tmp_path_factory.mktemp("redis"), appendfsync="always") as server:
+        yield server
+
+
+@pytest.fixture
+def redis_url(redis_server):
+    """The session's Redis, emptied for this test."""
+    client = redis.Redis.from_url(redis_server.url)
+    client.flushall()
+    client.close()
+    return redis_server.url
+
+
+@pytest.fixture(params=["sqlite", "redis"])
+def store_location(request, tmp_path):
+    """Where a history store lives, for each backend: a SQLite file, or an empty Redis."""
+    if request.param == "redis":
+        return request.getfixturevalue("redis_url")
+    return str(tmp_path / "history.db")

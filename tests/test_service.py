@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import collections
 import http.client
+import itertools
 import json
 import socket
 import sqlite3
@@ -115,7 +116,7 @@ def server_args(root, store: str = "history.db", *extra: str) -> list[str]:
         "--serving", str(root / "models" / "serving.json"),
         "--reference", str(root / "models" / "reference_profile.json"),
         "--lock", str(root / "dvc.lock"),
-        "--store", str(root / store),
+        "--store", store if "://" in store else str(root / store),  # a file, or Redis's URL
         "--no-dvc-status",
         "--clock", "data", "--max-ahead", "1 day",  # sparse simulated 2018 data replayed
         *extra,
@@ -137,66 +138,78 @@ def test_a_replay_over_http_gives_the_batch_features_and_scores(deployment, batc
     """Seed the days before the cut, then post every later transaction in time order, one by one
     and then in batches, each label once the clock has passed its transaction's time plus the
     label delay: every feature and score equals the batch pipeline's."""
-    root, cut, names = deployment["root"], deployment["cut"], deployment["names"]
-    later = batch[(batch[schema.TX_DATETIME] >= cut) & (batch[schema.TX_DATETIME] < cut + 8 * DAY)]
-    delay = pd.Timedelta(days=7)
+    root = deployment["root"]
+    later = replayed_period(deployment, batch)
     args = server_args(root, "replay.db", "--history", str(root / "history.parquet"))
-    online_features, online_scores = [], []
     with Server(args, env={"FRAUDLAB_API_KEYS": KEY}) as running:
-        pending = collections.deque()
-        rows = list(later.itertuples(index=False))
-        singles, batched = rows[: len(rows) // 2], rows[len(rows) // 2 :]
-
-        def post_due_labels(now) -> None:
-            due = []
-            while pending and pending[0].tx_datetime + delay <= now:
-                due.append(pending.popleft())
-            if due:
-                status, body = running.request(
-                    "POST",
-                    "/v1/labels",
-                    {
-                        "labels": [
-                            {"transaction_id": int(r.transaction_id), "tx_fraud": int(r.tx_fraud)}
-                            for r in due
-                        ]
-                    },
-                    key=KEY,
-                )
-                assert status == 200, body
-
-        for row in singles:
-            post_due_labels(row.tx_datetime)
-            status, answer = running.request("POST", "/v1/score", request_fields(row), key=KEY)
-            assert status == 200, answer
-            online_features.append([answer["features"][name] for name in names])
-            online_scores.append(answer["score"])
-            pending.append(row)
-        for start in range(0, len(batched), 100):
-            chunk = batched[start : start + 100]
-            # every label due within the chunk: older than its first transaction, so known; a
-            # label enters a window only once older than the delay, so none arrives early
-            assert chunk[-1].tx_datetime - chunk[0].tx_datetime < delay
-            post_due_labels(chunk[-1].tx_datetime)
-            status, answer = running.request(
-                "POST",
-                "/v1/score/batch",
-                {"transactions": [request_fields(r) for r in chunk]},
-                key=KEY,
-            )
-            assert status == 200, answer
-            for result in answer["results"]:
-                online_features.append([result["features"][name] for name in names])
-                online_scores.append(result["score"])
-            pending.extend(chunk)
-    expected = later[names].to_numpy(dtype=np.float64)
-    online = np.array(online_features)
-    exact = exact_columns(names)
+        online, scores = replay_over_http([running], later, names=deployment["names"])
     assert len(later) > 1000
+    assert_batch_answers(deployment, later, online, scores)
+
+
+def replayed_period(deployment, batch, *, days: int = 8) -> pd.DataFrame:
+    cut = deployment["cut"]
+    times = batch[schema.TX_DATETIME]
+    return batch[(times >= cut) & (times < cut + days * DAY)]
+
+
+def replay_over_http(servers, later: pd.DataFrame, *, names) -> tuple[np.ndarray, list]:
+    """Post ``later`` in time order, the first half one transaction per request and the rest
+    in batches of 100, each label once the clock has passed its transaction's time plus the
+    label delay; request k goes to ``servers[k % len(servers)]`` (round robin over replicas).
+    The features and scores answered, in order."""
+    delay = pd.Timedelta(days=7)
+    online_features, online_scores = [], []
+    pending = collections.deque()
+    rows = list(later.itertuples(index=False))
+    singles, batched = rows[: len(rows) // 2], rows[len(rows) // 2 :]
+    turn = itertools.count()
+
+    def post(path: str, body: dict) -> dict:
+        status, answer = servers[next(turn) % len(servers)].request("POST", path, body, key=KEY)
+        assert status == 200, answer
+        return answer
+
+    def post_due_labels(now) -> None:
+        due = []
+        while pending and pending[0].tx_datetime + delay <= now:
+            due.append(pending.popleft())
+        if due:
+            labels = [
+                {"transaction_id": int(r.transaction_id), "tx_fraud": int(r.tx_fraud)} for r in due
+            ]
+            post("/v1/labels", {"labels": labels})
+
+    for row in singles:
+        post_due_labels(row.tx_datetime)
+        answer = post("/v1/score", request_fields(row))
+        online_features.append([answer["features"][name] for name in names])
+        online_scores.append(answer["score"])
+        pending.append(row)
+    for start in range(0, len(batched), 100):
+        chunk = batched[start : start + 100]
+        # every label due within the chunk: older than its first transaction, so known; a
+        # label enters a window only once older than the delay, so none arrives early
+        assert chunk[-1].tx_datetime - chunk[0].tx_datetime < delay
+        post_due_labels(chunk[-1].tx_datetime)
+        answer = post("/v1/score/batch", {"transactions": [request_fields(r) for r in chunk]})
+        for result in answer["results"]:
+            online_features.append([result["features"][name] for name in names])
+            online_scores.append(result["score"])
+        pending.extend(chunk)
+    return np.array(online_features), online_scores
+
+
+def assert_batch_answers(deployment, later: pd.DataFrame, online: np.ndarray, scores) -> None:
+    """Features as the batch computes them (counts exactly, the rest within 1e-9), and the
+    batch pipeline's scores."""
+    names = deployment["names"]
+    expected = later[names].to_numpy(dtype=np.float64)
+    exact = exact_columns(names)
     np.testing.assert_array_equal(online[:, exact], expected[:, exact])
     np.testing.assert_allclose(online, expected, rtol=0, atol=1e-9)
     batch_scores = predict_scores(deployment["pipeline"], later, features=names)
-    np.testing.assert_allclose(online_scores, batch_scores, rtol=0, atol=1e-9)
+    np.testing.assert_allclose(scores, batch_scores, rtol=0, atol=1e-9)
     assert 0 < (batch_scores >= THRESHOLD).sum() < len(batch_scores)  # both decisions occur
 
 

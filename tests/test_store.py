@@ -1,5 +1,5 @@
-"""The SQLite history store: a replay through it gives the batch features, writes are idempotent
-and durable through kill -9, and a key's rows are read through an index."""
+"""The history stores (SQLite, Redis): a replay through them gives the batch features, writes are
+idempotent and durable through kill -9, and each refuses a schema it cannot read."""
 
 from __future__ import annotations
 
@@ -24,10 +24,12 @@ from fraudlab.serving.store import (
     SCHEMA_VERSION,
     Checkpointer,
     ConflictError,
+    HistoryStore,
     SQLiteHistory,
     StoreVersionError,
     Transaction,
     UnknownTransactionError,
+    open_history,
     seed,
     transactions_from_frame,
 )
@@ -37,14 +39,20 @@ DAY = 86_400 * 10**9
 
 
 @pytest.fixture
-def store(tmp_path):
+def store(store_location):
+    with open_history(store_location, fsync=True) as opened:
+        yield opened
+
+
+@pytest.fixture
+def sqlite_store(tmp_path):
     with SQLiteHistory(tmp_path / "history.db") as opened:
         yield opened
 
 
 @pytest.mark.slow  # every transaction of the small data, one at a time
 def test_a_replay_through_the_store_gives_every_batch_feature(
-    tmp_path, small_transactions, features_params
+    store_location, small_transactions, features_params
 ):
     """Seed the store with the days before a cut (labels known up to cut - delay), then replay
     every later transaction in time order as a service would see it: a label arrives once the
@@ -56,7 +64,7 @@ def test_a_replay_through_the_store_gives_every_batch_feature(
     cut = times[0] + 30 * DAY
     delay = features_params.label_delay_days * DAY
     labels = batch[schema.TX_FRAUD].to_numpy()
-    with SQLiteHistory(tmp_path / "history.db") as store:
+    with open_history(store_location, fsync=False) as store:
         seed(store, batch[times < cut], labels_known_until=cut - delay)
         live = LiveState(store, features_params)
         ids = batch[schema.TRANSACTION_ID].to_numpy()
@@ -82,7 +90,7 @@ def test_a_replay_through_the_store_gives_every_batch_feature(
     np.testing.assert_allclose(online, expected, rtol=0, atol=1e-9)
 
 
-def _live(store: SQLiteHistory) -> LiveState:
+def _live(store: HistoryStore) -> LiveState:
     live = LiveState(store, features_with())
     live.refresh()
     return live
@@ -126,15 +134,15 @@ def test_text_ids_and_integer_ids_are_kept_apart(store):
     assert live.cards["7"].ids.tolist() == [2]
 
 
-def test_the_service_queries_search_an_index_and_never_scan(store):
-    for name, plan in store.query_plans().items():
+def test_the_service_queries_search_an_index_and_never_scan(sqlite_store):
+    for name, plan in sqlite_store.query_plans().items():
         assert "SEARCH" in plan, (name, plan)
         assert "SCAN" not in plan, (name, plan)
 
 
-def test_another_connection_writes_reach_the_copy_in_memory(store, tmp_path):
+def test_another_connection_writes_reach_the_copy_in_memory(store, store_location):
     live = _live(store)
-    with SQLiteHistory(tmp_path / "history.db") as other:  # as another process would
+    with open_history(store_location, fsync=True) as other:  # as another process would
         other.add([_tx(1), _tx(2, customer=2)])
         other.label([(1, 1)])
     live.refresh()
@@ -199,7 +207,7 @@ def test_the_checkpointer_moves_the_log_into_the_database(tmp_path):
         assert store.count() == 3_000
 
 
-def test_the_change_log_is_skipped_only_while_no_one_else_wrote(store, tmp_path):
+def test_the_change_log_is_skipped_only_while_no_one_else_wrote(store, store_location):
     live = _live(store)
     with store.exclusive():
         cursor = store.add_scored([_tx(1)], ['{"a": 1}'], prune_before=0, prune_limit=10)
@@ -210,7 +218,7 @@ def test_the_change_log_is_skipped_only_while_no_one_else_wrote(store, tmp_path)
     labelled = store.changes(cursor)
     assert [row[1] for row in labelled.labels] == [1]
     assert store.changes(labelled.cursor) == ([], [], labelled.cursor)
-    with SQLiteHistory(tmp_path / "history.db") as other:
+    with open_history(store_location, fsync=True) as other:
         other.add([_tx(2, customer=2)])
     changes = store.changes(labelled.cursor)
     assert [row[0] for row in changes.rows] == [2]  # another connection's row is never missed
@@ -223,7 +231,8 @@ def test_a_scored_write_that_conflicts_stores_nothing(store):
     assert store.count() == 1
 
 
-def test_a_scored_write_prunes_in_the_same_transaction(store):
+def test_a_scored_write_prunes_in_the_same_transaction(sqlite_store):
+    store = sqlite_store
     store.add([_tx(1), _tx(2), _tx(3)])  # at times 1000 days + 1, 2 and 3 ns
     with store.exclusive():
         store.add_scored([_tx(4)], ["{}"], prune_before=1_000 * DAY + 2, prune_limit=5)

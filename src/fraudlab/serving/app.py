@@ -23,7 +23,6 @@ import json
 import logging
 import re
 import signal
-import sqlite3
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
@@ -50,15 +49,16 @@ from fraudlab.monitoring.drift import DriftWindow
 from fraudlab.monitoring.reference import read_reference_profile
 from fraudlab.serving.clock import Clock
 from fraudlab.serving.files import ServedFiles
-from fraudlab.serving.health import StoreHealth, StoreUnavailableError, kind_of
+from fraudlab.serving.health import RedisHealth, StoreHealth, StoreUnavailableError, kind_of
 from fraudlab.serving.protocol import REFUSED_STATUS, Limits
 from fraudlab.serving.scorer import Refused, Scorer, load_scorer
 from fraudlab.serving.store import (
     Checkpointer,
-    SQLiteHistory,
+    HistoryStore,
     Transaction,
     UnknownTransactionError,
     id_value,
+    open_history,
 )
 
 log = logging.getLogger(__name__)
@@ -94,7 +94,7 @@ class Settings:
     serving: str = "models/serving.json"
     reference: str = "models/reference_profile.json"
     lock: str = "dvc.lock"
-    store: str = "data/serving/history.db"
+    store: str = "data/serving/history.db"  # or a Redis URL (serving.redis_store)
     fsync: bool = False  # see `fraudlab serve --fsync`
     api_keys: tuple[str, ...] = ()
     max_batch: int = 1000
@@ -440,7 +440,7 @@ class Batcher:
             outcomes = self.scorer.score(jobs)
         except StoreUnavailableError as exc:
             return [exc] * len(jobs)
-        except sqlite3.Error as exc:  # rolled back; the health check logs it once
+        except self.health.errors as exc:  # not written; the health check logs it once
             return [self.health.failed(exc)] * len(jobs)
         except Exception as exc:
             log.exception("scoring failed")
@@ -604,10 +604,13 @@ def create_app(settings: Settings) -> Any:
     @contextlib.asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
         served = load_served(settings)
-        health = StoreHealth(
-            settings.store, reserve_bytes=settings.store_reserve_bytes, on_change=metrics.store_up
-        )
-        checkpointer = Checkpointer(settings.store).start()
+        checkpointer = None
+        if served.store.kind == "redis":
+            health: StoreHealth = RedisHealth(served.store, on_change=metrics.store_up)
+        else:
+            health = StoreHealth(settings.store, reserve_bytes=settings.store_reserve_bytes,
+                                 on_change=metrics.store_up)  # fmt: skip
+            checkpointer = Checkpointer(settings.store).start()
         files = ServedFiles(served.md5s, on_change=metrics.served_file_changed)
         metrics.describe_model(served.scorer)
         metrics.watch(served.window)
@@ -628,7 +631,8 @@ def create_app(settings: Settings) -> Any:
                 loop.remove_signal_handler(signal.SIGHUP)
                 watcher.cancel()
                 await batcher.stop()
-                checkpointer.stop()
+                if checkpointer is not None:
+                    checkpointer.stop()
                 state["served"].store.close()
                 state.clear()
 
@@ -664,7 +668,7 @@ def create_app(settings: Settings) -> Any:
             changed = state["scorer"].label(pairs)
         except UnknownTransactionError as exc:
             raise RequestError(404, str(exc)) from None
-        except sqlite3.Error as exc:
+        except health.errors as exc:
             raise health.failed(exc) from None
         health.succeeded()
         metrics.labels(pairs, changed=changed)
@@ -749,7 +753,10 @@ async def _watch(health: StoreHealth, files: ServedFiles, *, every: float = 0.5)
     served files every few seconds."""
     for turn in itertools.count():
         await asyncio.sleep(every)
-        health.check()
+        if health.blocking:
+            await asyncio.to_thread(health.check)
+        else:
+            health.check()
         if turn % 6 == 5:
             files.check()
 
@@ -758,7 +765,7 @@ async def _watch(health: StoreHealth, files: ServedFiles, *, every: float = 0.5)
 class Served:
     """What one service process serves, loaded and checked together."""
 
-    store: SQLiteHistory  # this scorer's own connection
+    store: HistoryStore  # this scorer's own connection
     scorer: Scorer
     window: DriftWindow
     md5s: dict[str, str]  # each served file's MD5, as dvc.lock recorded and the load checked
@@ -767,7 +774,7 @@ class Served:
 def load_served(settings: Settings) -> Served:
     """Open the store and load the model, its serving config and reference profile, each
     checked against dvc.lock (blocking: seconds at the reference size)."""
-    store = SQLiteHistory(settings.store, fsync=settings.fsync, autocheckpoint=False)
+    store = open_history(settings.store, fsync=settings.fsync, autocheckpoint=False)
     try:
         scorer = load_scorer(
             model_path=settings.model,

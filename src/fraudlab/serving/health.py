@@ -25,6 +25,8 @@ import sqlite3
 import time
 from pathlib import Path
 
+from redis import exceptions as redis_errors
+
 log = logging.getLogger(__name__)
 
 _PROBE_BYTES = 4096
@@ -52,6 +54,11 @@ def kind_of(reason: str) -> str:
 
 
 class StoreHealth:
+    # SQLite's errors mean the write was rolled back; the check is a stat (the event loop may
+    # run it)
+    errors: tuple[type[Exception], ...] = (sqlite3.Error,)
+    blocking = False
+
     def __init__(
         self,
         path: str | Path,
@@ -61,6 +68,7 @@ class StoreHealth:
         on_change: object = None,
     ) -> None:
         self.path = Path(path)
+        self.name = str(path)
         self.reserve = reserve_bytes
         self.retry_seconds = retry_seconds
         # the file the service opened (None: not created yet, only its directory is checked)
@@ -132,12 +140,15 @@ class StoreHealth:
         if reason is not None:
             raise StoreUnavailableError(reason)
 
-    def failed(self, error: sqlite3.Error) -> StoreUnavailableError:
+    def failed(self, error: Exception) -> StoreUnavailableError:
         """Note a failed write; the error to answer with."""
-        self._write_error = self.problem() or self._probe() or write_error_reason(self.path, error)
+        self._write_error = self._failure_reason(error)
         self._failed_at = time.monotonic()
         self._set(self._write_error)
         return StoreUnavailableError(self._write_error)
+
+    def _failure_reason(self, error: Exception) -> str:
+        return self.problem() or self._probe() or write_error_reason(self.path, error)
 
     def succeeded(self) -> None:
         if self._write_error is not None:
@@ -148,7 +159,7 @@ class StoreHealth:
         if reason == self.reason:
             return
         if reason is None:
-            log.warning("the history store takes writes again (%s)", self.path)
+            log.warning("the history store takes writes again (%s)", self.name)
         elif self.reason is None:
             log.error("the history store cannot take writes: %s; answering 503", reason)
         else:
@@ -156,3 +167,61 @@ class StoreHealth:
         self.reason = reason
         if callable(self._on_change):
             self._on_change(reason)
+
+
+def redis_error_reason(name: str, error: Exception) -> str:
+    """Why a Redis store refused or failed a write, led by its kind (see ``kind_of``)."""
+    text = str(error) or type(error).__name__
+    if isinstance(error, redis_errors.ConnectionError | redis_errors.TimeoutError):
+        kind = "unreachable"
+    elif isinstance(error, redis_errors.OutOfMemoryError) or text.startswith("OOM"):
+        kind = "memory full"
+    elif isinstance(error, redis_errors.ReadOnlyError):
+        kind = "read-only"
+    elif isinstance(error, redis_errors.BusyLoadingError):
+        kind = "loading"
+    elif "MISCONF" in text:
+        kind = "persistence failing"
+    elif isinstance(error, redis_errors.AuthenticationError | redis_errors.NoPermissionError):
+        kind = "refused"
+    else:
+        kind = "write failed"
+    return f"{kind}: the store {name}: Redis says {text!r}"
+
+
+class RedisHealth(StoreHealth):
+    """``StoreHealth`` of a Redis store: a PING from the watcher every half second (in a
+    thread: a Redis that hangs must not hold the event loop) and the last failed write; a
+    write is refused (503) only while one of them says so, so a scoring round costs no extra
+    round trip."""
+
+    errors = (redis_errors.RedisError,)
+    blocking = True
+
+    def __init__(
+        self, store: object, *, retry_seconds: float = 1.0, on_change: object = None
+    ) -> None:
+        self.store = store
+        self.name = store.name  # type: ignore[attr-defined]
+        self.retry_seconds = retry_seconds
+        self.reason = None
+        self._write_error = None
+        self._failed_at = 0.0
+        self._on_change = on_change
+
+    def problem(self) -> str | None:
+        try:
+            self.store.ping()  # type: ignore[attr-defined]
+        except redis_errors.RedisError as exc:
+            return redis_error_reason(self.name, exc)
+        return None
+
+    def require(self) -> None:
+        recent = time.monotonic() - self._failed_at < self.retry_seconds
+        if self._write_error is not None and recent:
+            raise StoreUnavailableError(self._write_error)
+        if self.reason is not None and self._write_error is None:
+            raise StoreUnavailableError(self.reason)  # the watcher's PING failed
+
+    def _failure_reason(self, error: Exception) -> str:
+        return redis_error_reason(self.name, error)

@@ -64,11 +64,12 @@ class _Live:
             )
             size.add_metric([], self.store.count())
             yield size
-            disk = GaugeMetricFamily(
-                "fraudlab_history_disk_bytes", "History store size on disk (database and log)"
-            )
-            disk.add_metric([], self.store.disk_bytes())
-            yield disk
+            if hasattr(self.store, "disk_bytes"):  # a file; Redis reports its own memory
+                disk = GaugeMetricFamily(
+                    "fraudlab_history_disk_bytes", "History store size on disk (database and log)"
+                )
+                disk.add_metric([], self.store.disk_bytes())
+                yield disk
 
 
 class _Drift:

@@ -28,8 +28,9 @@ from fraudlab.features.names import feature_names, history_needed
 from fraudlab.integrity.lock import IntegrityError, recorded, verify_file
 from fraudlab.modeling.artifact import ModelArtifact, load_model
 from fraudlab.serving.clock import Clock, Window
+from fraudlab.serving.health import StoreUnavailableError
 from fraudlab.serving.live import LiveState
-from fraudlab.serving.store import SQLiteHistory, Transaction
+from fraudlab.serving.store import HistoryStore, StaleError, Transaction
 from fraudlab.serving.treepredict import compile_booster
 
 log = logging.getLogger(__name__)
@@ -42,6 +43,10 @@ _PRUNE_ROWS_PER_TX = 2
 _SWEEP_KEYS_PER_ROUND = 64
 # up to this many rows the compiled trees beat one Booster call (~0.35 ms whatever the rows)
 _COMPILED_ROWS = 32
+# a shared store refuses a round whose view another process's write made stale; the round is
+# computed again with that write taken in. Each refusal means another round committed, so this
+# bounds only a process that loses to others this many times in a row
+_STALE_ATTEMPTS = 50
 
 
 @dataclass(frozen=True)
@@ -134,7 +139,7 @@ class Scorer:
         model: ModelArtifact,
         *,
         config: ServingConfig,
-        store: SQLiteHistory,
+        store: HistoryStore,
         clock: Clock,
     ) -> None:
         self.model = model
@@ -157,6 +162,7 @@ class Scorer:
         self.last_scores = np.zeros(0)
         self.last_features = np.zeros((0, len(self.names)))
         self.last_late = 0  # of those, older than their customer's newest stored transaction
+        self.last_stale = 0  # rounds computed again because another process wrote first
         # one snapshot of the store (no lock: a reload loads while the scoring goes on); the
         # first round catches up with what was written since
         self.live.refresh()
@@ -180,6 +186,18 @@ class Scorer:
     def score(self, jobs: Sequence[Sequence[Transaction]]) -> list[list[str] | Refused]:
         """Score every job's transactions; per job, the answers (JSON, in the job's order) or
         why it was refused. Everything scored is stored durably before this returns."""
+        self.last_stale = 0
+        for _ in range(_STALE_ATTEMPTS):
+            try:
+                return self._round(jobs)
+            except StaleError:
+                self.last_stale += 1
+        raise StoreUnavailableError(
+            f"busy: {_STALE_ATTEMPTS} rounds in a row found the shared store moved on before "
+            "their write"
+        )
+
+    def _round(self, jobs: Sequence[Sequence[Transaction]]) -> list[list[str] | Refused]:
         self.last_scores, self.last_late = np.zeros(0), 0
         self.last_features = self.last_features[:0]
         with self.store.exclusive():
@@ -262,6 +280,7 @@ class Scorer:
                 [answers[tx.transaction_id] for tx in new],
                 prune_before=before,
                 prune_limit=_PRUNE_ROWS_PER_TX * len(new),
+                expect=live.cursor,
             )
         except BaseException:
             live.rollback(new)  # the write was rolled back: so are the new rows in memory
@@ -283,7 +302,7 @@ def load_scorer(
     model_path: str | Path,
     serving_path: str | Path,
     lock_path: str | Path,
-    store: SQLiteHistory,
+    store: HistoryStore,
     clock: Clock,
 ) -> Scorer:
     """Everything the service serves, each file checked against dvc.lock before use."""

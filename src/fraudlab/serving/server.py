@@ -25,6 +25,7 @@ from pathlib import Path
 
 import pandas as pd
 import pyarrow as pa
+from redis.exceptions import RedisError
 
 from fraudlab.core import schema
 from fraudlab.core.errors import UserError
@@ -32,10 +33,11 @@ from fraudlab.integrity.lock import IntegrityError, recorded, verify_file
 from fraudlab.modeling.artifact import load_model
 from fraudlab.serving.app import Settings, settings_path
 from fraudlab.serving.clock import SOURCES, Clock, duration_ns, show_duration, show_time
-from fraudlab.serving.health import StoreHealth, write_error_reason
+from fraudlab.serving.health import StoreHealth, redis_error_reason, write_error_reason
 from fraudlab.serving.protocol import Limits
+from fraudlab.serving.redis_store import RedisHistory, is_redis_url, redacted
 from fraudlab.serving.scorer import read_serving_config, retention_ns
-from fraudlab.serving.store import SQLiteHistory, seed
+from fraudlab.serving.store import HistoryStore, open_history, seed
 
 log = logging.getLogger("fraudlab.serving.server")
 
@@ -83,7 +85,11 @@ def parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--lock", default="dvc.lock", help="recorded hashes (%(default)s)")
     p.add_argument(
-        "--store", default="data/serving/history.db", help="history database (%(default)s)"
+        "--store",
+        default="data/serving/history.db",
+        help="the history: a SQLite file for one machine (%(default)s), or a Redis URL "
+        "(redis://[[USER]:PASSWORD@]HOST:PORT/DB, rediss:// for TLS) that several workers and "
+        "replicas share",
     )
     p.add_argument(
         "--history",
@@ -270,7 +276,7 @@ def check_integrity(args: argparse.Namespace) -> str:
     return model.md5
 
 
-def seed_history(args: argparse.Namespace, store: SQLiteHistory, *, keep: int) -> None:
+def seed_history(args: argparse.Namespace, store: HistoryStore, *, keep: int) -> None:
     """Store the rows of ``--history`` within ``keep`` (the retention, ns) of its newest: those
     the windows can still need (and their labels)."""
     if not Path(args.history).exists():  # a Parquet file or a dataset directory
@@ -296,7 +302,7 @@ def seed_history(args: argparse.Namespace, store: SQLiteHistory, *, keep: int) -
     recent = frame[times > times.max() - pd.Timedelta(keep)]
     log.info(
         "seeding %s with %d of %d transactions (the last %s, up to %s)",
-        store.path,
+        store_name(args),
         len(recent),
         len(frame),
         pd.Timedelta(keep),
@@ -322,7 +328,18 @@ def require_store(args: argparse.Namespace) -> None:
     """Refuse to start on a store that is not there unless told to make one: a deleted or
     unmounted store would otherwise be replaced by an empty one, and acknowledged transactions
     scored again as if new."""
-    if Path(args.store).exists() or args.history or args.create_store:
+    if args.history or args.create_store:
+        return
+    if is_redis_url(args.store):
+        with RedisHistory(args.store) as store:
+            if store.exists():
+                return
+        raise UserError(
+            f"--store {store.name} holds no fraudlab history: pass --history FILE to seed it, "
+            "or --create-store to start an empty one (if it was there before, restore Redis's "
+            "data first)"
+        )
+    if Path(args.store).exists():
         return
     raise UserError(
         f"--store {args.store} does not exist: pass --history FILE to seed a new store, or "
@@ -330,7 +347,7 @@ def require_store(args: argparse.Namespace) -> None:
     )
 
 
-def check_clock(args: argparse.Namespace, store: SQLiteHistory, *, keep: int) -> None:
+def check_clock(args: argparse.Namespace, store: HistoryStore, *, keep: int) -> None:
     """With the system clock, refuse a store whose rows are all past retention or ahead of
     this machine's clock: serving it would prune every row (a replay of old data wants
     ``--clock data``) or refuse every live transaction."""
@@ -342,13 +359,13 @@ def check_clock(args: argparse.Namespace, store: SQLiteHistory, *, keep: int) ->
     now = time.time_ns()
     if newest < now - keep:
         raise UserError(
-            f"--store {args.store}: its newest transaction ({show_time(newest)}) is older than "
-            f"the retention ({show_duration(keep)} before this machine's clock), so the system "
-            "clock would prune every row: to replay past data pass --clock data"
+            f"--store {store_name(args)}: its newest transaction ({show_time(newest)}) is older "
+            f"than the retention ({show_duration(keep)} before this machine's clock), so the "
+            "system clock would prune every row: to replay past data pass --clock data"
         )
     if newest > now + args.max_ahead:
         raise UserError(
-            f"--store {args.store}: its newest transaction ({show_time(newest)}) is ahead of "
+            f"--store {store_name(args)}: its newest transaction ({show_time(newest)}) is ahead of "
             "this machine's clock: check the clock, or pass --clock data to replay these data"
         )
 
@@ -398,11 +415,19 @@ def open_store(args: argparse.Namespace) -> None:
     clock = Clock(args.clock, ahead=args.max_ahead, late=args.max_late, earliest=0)
     keep = retention_ns(load_model(args.model, lock_path=args.lock).features_config, clock)
     try:
-        with SQLiteHistory(args.store, fsync=args.fsync) as store:
+        with open_history(args.store, fsync=args.fsync) as store:
             if args.history:
                 seed_history(args, store, keep=keep)
+            elif args.create_store and isinstance(store, RedisHistory):
+                store.create()
             check_clock(args, store, keep=keep)
-            log.info("history: %d transactions in %s", store.count(), store.path)
+            log.info("history: %d transactions in %s", store.count(), store_name(args))
+            if isinstance(store, RedisHistory):
+                log.info("%s: %s", store.name, store.persistence())
+    except RedisError as exc:
+        raise UserError(
+            f"--store {store_name(args)}: {redis_error_reason(store_name(args), exc)}"
+        ) from None
     except sqlite3.Error as exc:
         raise UserError(
             f"--store {args.store}: {write_error_reason(Path(args.store), exc)}; a seed that "
@@ -413,7 +438,14 @@ def open_store(args: argparse.Namespace) -> None:
     store_healthy(args)
 
 
+def store_name(args: argparse.Namespace) -> str:
+    """--store as logs and errors may show it (a Redis URL without its password)."""
+    return redacted(args.store) if is_redis_url(args.store) else args.store
+
+
 def store_healthy(args: argparse.Namespace) -> None:
+    if is_redis_url(args.store):
+        return  # its health is Redis's to say: the first command tells
     path = Path(args.store)
     if not path.parent.exists():
         return  # created with the store

@@ -74,6 +74,11 @@ class UnknownTransactionError(UserError):
     """A label for a transaction the store has never seen."""
 
 
+class StaleError(Exception):
+    """A shared store's log moved on since the round's features were computed: the round is
+    computed again (see ``fraudlab.serving.redis_store``)."""
+
+
 class Stored(NamedTuple):
     transaction: Transaction
     answer: str | None  # the scoring service's answer (JSON), if it scored the transaction
@@ -88,11 +93,27 @@ class Changes(NamedTuple):
 
 
 class HistoryStore(Protocol):
-    """What the scoring service needs of a store (a networked one can provide the same)."""
+    """What the scoring service needs of a store: ``SQLiteHistory`` (one machine) or
+    ``RedisHistory`` (shared by replicas)."""
+
+    kind: str
 
     def add(
-        self, transactions: Iterable[Transaction], answers: Iterable[str | None] | None = None
+        self,
+        transactions: Iterable[Transaction],
+        answers: Iterable[str | None] | None = None,
+        labels: Iterable[int | None] | None = None,
     ) -> list[bool]: ...
+
+    def add_scored(
+        self,
+        transactions: list[Transaction],
+        answers: list[str],
+        *,
+        prune_before: int,
+        prune_limit: int,
+        expect: tuple[int, int] | None = None,
+    ) -> tuple[int, int]: ...
 
     def lookup(self, transaction_ids: Iterable[int]) -> dict[int, Stored]: ...
 
@@ -107,6 +128,10 @@ class HistoryStore(Protocol):
     def count(self) -> int: ...
 
     def exclusive(self) -> contextlib.AbstractContextManager[None]: ...
+
+    def newest_time(self) -> int | None: ...
+
+    def close(self) -> None: ...
 
 
 _SCHEMA = """
@@ -152,7 +177,7 @@ _NEW_LABELS = (
 )
 _OLDEST = "SELECT seq FROM history INDEXED BY by_time WHERE time <= ? ORDER BY time LIMIT ?"
 _COLUMNS = "transaction_id, time, customer_id, terminal_id, amount"
-_INSERT = f"INSERT INTO history ({_COLUMNS}, answer) VALUES (?, ?, ?, ?, ?, ?)"
+_INSERT = f"INSERT INTO history ({_COLUMNS}, answer, fraud) VALUES (?, ?, ?, ?, ?, ?, ?)"
 
 
 def _chunks(values: list, size: int = _CHUNK) -> Iterator[list]:
@@ -166,6 +191,8 @@ def _placeholders(n: int) -> str:
 
 class SQLiteHistory:
     """``HistoryStore`` in one SQLite file."""
+
+    kind = "sqlite"
 
     def __init__(
         self,
@@ -275,13 +302,17 @@ class SQLiteHistory:
         return found
 
     def add(
-        self, transactions: Iterable[Transaction], answers: Iterable[str | None] | None = None
+        self,
+        transactions: Iterable[Transaction],
+        answers: Iterable[str | None] | None = None,
+        labels: Iterable[int | None] | None = None,
     ) -> list[bool]:
-        """Store transactions (and the service's answers) in one durable write; per
-        transaction, True if new, False if it was already stored with the same content. Nothing
-        is stored if one conflicts."""
+        """Store transactions (and the service's answers, or their labels when seeding) in
+        one durable write; per transaction, True if new, False if it was already stored with
+        the same content. Nothing is stored if one conflicts."""
         transactions = list(transactions)
         answers = [None] * len(transactions) if answers is None else list(answers)
+        labels = [None] * len(transactions) if labels is None else list(labels)
         _require_finite(transactions)
         with self._transaction():
             known = {
@@ -289,20 +320,17 @@ class SQLiteHistory:
                 for tx_id, stored in self.lookup(tx.transaction_id for tx in transactions).items()
             }
             added, new = [], []
-            for tx, answer in zip(transactions, answers, strict=True):
+            for tx, answer, label in zip(transactions, answers, labels, strict=True):
                 stored = known.get(tx.transaction_id)
                 if stored is None:
                     known[tx.transaction_id] = tx.content()
-                    new.append((tx, answer))
+                    new.append((*_row(tx), answer, label))
                 elif stored != tx.content():
                     raise ConflictError(
                         f"transaction_id {tx.transaction_id} is already stored with other content"
                     )
                 added.append(stored is None)
-            self._db.executemany(
-                _INSERT,
-                [(*_row(tx), answer) for tx, answer in new],
-            )
+            self._db.executemany(_INSERT, new)
             self._known_end = None  # the rows grew
         return added
 
@@ -379,13 +407,16 @@ class SQLiteHistory:
         *,
         prune_before: int,
         prune_limit: int,
+        expect: tuple[int, int] | None = None,
     ) -> tuple[int, int]:
         """The scorer's write: new transactions with their answers, and the oldest rows at or
         before ``prune_before`` (at most ``prune_limit``) deleted, in one durable transaction;
-        the change-log position after it. The caller holds ``exclusive()`` and has looked the
-        ids up: a stored one still fails (ConflictError) and nothing is written."""
+        the change-log position after it. The caller holds ``exclusive()`` (so the log cannot
+        have moved past ``expect``) and has looked the ids up: a stored one still fails
+        (ConflictError) and nothing is written."""
+        del expect
         _require_finite(transactions)
-        rows = [(*_row(tx), answer) for tx, answer in zip(transactions, answers, strict=True)]
+        rows = [(*_row(tx), answer, None) for tx, answer in zip(transactions, answers, strict=True)]
         with self._transaction():
             try:
                 self._db.executemany(_INSERT, rows)
@@ -516,21 +547,35 @@ def id_value(value: object) -> int | str:
     return int(value) if isinstance(value, int | np.integer) else str(value)
 
 
-def seed(store: SQLiteHistory, frame: pd.DataFrame, *, labels_known_until: int | None) -> None:
-    """Load canonical rows into the store; labels of rows at or before ``labels_known_until``
-    (None: every label in the frame)."""
-    with store.exclusive():
-        store.add(transactions_from_frame(frame))
-        if schema.TX_FRAUD not in frame:
-            return
+def seed(store: HistoryStore, frame: pd.DataFrame, *, labels_known_until: int | None) -> None:
+    """Load canonical rows into the store, new rows with their labels in the same write;
+    labels of rows at or before ``labels_known_until`` (None: every label in the frame)."""
+    transactions = transactions_from_frame(frame)
+    labels: list[int | None] = [None] * len(transactions)
+    if schema.TX_FRAUD in frame:
         times = frame[schema.TX_DATETIME].to_numpy(dtype="datetime64[ns]").view(np.int64)
         known = frame[schema.TX_FRAUD].notna().to_numpy()
         if labels_known_until is not None:
             known = known & (times <= labels_known_until)
-        store.label(
-            zip(
-                frame.loc[known, schema.TRANSACTION_ID].astype("int64").tolist(),
-                frame.loc[known, schema.TX_FRAUD].astype("int64").tolist(),
-                strict=True,
-            )
-        )
+        values = frame[schema.TX_FRAUD].to_numpy()
+        labels = [int(value) if ok else None for value, ok in zip(values, known, strict=True)]
+    with store.exclusive():
+        added = store.add(transactions, labels=labels)
+        # rows stored before keep their place; their labels are recorded as changes
+        relabel = [
+            (tx.transaction_id, label)
+            for tx, label, new in zip(transactions, labels, added, strict=True)
+            if not new and label is not None
+        ]
+        if relabel:
+            store.label(relabel)
+
+
+def open_history(location: str, *, fsync: bool, autocheckpoint: bool = True) -> HistoryStore:
+    """The store at ``location``: a Redis URL (shared by replicas) or a SQLite file."""
+    # imported here: the Redis store builds on this module's types
+    from fraudlab.serving.redis_store import RedisHistory, is_redis_url
+
+    if is_redis_url(location):
+        return RedisHistory(location)
+    return SQLiteHistory(location, fsync=fsync, autocheckpoint=autocheckpoint)
