@@ -16,15 +16,20 @@ with `wrk` (Debian's package, one thread, on this machine). Prints:
   time per round), and of a round of 1,000 the features and the model call alone, and the
   validation of a 1,000-transaction request body;
 * with --parity: the test week replayed one transaction at a time over HTTP, labels posted once
-  due, every feature and score compared with the batch pipeline's.
+  due, every feature and score compared with the batch pipeline's;
+* with --redis: the same loads against a Redis store (a private redis-server, AOF
+  ``--appendfsync``), one service process and then two (``--workers 2``) on it, each with Redis's
+  own CPU, the share of the SQLite figure, the time to seed it, its rounds in process, and
+  Redis's memory and append-only file per million transactions.
 
-    dvc repro && python bench/serve.py [--workers 2] [--fsync] [--parity]
+    dvc repro && python bench/serve.py [--workers 2] [--fsync] [--parity] [--redis]
 """
 
 from __future__ import annotations
 
 import argparse
 import collections
+import contextlib
 import json
 import os
 import re
@@ -49,9 +54,12 @@ from fraudlab.modeling.pipeline import predict_scores
 from fraudlab.serving.app import Settings, parse_body, request_fields, request_models
 from fraudlab.serving.clock import Clock, duration_ns
 from fraudlab.serving.live import LiveState
+from fraudlab.serving.redis_server import RedisServer
+from fraudlab.serving.redis_store import RedisHistory
 from fraudlab.serving.scorer import load_scorer, retention_ns, row_scorer
 from fraudlab.serving.store import (
     Checkpointer,
+    HistoryStore,
     SQLiteHistory,
     seed,
     transactions_from_frame,
@@ -179,16 +187,19 @@ def model_latency() -> float:
     return (time.perf_counter() - started) / 2000
 
 
-def in_process(history: pd.DataFrame, later: pd.DataFrame, workdir: Path) -> None:
-    """Scoring rounds timed without HTTP, on a store seeded as `fraudlab serve` seeds it."""
+def in_process(
+    history: pd.DataFrame, later: pd.DataFrame, store: HistoryStore, *, details: bool = True
+) -> None:
+    """Scoring rounds timed without HTTP, on a store seeded as `fraudlab serve` seeds it; with
+    ``details``, what a round of 1,000 spends on features, the model and validation."""
     model = load_model(ROOT / "models" / "model.joblib", lock_path=ROOT / "dvc.lock")
     times = history[schema.TX_DATETIME]
     clock = Clock("data", ahead=duration_ns("1h"), late=duration_ns("1 day"), earliest=0)
     keep = pd.Timedelta(retention_ns(model.features_config, clock))
-    path = workdir / "rounds.db"
-    with SQLiteHistory(path, fsync=False, autocheckpoint=False) as store:
+    with store, contextlib.ExitStack() as stack:
         seed(store, history[times > times.max() - keep], labels_known_until=None)
-        checkpointer = Checkpointer(path).start()
+        if store.kind == "sqlite":
+            stack.callback(Checkpointer(store.path).start().stop)
         scorer = load_scorer(model_path=ROOT / "models" / "model.joblib",
                              serving_path=ROOT / "models" / "serving.json",
                              lock_path=ROOT / "dvc.lock", store=store,
@@ -205,27 +216,31 @@ def in_process(history: pd.DataFrame, later: pd.DataFrame, workdir: Path) -> Non
                 elapsed.append(time.perf_counter() - started)
             print(f"  round of {size:,}: {np.median(elapsed) * 1e3:.2f} ms "
                   f"({np.median(elapsed) / size * 1e6:,.0f} us per transaction)")  # fmt: skip
-        batch = sorted((next(pending) for _ in range(1000)),
-                       key=lambda tx: (tx.time, tx.transaction_id))  # fmt: skip
+        if details:
+            round_parts(scorer, pending, later)
+
+
+def round_parts(scorer, pending, later: pd.DataFrame) -> None:
+    batch = sorted((next(pending) for _ in range(1000)),
+                   key=lambda tx: (tx.time, tx.transaction_id))  # fmt: skip
+    started = time.perf_counter()
+    matrix, _ = scorer.live.score(batch)
+    features = time.perf_counter() - started
+    scorer.live.rollback(batch)  # measured, not stored
+    started = time.perf_counter()
+    scorer.predict(matrix)
+    predict = time.perf_counter() - started
+    print(f"  of a round of 1,000: the features {features * 1e3:.1f} ms (running state), "
+          f"the model call {predict * 1e3:.1f} ms")  # fmt: skip
+    body = json.dumps({"transactions": [request_fields(row) for row in
+                                        later.head(1000).itertuples(index=False)]})  # fmt: skip
+    adapter = TypeAdapter(request_models(Settings())["batch"])
+    elapsed = []
+    for _ in range(20):
         started = time.perf_counter()
-        matrix, _ = scorer.live.score(batch)
-        features = time.perf_counter() - started
-        scorer.live.rollback(batch)  # measured, not stored
-        started = time.perf_counter()
-        scorer.predict(matrix)
-        predict = time.perf_counter() - started
-        print(f"  of a round of 1,000: the features {features * 1e3:.1f} ms (running state), "
-              f"the model call {predict * 1e3:.1f} ms")  # fmt: skip
-        body = json.dumps({"transactions": [request_fields(row) for row in
-                                            later.head(1000).itertuples(index=False)]})  # fmt: skip
-        adapter = TypeAdapter(request_models(Settings())["batch"])
-        elapsed = []
-        for _ in range(20):
-            started = time.perf_counter()
-            parse_body(body.encode(), adapter=adapter, content_type="application/json")
-            elapsed.append(time.perf_counter() - started)
-        print(f"  validating a request of 1,000: {np.median(elapsed) * 1e3:.1f} ms")
-        checkpointer.stop()
+        parse_body(body.encode(), adapter=adapter, content_type="application/json")
+        elapsed.append(time.perf_counter() - started)
+    print(f"  validating a request of 1,000: {np.median(elapsed) * 1e3:.1f} ms")
 
 
 def parity(url: str, later: pd.DataFrame, *, delay: pd.Timedelta) -> None:
@@ -284,6 +299,137 @@ def test_period_start() -> pd.Timestamp:
     )
 
 
+class Loads:
+    """wrk runs against one service after another, each on transactions not sent before."""
+
+    def __init__(self, workdir: Path, singles: list[str], args: argparse.Namespace) -> None:
+        self.workdir = workdir
+        self.singles = singles
+        self.args = args
+        self.bodies = workdir / "single.jsonl"
+        self.bodies.write_text("\n".join(singles) + "\n")
+        self.used = 0  # bodies sent so far: each run starts past them (and past those in flight)
+
+    def saturation(self, url: str) -> tuple[float, str]:
+        rate, n, errors, latency = run_wrk(
+            url, path="/v1/score", bodies=self.bodies, offset=self.used,
+            seconds=self.args.seconds, connections=64,
+        )  # fmt: skip
+        self.used += n + 1000
+        return rate, f"p50 {latency.get('50')}, p99 {latency.get('99')}, non-2xx {errors}"
+
+    def paced(self, url: str, *, retries: bool = False) -> tuple[float, str]:
+        """100 connections, each waiting 0-200 ms (100 on average) after every answer: ~1,000
+        req/s (closed loop: a slow answer delays that connection's next request, so the rate
+        achieved is printed with the latencies). ``retries``: bodies already sent."""
+        rate, n, errors, latency = run_wrk(
+            url, path="/v1/score", bodies=self.bodies, offset=0 if retries else self.used,
+            seconds=self.args.seconds, connections=100, delay_ms=int(100_000 / self.args.rate),
+        )  # fmt: skip
+        if not retries:
+            self.used += n + 1000
+        return rate, f"p50 {latency.get('50')}, p99 {latency.get('99')}, non-2xx {errors}"
+
+    def batch(self, url: str) -> tuple[float, str]:
+        rows = [self.singles[i : i + 1000] for i in range(self.used, len(self.singles) - 999, 1000)]
+        batch_file = self.workdir / "batch.jsonl"
+        batch_file.write_text(
+            "\n".join('{"transactions":[' + ",".join(b) + "]}" for b in rows) + "\n"
+        )
+        rate, done, errors, latency = run_wrk(
+            url, path="/v1/score/batch", bodies=batch_file, offset=0,
+            seconds=self.args.seconds, connections=4,
+        )  # fmt: skip
+        self.used += min(done, len(rows)) * 1000 + 4000
+        note = " (ran out of batch bodies: retries were measured too)" if done > len(rows) else ""
+        return rate * 1000, f"p50 {latency.get('50')} per request, non-2xx {errors}{note}"
+
+
+def measured(what: str, run, *, redis: RedisServer | None = None) -> float:
+    """Print one load's figures (with Redis's own CPU while it ran); its rate."""
+    cpu = redis.cpu_seconds() if redis else 0.0
+    started = time.perf_counter()
+    rate, figures = run()
+    redis_cpu = ""
+    if redis:
+        share = (redis.cpu_seconds() - cpu) / (time.perf_counter() - started)
+        redis_cpu = f", Redis CPU {share:.0%} of a core"
+    print(f"  {what}: {rate:,.0f}{' tx/s' if 'batch' in what else ' req/s'}, {figures}{redis_cpu}")
+    return rate
+
+
+def http_figures(loads: Loads, url: str, *, redis: RedisServer | None = None) -> dict[str, float]:
+    rate = {
+        "single": measured("single, saturation (wrk, 64 connections)",
+                           lambda: loads.saturation(url), redis=redis),
+        "paced": measured(f"single, paced at {loads.args.rate:,.0f} req/s (wrk, 100 connections), "
+                          "achieved", lambda: loads.paced(url), redis=redis),
+    }  # fmt: skip
+    if redis is None:
+        measured("the same paced load answered from the store (retries, no scoring)",
+                 lambda: loads.paced(url, retries=True))  # fmt: skip
+    rate["batch"] = measured("batch of 1,000 (wrk, 4 connections)", lambda: loads.batch(url),
+                             redis=redis)  # fmt: skip
+    return rate
+
+
+def redis_cost(clean: pd.DataFrame, server: RedisServer, *, n: int = 1_000_000) -> None:
+    """Redis's memory and append-only file per million seeded transactions, and the time to
+    seed them."""
+    import redis
+
+    client = redis.Redis.from_url(server.url)
+    client.flushall()
+    before = int(client.info("memory")["used_memory"])
+    rows = clean.tail(n)
+    with RedisHistory(server.url) as store:
+        started = time.perf_counter()
+        seed(store, rows, labels_known_until=None)
+        seconds = time.perf_counter() - started
+        keys = store.memory_bytes()
+    used = int(client.info("memory")["used_memory"]) - before
+    client.bgrewriteaof()
+    while int(client.info("persistence")["aof_rewrite_in_progress"]) or int(
+        client.info("persistence")["aof_rewrite_scheduled"]
+    ):
+        time.sleep(0.1)
+    aof = sum(f.stat().st_size for f in (server.directory / "appendonlydir").iterdir())
+    client.flushall()
+    client.close()
+    per = 1e6 / len(rows) / 2**20
+    print(f"  seeding {len(rows):,} transactions: {seconds:.1f} s; per million: "
+          f"{used * per:.0f} MiB of Redis memory ({keys * per:.0f} MiB in the store's keys), "
+          f"{aof * per:.0f} MiB of append-only file after a rewrite")  # fmt: skip
+
+
+def redis_figures(
+    loads: Loads, workdir: Path, history: Path, sqlite: dict[str, float], args: argparse.Namespace
+) -> None:
+    print(f"Redis store (a private redis-server, appendonly yes, appendfsync {args.appendfsync}):")
+    with RedisServer(workdir / "redis", appendfsync=args.appendfsync) as server:
+        common = ["--clock", "data", "--max-ahead", "1 day", "--store", server.url]
+        started = time.perf_counter()
+        service = Service(workdir, [*common, "--history", str(history)])
+        print(f" one service process: seeded and ready in {time.perf_counter() - started:.0f} s")
+        try:
+            one = http_figures(loads, service.url, redis=server)
+        finally:
+            service.stop()
+        print("  of the SQLite figures: " + ", ".join(
+            f"{name} {one[name] / sqlite[name]:.0%}" for name in one))  # fmt: skip
+        started = time.perf_counter()
+        service = Service(workdir, [*common, "--workers", "2"], workers=2)
+        print(f" two service processes (--workers 2) on the same Redis: ready in "
+              f"{time.perf_counter() - started:.0f} s")  # fmt: skip
+        try:
+            two = http_figures(loads, service.url, redis=server)
+        finally:
+            service.stop()
+        print("  two over one: " + ", ".join(f"{name} {two[name] / one[name]:.2f}x"
+                                             for name in two))  # fmt: skip
+        redis_cost(pd.read_parquet(history), server)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     # one: on these 2 cores the load generator needs the other (two measured slower)
@@ -292,6 +438,9 @@ def main() -> None:
     parser.add_argument("--seconds", type=int, default=10, help="per wrk run")
     parser.add_argument("--rate", type=float, default=1000.0, help="paced run, req/s")
     parser.add_argument("--parity", action="store_true", help="replay the test week over HTTP")
+    parser.add_argument("--redis", action="store_true", help="the same loads on a Redis store")
+    parser.add_argument("--appendfsync", default="everysec", choices=("everysec", "always"),
+                        help="Redis's AOF fsync policy (%(default)s)")  # fmt: skip
     args = parser.parse_args()
     if shutil.which("wrk") is None:
         raise SystemExit("wrk not found: apt-get install wrk")
@@ -302,7 +451,8 @@ def main() -> None:
     workdir = Path(tempfile.mkdtemp(prefix="fraudlab-bench-serve-"))
     try:
         history = workdir / "history.parquet"
-        clean[clean[schema.TX_DATETIME] < test_start].to_parquet(history)
+        before = clean[clean[schema.TX_DATETIME] < test_start]
+        before.to_parquet(history)
         later = clean[clean[schema.TX_DATETIME] >= test_start]
         print(f"machine: {os.cpu_count()} cores; load generators on the same machine")
         if args.parity:
@@ -313,9 +463,8 @@ def main() -> None:
                 parity(service.url, week, delay=pd.Timedelta(days=features.label_delay_days))
             finally:
                 service.stop()
-        bodies = workdir / "single.jsonl"
-        singles = [json.dumps(request_fields(row)) for row in later.itertuples(index=False)]
-        bodies.write_text("\n".join(singles) + "\n")
+        loads = Loads(workdir, [json.dumps(request_fields(row))
+                                for row in later.itertuples(index=False)], args)  # fmt: skip
         options = ["--workers", str(args.workers)] + (["--fsync"] if args.fsync else [])
         started = time.perf_counter()
         # wrk's connections send out of order and each run skips ahead of the last: the data
@@ -324,62 +473,27 @@ def main() -> None:
                                     str(history), "--store", str(workdir / "history.db"),
                                     *options],
                           workers=args.workers)  # fmt: skip
-        print(f"server: {args.workers} worker(s), fsync {'on' if args.fsync else 'off'}; "
+        print(f"SQLite store, {args.workers} worker(s), fsync {'on' if args.fsync else 'off'}: "
               f"seeded and ready in {time.perf_counter() - started:.0f} s")  # fmt: skip
         try:
-            rate, used, errors, latency = run_wrk(
-                service.url, path="/v1/score", bodies=bodies, offset=0,
-                seconds=args.seconds, connections=64,
-            )  # fmt: skip
-            print(
-                f"single, saturation (wrk, 64 connections): {rate:,.0f} req/s, "
-                f"p50 {latency.get('50')}, p99 {latency.get('99')}, non-2xx {errors}"
-            )
-            used += 1000  # requests still in flight when wrk stopped
-            # paced: 100 connections, each waiting 0-200 ms (100 on average) after every answer,
-            # ~1,000 req/s (closed loop: a slow answer delays that connection's next request, so
-            # the rate achieved is printed with the latencies)
-            paced, n, errors, latency = run_wrk(
-                service.url, path="/v1/score", bodies=bodies, offset=used,
-                seconds=args.seconds, connections=100, delay_ms=int(100_000 / args.rate),
-            )  # fmt: skip
-            used += n + 1000
-            print(
-                f"single, paced at {args.rate:,.0f} req/s (wrk, 100 connections): "
-                f"{paced:,.0f} req/s achieved, p50 {latency.get('50')}, "
-                f"p99 {latency.get('99')}, non-2xx {errors}"
-            )
-            retried, _, errors, latency = run_wrk(
-                service.url, path="/v1/score", bodies=bodies, offset=0,
-                seconds=args.seconds, connections=100, delay_ms=int(100_000 / args.rate),
-            )  # fmt: skip
-            print(
-                f"  the same load answered from the store (retries, no scoring): "
-                f"{retried:,.0f} req/s, p50 {latency.get('50')}, p99 {latency.get('99')}, "
-                f"non-2xx {errors}"
-            )
-            batch_rows = [singles[i : i + 1000] for i in range(used, len(singles) - 999, 1000)]
-            batch_file = workdir / "batch.jsonl"
-            batch_file.write_text(
-                "\n".join('{"transactions":[' + ",".join(b) + "]}" for b in batch_rows) + "\n"
-            )
-            rate, done, errors, latency = run_wrk(
-                service.url, path="/v1/score/batch", bodies=batch_file, offset=0,
-                seconds=args.seconds, connections=4,
-            )  # fmt: skip
-            if done > len(batch_rows):
-                print("  (ran out of batch bodies: retries were measured too)")
-            print(f"batch of 1,000 (wrk, 4 connections): {rate * 1000:,.0f} transactions/s, "
-                  f"p50 {latency.get('50')} per request, non-2xx {errors}")  # fmt: skip
+            sqlite = http_figures(loads, service.url)
         finally:
             service.stop()
+        if args.redis:
+            redis_figures(loads, workdir, history, sqlite, args)
         print(f"model only, one row: {model_latency() * 1e6:.0f} us")
-        print("in process (Scorer.score, no HTTP):")
-        in_process(clean[clean[schema.TX_DATETIME] < test_start], later, workdir)
+        print("in process (Scorer.score, no HTTP), SQLite store:")
+        in_process(before, later, SQLiteHistory(workdir / "rounds.db", fsync=False,
+                                                autocheckpoint=False))  # fmt: skip
+        if args.redis:
+            with RedisServer(workdir / "redis-rounds", appendfsync=args.appendfsync) as server:
+                print("in process, Redis store:")
+                in_process(before, later, RedisHistory(server.url), details=False)
         disk, memory = store_cost(clean, workdir)
-        print(f"history store per million seeded transactions: {disk / 2**20:.0f} MiB on disk, "
-              f"{memory / 2**20:.0f} MiB in each worker's memory (a scored one also keeps its "
-              "answer for retries, ~725 bytes)")  # fmt: skip
+        print(f"history store per million seeded transactions: {disk / 2**20:.0f} MiB on disk "
+              f"(SQLite), {memory / 2**20:.0f} MiB in each service process's memory (the "
+              "running state, either store; a scored transaction also keeps its answer for "
+              "retries, ~725 bytes)")  # fmt: skip
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
 

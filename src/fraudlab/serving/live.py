@@ -13,7 +13,7 @@ import numpy as np
 
 from fraudlab.core.params import FeaturesParams
 from fraudlab.features.state import States, bulk_cards, bulk_places
-from fraudlab.serving.store import HistoryStore, Transaction
+from fraudlab.serving.store import Changes, HistoryStore, Transaction
 
 # past this many rows at once (a store loaded at start), states are built in bulk
 _BULK_ROWS = 10_000
@@ -62,9 +62,11 @@ class LiveState:
     def places(self) -> dict:
         return self.states.places
 
-    def refresh(self) -> None:
-        """Take in every row and label committed since the last refresh (by any process)."""
-        changes = self.store.changes(self.cursor)
+    def refresh(self, changes: Changes | None = None) -> None:
+        """Take in every row and label committed since the last refresh (by any process), or
+        ``changes``, read from the store at ``cursor``."""
+        if changes is None:
+            changes = self.store.changes(self.cursor)
         if not self.cards and len(changes.rows) > _BULK_ROWS:
             self._load(changes.rows)  # the whole store, at start
         else:

@@ -225,6 +225,50 @@ def _entries(rows: list[tuple]) -> Iterator[list[tuple]]:
         yield part
 
 
+def _after(cursor: tuple[int, int]) -> str:
+    """The XRANGE start just past a log position."""
+    return f"({cursor[0]}-0" if cursor[0] else "-"
+
+
+def _position(entry_id: bytes) -> tuple[int, int]:
+    seq = int(entry_id.split(b"-")[0])
+    return (seq, seq)
+
+
+def _changes(entries: list, cursor: tuple[int, int]) -> Changes:
+    """Log entries as ``Changes``: rows with their latest label among these entries, and the
+    label changes of rows before them."""
+    rows: list[list] = []
+    where: dict[int, int] = {}  # a row read now: its index in ``rows``
+    labels: list[tuple] = []
+    for _, fields in entries:
+        if fields[b"k"] == b"r":
+            for row in orjson.loads(fields[b"rows"]):
+                where[row[0]] = len(rows)
+                rows.append(row)
+            continue
+        tx_id, fraud = int(fields[b"id"]), int(fields[b"fraud"])
+        if tx_id in where:
+            rows[where[tx_id]][5] = fraud
+        else:
+            time_ns, _, terminal, _ = orjson.loads(fields[b"row"])
+            labels.append((0, tx_id, time_ns, terminal, fraud))
+    end = _position(entries[-1][0]) if entries else cursor
+    return Changes(rows=[(*row[:5], row[5] or 0) for row in rows], labels=labels, cursor=end)
+
+
+def _stored(ids: list[int], contents: list, answers: list) -> dict[int, Stored]:
+    found = {}
+    for tx_id, content, answer in zip(ids, contents, answers, strict=True):
+        if content is not None:
+            time_ns, customer, terminal, amount = orjson.loads(content)
+            found[tx_id] = Stored(
+                Transaction(tx_id, time_ns, customer, terminal, amount),
+                None if answer is None else answer.decode(),
+            )
+    return found
+
+
 class RedisHistory:
     """``HistoryStore`` in Redis, for several processes and machines at once."""
 
@@ -300,15 +344,25 @@ class RedisHistory:
             pipe = self._redis.pipeline(transaction=False)
             pipe.hmget(self.keys["rows"], chunk)
             pipe.hmget(self.keys["answers"], chunk)
-            contents, answers = pipe.execute()
-            for tx_id, content, answer in zip(chunk, contents, answers, strict=True):
-                if content is not None:
-                    time_ns, customer, terminal, amount = orjson.loads(content)
-                    found[tx_id] = Stored(
-                        Transaction(tx_id, time_ns, customer, terminal, amount),
-                        None if answer is None else answer.decode(),
-                    )
+            found.update(_stored(chunk, *pipe.execute()))
         return found
+
+    def read(
+        self, cursor: tuple[int, int], transaction_ids: Iterable[int]
+    ) -> tuple[Changes, dict[int, Stored]]:
+        """``changes(cursor)`` and ``lookup(transaction_ids)`` from one snapshot, in one round
+        trip (MULTI/EXEC) unless a backlog or many ids need more."""
+        ids = list(dict.fromkeys(transaction_ids))
+        if not ids or len(ids) > _CHUNK:
+            return self.changes(cursor), self.lookup(ids)
+        pipe = self._redis.pipeline(transaction=True)
+        pipe.xrange(self.keys["log"], min=_after(cursor), count=_CHUNK)
+        pipe.hmget(self.keys["rows"], ids)
+        pipe.hmget(self.keys["answers"], ids)
+        entries, contents, answers = pipe.execute()
+        if len(entries) == _CHUNK:  # a backlog (another process seeded): read it all
+            return self.changes(cursor), self.lookup(ids)
+        return _changes(entries, cursor), _stored(ids, contents, answers)
 
     def add(
         self,
@@ -442,33 +496,13 @@ class RedisHistory:
     def changes(self, cursor: tuple[int, int]) -> Changes:
         """Entries after ``cursor``: rows (each with its label as of this read) and the label
         changes of rows read before (row sequence 0: the caller holds the row)."""
-        start = f"({cursor[0]}-0" if cursor[0] else "-"
-        rows: list[list] = []
-        where: dict[int, int] = {}  # a row read now: its index in ``rows``
-        labels: list[tuple] = []
-        end = cursor[0]
+        entries: list = []
         while True:
-            entries = self._redis.xrange(self.keys["log"], min=start, count=_CHUNK)
-            for entry_id, fields in entries:
-                if fields[b"k"] == b"r":
-                    for row in orjson.loads(fields[b"rows"]):
-                        where[row[0]] = len(rows)
-                        rows.append(row)
-                else:
-                    tx_id, fraud = int(fields[b"id"]), int(fields[b"fraud"])
-                    if tx_id in where:
-                        rows[where[tx_id]][5] = fraud
-                    else:
-                        time_ns, _, terminal, _ = orjson.loads(fields[b"row"])
-                        labels.append((0, tx_id, time_ns, terminal, fraud))
-                end = int(entry_id.split(b"-")[0])
-            if len(entries) < _CHUNK:
-                break
-            start = f"({end}-0"
-        for row in rows:
-            if row[5] is None:
-                row[5] = 0
-        return Changes(rows=[tuple(row) for row in rows], labels=labels, cursor=(end, end))
+            more = self._redis.xrange(self.keys["log"], min=_after(cursor), count=_CHUNK)
+            entries += more
+            if len(more) < _CHUNK:
+                return _changes(entries, cursor)
+            cursor = _position(more[-1][0])
 
     def cursor(self) -> tuple[int, int]:
         seq = int(self._redis.get(self.keys["seq"]) or 0)

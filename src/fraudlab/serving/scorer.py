@@ -201,8 +201,10 @@ class Scorer:
         self.last_scores, self.last_late = np.zeros(0), 0
         self.last_features = self.last_features[:0]
         with self.store.exclusive():
-            self.live.refresh()
-            stored = self.store.lookup(tx.transaction_id for job in jobs for tx in job)
+            changes, stored = self.store.read(
+                self.live.cursor, (tx.transaction_id for job in jobs for tx in job)
+            )
+            self.live.refresh(changes)
             window = self.clock.window(self.live.newest)
             accepted: dict[int, Transaction] = {}
             outcomes: list[list[int] | Refused] = []

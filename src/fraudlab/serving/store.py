@@ -121,6 +121,10 @@ class HistoryStore(Protocol):
 
     def changes(self, cursor: tuple[int, int]) -> Changes: ...
 
+    def read(
+        self, cursor: tuple[int, int], transaction_ids: Iterable[int]
+    ) -> tuple[Changes, dict[int, Stored]]: ...
+
     def cursor(self) -> tuple[int, int]: ...
 
     def prune(self, *, before: int, limit: int | None = None) -> int: ...
@@ -370,6 +374,13 @@ class SQLiteHistory:
                 changed.append((tx_id, known[tx_id], fraud))
             known[tx_id] = fraud
         return changed
+
+    def read(
+        self, cursor: tuple[int, int], transaction_ids: Iterable[int]
+    ) -> tuple[Changes, dict[int, Stored]]:
+        """``changes(cursor)`` and ``lookup(transaction_ids)``: what a scoring round reads
+        (the caller holds ``exclusive()``, so nothing is written between the two)."""
+        return self.changes(cursor), self.lookup(transaction_ids)
 
     def changes(self, cursor: tuple[int, int]) -> Changes:
         """Rows added and labels changed after ``cursor`` (read in one snapshot)."""
