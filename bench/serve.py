@@ -379,6 +379,14 @@ def redis_cost(clean: pd.DataFrame, server: RedisServer, *, n: int = 1_000_000) 
     import redis
 
     client = redis.Redis.from_url(server.url)
+
+    def rewriting() -> None:
+        while True:
+            persistence = client.info("persistence")
+            if not (persistence["aof_rewrite_in_progress"] or persistence["aof_rewrite_scheduled"]):
+                return
+            time.sleep(0.1)
+
     client.flushall()
     before = int(client.info("memory")["used_memory"])
     rows = clean.tail(n)
@@ -388,11 +396,9 @@ def redis_cost(clean: pd.DataFrame, server: RedisServer, *, n: int = 1_000_000) 
         seconds = time.perf_counter() - started
         keys = store.memory_bytes()
     used = int(client.info("memory")["used_memory"]) - before
+    rewriting()  # Redis may have started one itself, as the file grew
     client.bgrewriteaof()
-    while int(client.info("persistence")["aof_rewrite_in_progress"]) or int(
-        client.info("persistence")["aof_rewrite_scheduled"]
-    ):
-        time.sleep(0.1)
+    rewriting()
     aof = sum(f.stat().st_size for f in (server.directory / "appendonlydir").iterdir())
     client.flushall()
     client.close()
@@ -403,9 +409,14 @@ def redis_cost(clean: pd.DataFrame, server: RedisServer, *, n: int = 1_000_000) 
 
 
 def redis_figures(
-    loads: Loads, workdir: Path, history: Path, sqlite: dict[str, float], args: argparse.Namespace
-) -> None:
+    loads: Loads, workdir: Path, before: pd.DataFrame, later: pd.DataFrame,
+    sqlite: dict[str, float], args: argparse.Namespace,
+) -> None:  # fmt: skip
     print(f"Redis store (a private redis-server, appendonly yes, appendfsync {args.appendfsync}):")
+    # seeded with what the SQLite runs were sent too: the loads go on where they stopped, inside
+    # the data clock's window
+    history = workdir / "redis-history.parquet"
+    pd.concat([before, later.head(loads.used)]).to_parquet(history)
     with RedisServer(workdir / "redis", appendfsync=args.appendfsync) as server:
         common = ["--clock", "data", "--max-ahead", "1 day", "--store", server.url]
         started = time.perf_counter()
@@ -427,7 +438,7 @@ def redis_figures(
             service.stop()
         print("  two over one: " + ", ".join(f"{name} {two[name] / one[name]:.2f}x"
                                              for name in two))  # fmt: skip
-        redis_cost(pd.read_parquet(history), server)
+        redis_cost(before, server)
 
 
 def main() -> None:
@@ -480,7 +491,7 @@ def main() -> None:
         finally:
             service.stop()
         if args.redis:
-            redis_figures(loads, workdir, history, sqlite, args)
+            redis_figures(loads, workdir, before, later, sqlite, args)
         print(f"model only, one row: {model_latency() * 1e6:.0f} us")
         print("in process (Scorer.score, no HTTP), SQLite store:")
         in_process(before, later, SQLiteHistory(workdir / "rounds.db", fsync=False,

@@ -54,8 +54,41 @@ def test_a_write_computed_before_another_processes_write_is_refused_whole(store,
     cursor = store.add_scored([_tx(3, at=2)], ["{}"], prune_before=0, prune_limit=1,
                               expect=live.cursor)  # fmt: skip
     assert cursor == store.cursor()
-    with pytest.raises(ConflictError):
+    with pytest.raises(StaleError):  # stored meanwhile: the round reads its answer instead
         store.add_scored([_tx(3, at=2)], ["{}"], prune_before=0, prune_limit=1, expect=cursor)
+    with pytest.raises(ConflictError):  # a seed's write (no position) is refused outright
+        store.add_scored([_tx(3, at=2)], ["{}"], prune_before=0, prune_limit=1)
+
+
+def test_a_write_goes_after_other_processes_writes_on_other_cards_and_terminals(
+    store, redis_url
+):
+    """Only an entry on one of the round's cards or terminals makes it stale: the others do
+    not change its features. The writer's state then takes in the others' rows, not its own
+    a second time."""
+    store.add([_tx(1, at=0)])
+    live = LiveState(store, features_with())
+    live.refresh()
+    with RedisHistory(redis_url) as other:
+        elsewhere = Transaction(2, 1_000 * DAY + 1, 2, 8, 5.0)  # another card and terminal
+        other.add_scored([elsewhere], ["{}"], prune_before=0, prune_limit=1,
+                         expect=other.cursor())  # fmt: skip
+        other.label([(2, 1)])
+    position = live.cursor
+    live.score([_tx(3, at=2)])
+    live.commit(store.add_scored([_tx(3, at=2)], ["{}"], prune_before=0, prune_limit=1,
+                                 expect=position))  # fmt: skip
+    assert live.cursor == position  # the others' entries are still to be read
+    live.refresh()
+    assert live.cards[1].ids.tolist() == [1, 3]  # its own row once
+    assert live.cards[2].ids.tolist() == [2]
+    assert live.places[8].labels.tolist() == [1]
+    assert live.cursor == store.cursor()
+    with RedisHistory(redis_url) as other:  # a label on the card's terminal: stale again
+        other.label([(1, 1)])
+    position = live.cursor
+    with pytest.raises(StaleError):
+        store.add_scored([_tx(4, at=3)], ["{}"], prune_before=0, prune_limit=1, expect=position)
 
 
 def test_a_label_batch_with_an_unknown_id_records_nothing(store):

@@ -451,6 +451,7 @@ class Batcher:
             threshold=self.scorer.config.threshold,
             late=self.scorer.last_late,
             features=self.scorer.last_features,
+            stale=self.scorer.last_stale,
         )
         return outcomes
 

@@ -152,6 +152,12 @@ class ServiceMetrics:
             "stored)",
             registry=registry,
         )
+        self._stale = Counter(
+            "fraudlab_stale_rounds",
+            "Scoring rounds computed again because another process wrote to the shared store "
+            "between their read and their write",
+            registry=registry,
+        )
         self._labels = Counter(
             "fraudlab_labels", "Confirmed labels received", ["tx_fraud"], registry=registry
         )
@@ -259,7 +265,13 @@ class ServiceMetrics:
         self._batch.observe(n)
 
     def scored(
-        self, scores: np.ndarray, *, threshold: float, late: int, features: np.ndarray
+        self,
+        scores: np.ndarray,
+        *,
+        threshold: float,
+        late: int,
+        features: np.ndarray,
+        stale: int = 0,
     ) -> None:
         if self.window is not None and len(scores):
             self.window.add(features, scores)
@@ -273,6 +285,8 @@ class ServiceMetrics:
             self._decisions.labels("legit").inc(len(scores) - frauds)
         if late:
             self._late.inc(late)
+        if stale:
+            self._stale.inc(stale)
 
     def labels(self, pairs: list[tuple[int, int]], *, changed: list[tuple[int, int, int]]) -> None:
         for _, before, after in changed:

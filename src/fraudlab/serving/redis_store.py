@@ -58,8 +58,9 @@ log = logging.getLogger(__name__)
 SCHEMA_VERSION = 1
 URL_SCHEMES = ("redis", "rediss", "unix")
 # rows per log entry when seeding, and the time one spans at most: an entry is pruned whole,
-# in one write's script, once its newest row is out of every window's reach
-_SEED_ROWS = 500
+# in one write's script (which Redis runs alone), once its newest row is out of every window's
+# reach
+_SEED_ROWS = 100
 _SEED_SPAN_NS = 3_600 * 10**9
 # ids per HMGET, entries per XRANGE: bounded replies, whatever the size of the store
 _CHUNK = 5_000
@@ -83,9 +84,10 @@ def redacted(url: str) -> str:
 
 
 # The oldest log entry, if no window reaches it (its newest row is before ``before``, in
-# microseconds): its rows and the entry go. The count of rows pruned, or -1 if nothing was.
+# microseconds): its rows, their labels and answers, the entry, and the marks it left on cards
+# and terminals that no later entry moved. The count of rows pruned, or -1 if nothing was.
 _PRUNE_OLDEST = """
-local function prune_oldest(log, rows, answers, ends, fraud, before)
+local function prune_oldest(log, rows, answers, ends, fraud, touch, before)
     local oldest = redis.call('LINDEX', ends, 0)
     if not oldest then return -1 end
     local id, newest_us = string.match(oldest, '^(%S+) (%S+)$')
@@ -102,6 +104,14 @@ local function prune_oldest(log, rows, answers, ends, fraud, before)
                     redis.call('HDEL', fraud, gone)
                     pruned = pruned + 1
                 end
+            elseif fields[f] == 'touched' then
+                local seq = tonumber(string.match(id, '^(%d+)'))
+                for _, key in ipairs(cjson.decode(fields[f + 1])) do
+                    local last = redis.call('HGET', touch, key)
+                    if last and tonumber(last) <= seq then
+                        redis.call('HDEL', touch, key)
+                    end
+                end
             end
         end
         redis.call('XDEL', log, id)
@@ -110,33 +120,45 @@ local function prune_oldest(log, rows, answers, ends, fraud, before)
     return pruned
 end
 """
-# KEYS: log, rows, answers, ends, fraud; ARGV: before (us)
+# KEYS: log, rows, answers, ends, fraud, touch; ARGV: before (us)
 _PRUNE = (
     _PRUNE_OLDEST
     + """
-return prune_oldest(KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], ARGV[1])
+return prune_oldest(KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6], ARGV[1])
 """
 )
 
-# KEYS: seq, log, rows, answers, ends, meta, fraud
-# ARGV: expected seq ("" for none), payload, entry's newest time (us), its newest time (ns),
-#       prune before (us), n, then n ids, n contents, n answers ("" for none), n labels ("")
+# A write computed at log position EXPECTED is stale if an entry after it touched one of the
+# write's cards or terminals (``touch``: per card and terminal, the last entry that did): its
+# features would have included that entry. Entries on other cards and terminals do not change
+# them, so the write goes after them.
+# KEYS: seq, log, rows, answers, ends, meta, fraud, touch
+# ARGV: expected seq ("" for none: a seed), payload, entry's newest time (us), its newest
+#       time (ns), prune before (us, "" for none), n, the cards and terminals touched (JSON),
+#       then n ids, n contents, n answers ("" for none), n labels ("" for none)
 _APPEND = (
     _PRUNE_OLDEST
     + """
 local head = tonumber(redis.call('GET', KEYS[1]) or '0')
+local touched = cjson.decode(ARGV[7])
 if ARGV[1] ~= '' and head ~= tonumber(ARGV[1]) then
-    return {'stale', head}
+    local expected = tonumber(ARGV[1])
+    for _, key in ipairs(touched) do
+        local last = redis.call('HGET', KEYS[8], key)
+        if last and tonumber(last) > expected then
+            return {'stale', head}
+        end
+    end
 end
 local n = tonumber(ARGV[6])
-local ids_at, contents_at, answers_at, labels_at = 6, 6 + n, 6 + 2 * n, 6 + 3 * n
+local ids_at, contents_at, answers_at, labels_at = 7, 7 + n, 7 + 2 * n, 7 + 3 * n
 for i = 1, n do
     local known = redis.call('HGET', KEYS[3], ARGV[ids_at + i])
-    if known and known ~= ARGV[contents_at + i] then
-        return {'conflict', ARGV[ids_at + i]}
+    if known and ARGV[1] ~= '' then
+        return {'stale', head}  -- another replica took it meanwhile: read its answer
     end
     if known then
-        return {'stored', ARGV[ids_at + i]}
+        return {'conflict', ARGV[ids_at + i]}
     end
 end
 local ids = {}
@@ -154,7 +176,10 @@ end
 local seq = redis.call('INCR', KEYS[1])
 redis.call('HSETNX', KEYS[6], 'schema', '@SCHEMA@')
 local entry = redis.call('XADD', KEYS[2], seq .. '-0', 'k', 'r', 'rows', ARGV[2],
-                         'ids', table.concat(ids, ' '))
+                         'ids', table.concat(ids, ' '), 'touched', ARGV[7])
+for _, key in ipairs(touched) do
+    redis.call('HSET', KEYS[8], key, seq)
+end
 redis.call('RPUSH', KEYS[5], entry .. ' ' .. ARGV[3])
 local newest = redis.call('HGET', KEYS[6], 'newest')
 if not newest or #ARGV[4] > #newest or (#ARGV[4] == #newest and ARGV[4] > newest) then
@@ -163,16 +188,18 @@ end
 -- what no window reaches goes a little per write: at most one entry, oldest first
 local pruned = 0
 if ARGV[5] ~= '' then
-    pruned = math.max(prune_oldest(KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[7], ARGV[5]), 0)
+    pruned = math.max(
+        prune_oldest(KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[7], KEYS[8], ARGV[5]), 0)
 end
 return {'ok', seq, pruned}
 """.replace("@SCHEMA@", str(SCHEMA_VERSION))
 )
 
-# KEYS: seq, log, rows, fraud, ends; ARGV: now (ms), then pairs of id, label
+# KEYS: seq, log, rows, fraud, ends, touch
+# ARGV: now (ms), then triples of id, label, the terminal's key in ``touch``
 _LABEL = """
 local unknown = {}
-for i = 2, #ARGV, 2 do
+for i = 2, #ARGV, 3 do
     if redis.call('HEXISTS', KEYS[3], ARGV[i]) == 0 then
         table.insert(unknown, ARGV[i])
     end
@@ -181,8 +208,8 @@ if #unknown > 0 then
     return {'unknown', unknown[1], #unknown}
 end
 local changed = {}
-for i = 2, #ARGV, 2 do
-    local id, label = ARGV[i], ARGV[i + 1]
+for i = 2, #ARGV, 3 do
+    local id, label, terminal = ARGV[i], ARGV[i + 1], ARGV[i + 2]
     local previous = redis.call('HGET', KEYS[4], id)
     if previous ~= label then
         redis.call('HSET', KEYS[4], id, label)
@@ -190,7 +217,8 @@ for i = 2, #ARGV, 2 do
         local seq = redis.call('INCR', KEYS[1])
         local entry = redis.call('XADD', KEYS[2], seq .. '-0', 'k', 'l', 'id', id,
                                  'row', content, 'fraud', label, 'previous', previous or '',
-                                 'at', ARGV[1])
+                                 'at', ARGV[1], 'touched', cjson.encode({terminal}))
+        redis.call('HSET', KEYS[6], terminal, seq)
         -- the row's time, in microseconds: the entry goes with the rows of its time
         local ns = string.match(content, '^%[(%d+),') or '0'
         local us = #ns > 3 and string.sub(ns, 1, -4) or '0'
@@ -204,6 +232,24 @@ for i = 2, #ARGV, 2 do
 end
 return {'ok', changed}
 """
+
+# KEYS: log, rows, answers; ARGV: XRANGE start, count, then ids. What a scoring round reads,
+# in one command: the log after its position, and its ids' rows and answers.
+_READ = """
+local entries = redis.call('XRANGE', KEYS[1], ARGV[1], '+', 'COUNT', ARGV[2])
+local ids = {}
+for i = 3, #ARGV do ids[i - 2] = ARGV[i] end
+return {entries, redis.call('HMGET', KEYS[2], unpack(ids)),
+        redis.call('HMGET', KEYS[3], unpack(ids))}
+"""
+
+
+def _touch_keys(transactions: Iterable[Transaction]) -> bytes:
+    """The cards and terminals a write touches, as keys of ``touch`` (JSON keeps 7 and "7"
+    apart)."""
+    keys = {"c" + orjson.dumps(tx.customer_id).decode() for tx in transactions}
+    keys |= {"t" + orjson.dumps(tx.terminal_id).decode() for tx in transactions}
+    return orjson.dumps(sorted(keys))
 
 
 def _content(tx: Transaction) -> bytes:
@@ -235,14 +281,21 @@ def _position(entry_id: bytes) -> tuple[int, int]:
     return (seq, seq)
 
 
-def _changes(entries: list, cursor: tuple[int, int]) -> Changes:
-    """Log entries as ``Changes``: rows with their latest label among these entries, and the
-    label changes of rows before them."""
+def _changes(entries: list, cursor: tuple[int, int], *, own: set[int]) -> Changes:
+    """Log entries (XRANGE's, fields as a flat list or a dict) as ``Changes``: rows with their
+    latest label among these entries, and the label changes of rows before them. The rows of
+    ``own`` entries, the reader's own writes already in its state, are left out (and the
+    entries dropped from ``own``)."""
     rows: list[list] = []
     where: dict[int, int] = {}  # a row read now: its index in ``rows``
     labels: list[tuple] = []
-    for _, fields in entries:
+    for entry_id, flat in entries:
+        fields = flat if isinstance(flat, dict) else dict(zip(flat[::2], flat[1::2], strict=True))
         if fields[b"k"] == b"r":
+            seq = _position(entry_id)[0]
+            if seq in own:
+                own.discard(seq)
+                continue
             for row in orjson.loads(fields[b"rows"]):
                 where[row[0]] = len(rows)
                 rows.append(row)
@@ -283,9 +336,12 @@ class RedisHistory:
         tag = "{" + prefix + "}"
         self.keys = {
             part: f"{tag}:{part}"
-            for part in ("seq", "log", "rows", "fraud", "answers", "ends", "meta")
+            for part in ("seq", "log", "rows", "fraud", "answers", "ends", "meta", "touch")
         }
+        # entries this process wrote past its last read: already in its state when read
+        self._own: set[int] = set()
         self._append = self._redis.register_script(_APPEND)
+        self._read = self._redis.register_script(_READ)
         self._label = self._redis.register_script(_LABEL)
         self._prune = self._redis.register_script(_PRUNE)
         try:
@@ -350,19 +406,16 @@ class RedisHistory:
     def read(
         self, cursor: tuple[int, int], transaction_ids: Iterable[int]
     ) -> tuple[Changes, dict[int, Stored]]:
-        """``changes(cursor)`` and ``lookup(transaction_ids)`` from one snapshot, in one round
-        trip (MULTI/EXEC) unless a backlog or many ids need more."""
+        """``changes(cursor)`` and ``lookup(transaction_ids)`` from one snapshot, in one
+        command (a script) unless a backlog or many ids need more."""
         ids = list(dict.fromkeys(transaction_ids))
         if not ids or len(ids) > _CHUNK:
             return self.changes(cursor), self.lookup(ids)
-        pipe = self._redis.pipeline(transaction=True)
-        pipe.xrange(self.keys["log"], min=_after(cursor), count=_CHUNK)
-        pipe.hmget(self.keys["rows"], ids)
-        pipe.hmget(self.keys["answers"], ids)
-        entries, contents, answers = pipe.execute()
+        keys = [self.keys[k] for k in ("log", "rows", "answers")]
+        entries, contents, answers = self._read(keys=keys, args=[_after(cursor), _CHUNK, *ids])
         if len(entries) == _CHUNK:  # a backlog (another process seeded): read it all
             return self.changes(cursor), self.lookup(ids)
-        return _changes(entries, cursor), _stored(ids, contents, answers)
+        return _changes(entries, cursor, own=self._own), _stored(ids, contents, answers)
 
     def add(
         self,
@@ -414,10 +467,13 @@ class RedisHistory:
         prune_limit: int,
         expect: tuple[int, int] | None = None,
     ) -> tuple[int, int]:
-        """The scorer's write, one script: refused with StaleError if the log moved past
-        ``expect`` (the position the features were computed at), ConflictError if an id is
-        stored; else the rows, their answers, and at most one entry no window reaches pruned.
-        ``prune_limit`` is the SQLite store's (here an entry at most per write)."""
+        """The scorer's write, one script: refused with StaleError if an entry after
+        ``expect`` (the position the features were computed at) touched one of its cards or
+        terminals, or stored one of its ids; else the rows, their answers, and at most one
+        entry no window reaches pruned. The position the caller's state is at after it:
+        ``expect`` if others wrote in between (their entries are still to be read; this one
+        will be skipped then), or this entry's. ``prune_limit`` is the SQLite store's (here an
+        entry at most per write)."""
         del prune_limit
         _require_finite(transactions)
         outcome = self._queue_append(
@@ -429,6 +485,9 @@ class RedisHistory:
             prune_before=prune_before,
         )
         seq = self._check_append(outcome)
+        if expect is not None and seq != expect[0] + 1:
+            self._own.add(seq)
+            return expect
         return (seq, seq)
 
     def _queue_append(
@@ -454,12 +513,14 @@ class RedisHistory:
             newest,
             "" if prune_before is None else prune_before // 1000,
             len(transactions),
+            _touch_keys(transactions),
             *(tx.transaction_id for tx in transactions),
             *contents,
             *("" if answer is None else answer for answer in answers),
             *("" if label is None else label for label in labels),
         ]
-        keys = [self.keys[k] for k in ("seq", "log", "rows", "answers", "ends", "meta", "fraud")]
+        keys = [self.keys[k] for k in
+                ("seq", "log", "rows", "answers", "ends", "meta", "fraud", "touch")]  # fmt: skip
         return self._append(keys=keys, args=args, client=client)
 
     @staticmethod
@@ -467,7 +528,7 @@ class RedisHistory:
         status = outcome[0].decode()
         if status == "stale":
             raise StaleError(f"the log moved to {int(outcome[1])}")
-        if status in ("conflict", "stored"):
+        if status == "conflict":
             raise ConflictError(f"transaction_id {outcome[1].decode()} is already stored")
         return int(outcome[1])
 
@@ -479,10 +540,14 @@ class RedisHistory:
                 raise UserError(f"transaction {transaction_id}: tx_fraud {fraud} is not 0/1")
         if not labels:
             return []
-        keys = [self.keys[k] for k in ("seq", "log", "rows", "fraud", "ends")]
-        args = [int(time.time() * 1000)]
+        # each label moves its terminal's features: a round computed before it on that
+        # terminal is stale (an unknown id is refused by the script)
+        stored = self.lookup(tx_id for tx_id, _ in labels)
+        keys = [self.keys[k] for k in ("seq", "log", "rows", "fraud", "ends", "touch")]
+        args: list = [int(time.time() * 1000)]
         for tx_id, fraud in labels:
-            args += [tx_id, fraud]
+            terminal = stored[tx_id].transaction.terminal_id if tx_id in stored else ""
+            args += [tx_id, fraud, "t" + orjson.dumps(terminal).decode()]
         outcome = self._label(keys=keys, args=args)
         if outcome[0] == b"unknown":
             more = int(outcome[2]) - 1
@@ -501,7 +566,7 @@ class RedisHistory:
             more = self._redis.xrange(self.keys["log"], min=_after(cursor), count=_CHUNK)
             entries += more
             if len(more) < _CHUNK:
-                return _changes(entries, cursor)
+                return _changes(entries, cursor, own=self._own)
             cursor = _position(more[-1][0])
 
     def cursor(self) -> tuple[int, int]:
@@ -511,7 +576,7 @@ class RedisHistory:
     def prune(self, *, before: int, limit: int | None = None) -> int:
         """Delete log entries whose rows are all before ``before`` (no window reaches them),
         oldest first, at most ``limit`` entries (None: all); the count of rows deleted."""
-        keys = [self.keys[k] for k in ("log", "rows", "answers", "ends", "fraud")]
+        keys = [self.keys[k] for k in ("log", "rows", "answers", "ends", "fraud", "touch")]
         pruned, entries = 0, 0
         while limit is None or entries < limit:
             outcome = int(self._prune(keys=keys, args=[before // 1000]))
