@@ -60,9 +60,7 @@ def test_a_write_computed_before_another_processes_write_is_refused_whole(store,
         store.add_scored([_tx(3, at=2)], ["{}"], prune_before=0, prune_limit=1)
 
 
-def test_a_write_goes_after_other_processes_writes_on_other_cards_and_terminals(
-    store, redis_url
-):
+def test_a_write_goes_after_other_processes_writes_on_other_cards_and_terminals(store, redis_url):
     """Only an entry on one of the round's cards or terminals makes it stale: the others do
     not change its features. The writer's state then takes in the others' rows, not its own
     a second time."""
