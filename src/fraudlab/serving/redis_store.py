@@ -51,6 +51,8 @@ from fraudlab.serving.store import (
     Transaction,
     UnknownTransactionError,
     _require_finite,
+    checked_labels,
+    new_rows,
 )
 
 log = logging.getLogger(__name__)
@@ -426,23 +428,7 @@ class RedisHistory:
         """Store transactions (with answers, or labels when seeding); per transaction, True if
         new, False if already stored with the same content. A conflict (ConflictError) is
         found before anything is written."""
-        transactions = list(transactions)
-        answers = [None] * len(transactions) if answers is None else list(answers)
-        labels = [None] * len(transactions) if labels is None else list(labels)
-        _require_finite(transactions)
-        known = {tx_id: s.transaction.content() for tx_id, s in
-                 self.lookup(tx.transaction_id for tx in transactions).items()}  # fmt: skip
-        added, new = [], []
-        for tx, answer, label in zip(transactions, answers, labels, strict=True):
-            stored = known.get(tx.transaction_id)
-            if stored is None:
-                known[tx.transaction_id] = tx.content()
-                new.append((tx, answer, label))
-            elif stored != tx.content():
-                raise ConflictError(
-                    f"transaction_id {tx.transaction_id} is already stored with other content"
-                )
-            added.append(stored is None)
+        added, new = new_rows(self, transactions, answers, labels)
         new.sort(key=lambda item: (item[0].time, item[0].transaction_id))
         pipe = self._redis.pipeline(transaction=False)
         for part in _entries(new):
@@ -534,10 +520,7 @@ class RedisHistory:
 
     def label(self, labels: Iterable[tuple[int, int]]) -> list[tuple[int, int, int]]:
         """As ``SQLiteHistory.label``: one script, nothing recorded if one id is unknown."""
-        labels = [(int(tx_id), fraud) for tx_id, fraud in labels]
-        for transaction_id, fraud in labels:
-            if fraud not in (0, 1) or isinstance(fraud, bool):
-                raise UserError(f"transaction {transaction_id}: tx_fraud {fraud} is not 0/1")
+        labels = checked_labels(labels)
         if not labels:
             return []
         # each label moves its terminal's features: a round computed before it on that

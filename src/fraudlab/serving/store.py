@@ -314,27 +314,9 @@ class SQLiteHistory:
         """Store transactions (and the service's answers, or their labels when seeding) in
         one durable write; per transaction, True if new, False if it was already stored with
         the same content. Nothing is stored if one conflicts."""
-        transactions = list(transactions)
-        answers = [None] * len(transactions) if answers is None else list(answers)
-        labels = [None] * len(transactions) if labels is None else list(labels)
-        _require_finite(transactions)
         with self._transaction():
-            known = {
-                tx_id: stored.transaction.content()
-                for tx_id, stored in self.lookup(tx.transaction_id for tx in transactions).items()
-            }
-            added, new = [], []
-            for tx, answer, label in zip(transactions, answers, labels, strict=True):
-                stored = known.get(tx.transaction_id)
-                if stored is None:
-                    known[tx.transaction_id] = tx.content()
-                    new.append((*_row(tx), answer, label))
-                elif stored != tx.content():
-                    raise ConflictError(
-                        f"transaction_id {tx.transaction_id} is already stored with other content"
-                    )
-                added.append(stored is None)
-            self._db.executemany(_INSERT, new)
+            added, new = new_rows(self, transactions, answers, labels)
+            self._db.executemany(_INSERT, [(*_row(tx), answer, label) for tx, answer, label in new])
             self._known_end = None  # the rows grew
         return added
 
@@ -343,10 +325,7 @@ class SQLiteHistory:
         recorded if one is invalid or unknown. The latest label counts, and each change is
         kept in the label log; returns the changes of a label already given (transaction_id,
         from, to), e.g. an investigation reopened."""
-        labels = [(int(tx_id), fraud) for tx_id, fraud in labels]
-        for transaction_id, fraud in labels:
-            if fraud not in (0, 1) or isinstance(fraud, bool):
-                raise UserError(f"transaction {transaction_id}: tx_fraud {fraud} is not 0/1")
+        labels = checked_labels(labels)
         with self._transaction():
             known: dict[int, int | None] = {}
             for chunk in _chunks(list(dict.fromkeys(tx_id for tx_id, _ in labels))):
@@ -525,6 +504,46 @@ class Checkpointer:
                     failing = False
         finally:
             db.close()
+
+
+def new_rows(
+    store: HistoryStore,
+    transactions: Iterable[Transaction],
+    answers: Iterable[str | None] | None,
+    labels: Iterable[int | None] | None,
+) -> tuple[list[bool], list[tuple[Transaction, str | None, int | None]]]:
+    """What ``add`` stores: per transaction, whether it is new, and the new ones with their
+    answers and labels; a ConflictError for an id stored (or given earlier) with other
+    content."""
+    transactions = list(transactions)
+    answers = [None] * len(transactions) if answers is None else list(answers)
+    labels = [None] * len(transactions) if labels is None else list(labels)
+    _require_finite(transactions)
+    known = {
+        tx_id: stored.transaction.content()
+        for tx_id, stored in store.lookup(tx.transaction_id for tx in transactions).items()
+    }
+    added, new = [], []
+    for tx, answer, label in zip(transactions, answers, labels, strict=True):
+        stored = known.get(tx.transaction_id)
+        if stored is None:
+            known[tx.transaction_id] = tx.content()
+            new.append((tx, answer, label))
+        elif stored != tx.content():
+            raise ConflictError(
+                f"transaction_id {tx.transaction_id} is already stored with other content"
+            )
+        added.append(stored is None)
+    return added, new
+
+
+def checked_labels(labels: Iterable[tuple[int, int]]) -> list[tuple[int, int]]:
+    """(transaction_id, 0 or 1) pairs; a UserError for any other label."""
+    labels = [(int(tx_id), fraud) for tx_id, fraud in labels]
+    for transaction_id, fraud in labels:
+        if fraud not in (0, 1) or isinstance(fraud, bool):
+            raise UserError(f"transaction {transaction_id}: tx_fraud {fraud} is not 0/1")
+    return labels
 
 
 def _require_finite(transactions: Iterable[Transaction]) -> None:
