@@ -15,6 +15,7 @@ from fraudlab.features.batch import build_features
 from fraudlab.features.names import GROUPS, feature_names
 from fraudlab.features.state import (
     CardState,
+    States,
     TerminalState,
     bulk_cards,
     bulk_places,
@@ -245,3 +246,37 @@ def test_states_built_in_bulk_equal_states_built_one_row_at_a_time(small_transac
     np.testing.assert_allclose(answers[0], answers[1], rtol=0, atol=1e-9)
     counts = [k for k, name in enumerate(sorted(values)) if "nb_" in name or "run_length" in name]
     np.testing.assert_array_equal(answers[0][:, counts], answers[1][:, counts])
+
+
+def test_rows_taken_without_features_leave_the_state_adding_them_leaves(small_transactions):
+    """A row another process scored is taken in without its features (in order, or late: a
+    replay that computes no features): every later transaction's features are the ones it gets
+    when every row is added with its features."""
+    params = features_with(groups=list(GROUPS))
+    ordered = small_transactions.sort_values([schema.TX_DATETIME, schema.TRANSACTION_ID])
+    rows = list(ordered.itertuples(index=False))
+    times = ordered[schema.TX_DATETIME].to_numpy(dtype="datetime64[ns]").view(np.int64).tolist()
+    split = len(rows) // 2
+    arrival = list(range(split))
+    for late in range(30, split - 8, 30):  # some taken late
+        arrival.remove(late)
+        arrival.insert(late + 5, late)
+
+    def fill(states: States, order: list[int], *, take: bool) -> None:
+        for k in order:
+            row = rows[k]
+            args = (times[k], row.transaction_id, row.customer_id, row.terminal_id,
+                    row.tx_amount, int(row.tx_fraud))  # fmt: skip
+            if take:
+                states.take(*args)
+            else:
+                states.add(*args)
+
+    taken, added = States(params), States(params)
+    fill(taken, arrival, take=True)
+    fill(added, arrival, take=False)
+    for k in range(split, len(rows)):
+        row = rows[k]
+        args = (times[k], row.transaction_id, row.customer_id, row.terminal_id, row.tx_amount,
+                int(row.tx_fraud))  # fmt: skip
+        assert taken.row(taken.add(*args)) == added.row(added.add(*args))

@@ -182,9 +182,11 @@ class CardState(_Rows):
     def empty_like(self) -> CardState:
         return CardState(self.plan)
 
-    def append(self, time: int, transaction_id: int, amount: float) -> dict[str, float]:
-        """Add a transaction later than every stored row; its features (card ones)."""
-        plan = self.plan
+    def append(
+        self, time: int, transaction_id: int, amount: float, *, features: bool = True
+    ) -> dict[str, float]:
+        """Add a transaction later than every stored row; its features (card ones), unless
+        told they are not wanted (a row another process scored: only the state moves)."""
         base, times, amounts = self.base, self.times, self.amounts
         end = base + len(times)  # the new row's position
         for window in self.windows:
@@ -201,33 +203,9 @@ class CardState(_Rows):
                     maxima.popleft()
         out: dict[str, float] = {}
         by_length = {window.length: window for window in self.windows}
-        for n, (count_name, mean_name) in zip(plan.customer, plan.customer_names, strict=True):
-            window = by_length[n]
-            count = end - window.start + 1
-            out[count_name] = count
-            out[mean_name] = (window.amounts.value() + amount) / count
-        group_names = plan.group_names
-        if "amount_ratios" in plan.groups:
-            for n, (mean_name, max_name) in zip(plan.amount, plan.ratio_names, strict=True):
-                window = by_length[n]
-                earlier = end - window.start
-                mean = window.amounts.value() / earlier if earlier else _NAN
-                top = amounts[window.maxima[0] - base] if window.maxima else _NAN
-                out[mean_name] = _ratio(amount, mean)
-                out[max_name] = _ratio(amount, top)
-        flag = 0
-        if {"last_payments", "anomaly_counts"} & plan.groups:
-            first = by_length[plan.look_back].start
-            last = [amounts[p - base] for p in range(end - 1, max(first, end - plan.last) - 1, -1)]
-            median = _median(last)
-            flag = int(amount > plan.factor * median)  # False against NaN
-            if "last_payments" in plan.groups:
-                median_name, zscore_name = group_names["last_payments"]
-                out[median_name] = _ratio(amount, median)
-                out[zscore_name] = _zscore(amount, last)
-            if "anomaly_counts" in plan.groups:
-                for n, name in zip(plan.anomaly, group_names["anomaly_counts"], strict=True):
-                    out[name] = by_length[n].anomalies + flag
+        flag = self._flag(amount, end, by_length, out if features else None)
+        if features:
+            self._features(amount, end, by_length, out)
         times.append(time)
         self.ids.append(transaction_id)
         amounts.append(amount)
@@ -241,6 +219,45 @@ class CardState(_Rows):
                     maxima.pop()
                 maxima.append(end)
         return out
+
+    def _flag(self, amount: float, end: int, by_length: dict, out: dict | None) -> int:
+        """Whether the payment is anomalous against the last ones (what the state keeps), and
+        into ``out`` (if given) the last payments' and anomaly counts' features."""
+        plan, base, amounts = self.plan, self.base, self.amounts
+        if not {"last_payments", "anomaly_counts"} & plan.groups:
+            return 0
+        first = by_length[plan.look_back].start
+        last = [amounts[p - base] for p in range(end - 1, max(first, end - plan.last) - 1, -1)]
+        median = _median(last)
+        flag = int(amount > plan.factor * median)  # False against NaN
+        if out is None:
+            return flag
+        group_names = plan.group_names
+        if "last_payments" in plan.groups:
+            median_name, zscore_name = group_names["last_payments"]
+            out[median_name] = _ratio(amount, median)
+            out[zscore_name] = _zscore(amount, last)
+        if "anomaly_counts" in plan.groups:
+            for n, name in zip(plan.anomaly, group_names["anomaly_counts"], strict=True):
+                out[name] = by_length[n].anomalies + flag
+        return flag
+
+    def _features(self, amount: float, end: int, by_length: dict, out: dict) -> None:
+        """The window counts, means and amount ratios of a payment at position ``end``."""
+        plan, base, amounts = self.plan, self.base, self.amounts
+        for n, (count_name, mean_name) in zip(plan.customer, plan.customer_names, strict=True):
+            window = by_length[n]
+            count = end - window.start + 1
+            out[count_name] = count
+            out[mean_name] = (window.amounts.value() + amount) / count
+        if "amount_ratios" in plan.groups:
+            for n, (mean_name, max_name) in zip(plan.amount, plan.ratio_names, strict=True):
+                window = by_length[n]
+                earlier = end - window.start
+                mean = window.amounts.value() / earlier if earlier else _NAN
+                top = amounts[window.maxima[0] - base] if window.maxima else _NAN
+                out[mean_name] = _ratio(amount, mean)
+                out[max_name] = _ratio(amount, top)
 
     def forget(self, before: int) -> None:
         """Drop the rows at or before ``before``, which no transaction still accepted can
@@ -299,9 +316,11 @@ class TerminalState(_Rows):
     def _label(self, position: int) -> int:
         return self.labels[position - self.base]
 
-    def append(self, time: int, transaction_id: int, label: int | None) -> dict[str, float]:
+    def append(
+        self, time: int, transaction_id: int, label: int | None, *, features: bool = True
+    ) -> dict[str, float]:
         """Add a transaction later than every stored row (its label, if already known); its
-        features (terminal ones)."""
+        features (terminal ones), unless not wanted."""
         base, times = self.base, self.times
         stored_end = base + len(times)
         frontier = time - self.delay
@@ -323,11 +342,11 @@ class TerminalState(_Rows):
                 begin += 1
             self.begins[k] = begin
         out: dict[str, float] = {}
-        for k, (count_name, risk_name) in enumerate(self.names):
+        for k, (count_name, risk_name) in enumerate(self.names if features else ()):
             count = end - self.begins[k]
             out[count_name] = count
             out[risk_name] = self.frauds[k] / count if count > 0 else 0.0
-        if self.with_runs:
+        if self.with_runs and features:
             out |= self._runs(time)
         times.append(time)
         self.ids.append(transaction_id)
@@ -452,19 +471,21 @@ def _replayed(state, rows: list[tuple], target: tuple | None):
     fresh = state.empty_like()
     found: dict[str, float] = {}
     for time, tx_id, value in rows:
-        values = fresh.append(time, tx_id, value)
-        if (time, tx_id) == target:
+        wanted = (time, tx_id) == target
+        values = fresh.append(time, tx_id, value, features=wanted)
+        if wanted:
             found = values
     return fresh, found
 
 
-def with_row(state, time: int, tx_id: int, value):
-    """(the card or terminal with a new row, the row's features): appended when it comes
-    last, else replayed with the row in its place (a late transaction: work grows with the
-    rows kept)."""
+def with_row(state, time: int, tx_id: int, value, *, features: bool = True):
+    """(the card or terminal with a new row, the row's features, or {} when not wanted):
+    appended when it comes last, else replayed with the row in its place (a late
+    transaction: work grows with the rows kept)."""
     if state.is_next(time, tx_id):
-        return state, state.append(time, tx_id, value)
-    return _replayed(state, sorted([*state.rows(), (time, tx_id, value)]), (time, tx_id))
+        return state, state.append(time, tx_id, value, features=features)
+    target = (time, tx_id) if features else None
+    return _replayed(state, sorted([*state.rows(), (time, tx_id, value)]), target)
 
 
 def without_rows(state, ids: set[int]):
@@ -496,6 +517,14 @@ class States:
             time, self.params.night_end_hour
         )
         return values
+
+    def take(self, time: int, tx_id: int, customer, terminal, amount: float, label: int | None):
+        """Take a transaction in without its features (a row another process scored): the
+        same state as ``add`` leaves, for less work."""
+        card = self.cards.get(customer) or CardState(self.plan)
+        place = self.places.get(terminal) or TerminalState(self.params)
+        self.cards[customer] = with_row(card, time, tx_id, amount, features=False)[0]
+        self.places[terminal] = with_row(place, time, tx_id, label, features=False)[0]
 
     def row(self, values: dict[str, float]) -> list[float]:
         """Features in ``feature_names`` order."""

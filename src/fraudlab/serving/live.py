@@ -75,7 +75,10 @@ class LiveState:
             for tx_id, time, customer, terminal, amount, fraud in sorted(
                 changes.rows, key=lambda row: (row[1], row[0])
             ):
-                self._add(Transaction(tx_id, time, customer, terminal, amount), label=fraud)
+                # scored by another process (or seeded): the state moves, no features needed
+                self.states.take(time, tx_id, customer, terminal, amount, fraud)
+                if self.newest is None or time > self.newest:
+                    self.newest = time
         for row_seq, tx_id, time, terminal, fraud in changes.labels:
             # a row read in this refresh already carries its label (the same snapshot)
             place = self.places.get(terminal)
