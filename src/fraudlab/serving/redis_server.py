@@ -87,6 +87,7 @@ class RedisServer:
                 except redis.exceptions.RedisError:
                     pass
                 if self.process.poll() is not None or time.monotonic() > deadline:
+                    self.kill()  # never left running behind a failed start
                     log = (self.directory / "redis.log").read_text(errors="replace")[-2000:]
                     raise RuntimeError(f"redis-server did not start on {self.port}:\n{log}")
                 time.sleep(0.02)
