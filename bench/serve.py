@@ -15,14 +15,16 @@ with `wrk` (Debian's package, one thread, on this machine). Prints:
 * in process, without HTTP: ``Scorer.score`` rounds of 1, 4 and 1,000 transactions (median
   time per round), and of a round of 1,000 the features and the model call alone, and the
   validation of a 1,000-transaction request body;
-* with --parity: the test week replayed one transaction at a time over HTTP, labels posted once
-  due, every feature and score compared with the batch pipeline's;
+* with --parity, instead: the test week replayed one transaction at a time over HTTP, labels
+  posted once due, every feature and score compared with the batch pipeline's (on the SQLite
+  store, and with --redis on a Redis store too);
 * with --redis: the same loads against a Redis store (a private redis-server, AOF
   ``--appendfsync``), one service process and then two (``--workers 2``) on it, each with Redis's
   own CPU, the share of the SQLite figure, the time to seed it, its rounds in process, and
   Redis's memory and append-only file per million transactions.
 
-    dvc repro && python bench/serve.py [--workers 2] [--fsync] [--parity] [--redis]
+    dvc repro && python bench/serve.py [--workers 2] [--fsync] [--redis] [--repeat 5]
+    dvc repro && python bench/serve.py --parity [--redis]
 """
 
 from __future__ import annotations
@@ -495,12 +497,21 @@ def main() -> None:
         print(f"machine: {os.cpu_count()} cores; load generators on the same machine")
         if args.parity:
             week = later[later[schema.TX_DATETIME] < test_start + pd.Timedelta(days=7)]
-            service = Service(workdir, ["--clock", "data", "--history", str(history), "--store",
-                                        str(workdir / "parity.db")])  # fmt: skip
-            try:
-                parity(service.url, week, delay=pd.Timedelta(days=features.label_delay_days))
-            finally:
-                service.stop()
+            delay = pd.Timedelta(days=features.label_delay_days)
+            with contextlib.ExitStack() as stack:
+                stores = {"SQLite": str(workdir / "parity.db")}
+                if args.redis:
+                    server = stack.enter_context(RedisServer(workdir / "redis-parity"))
+                    stores["Redis"] = server.url
+                for name, store in stores.items():
+                    service = Service(workdir, ["--clock", "data", "--history", str(history),
+                                                "--store", store])  # fmt: skip
+                    try:
+                        print(f"{name} store:")
+                        parity(service.url, week, delay=delay)
+                    finally:
+                        service.stop()
+            return
         loads = Loads(workdir, [json.dumps(request_fields(row))
                                 for row in later.itertuples(index=False)], args)  # fmt: skip
         options = ["--workers", str(args.workers)] + (["--fsync"] if args.fsync else [])
