@@ -68,11 +68,15 @@ class StoreHealth:
         on_change: object = None,
     ) -> None:
         self.path = Path(path)
-        self.name = str(path)
         self.reserve = reserve_bytes
-        self.retry_seconds = retry_seconds
         # the file the service opened (None: not created yet, only its directory is checked)
         self.identity = _identity(self.path) if self.path.exists() else None
+        self._healthy(str(path), retry_seconds=retry_seconds, on_change=on_change)
+
+    def _healthy(self, name: str, *, retry_seconds: float, on_change: object) -> None:
+        """No incident yet: what every kind of store's health starts from."""
+        self.name = name
+        self.retry_seconds = retry_seconds
         self.reason: str | None = None
         self._write_error: str | None = None
         self._failed_at = 0.0
@@ -202,12 +206,7 @@ class RedisHealth(StoreHealth):
         self, store: object, *, retry_seconds: float = 1.0, on_change: object = None
     ) -> None:
         self.store = store
-        self.name = store.name  # type: ignore[attr-defined]
-        self.retry_seconds = retry_seconds
-        self.reason = None
-        self._write_error = None
-        self._failed_at = 0.0
-        self._on_change = on_change
+        self._healthy(store.name, retry_seconds=retry_seconds, on_change=on_change)  # type: ignore[attr-defined]
 
     def problem(self) -> str | None:
         try:
