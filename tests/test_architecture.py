@@ -25,6 +25,7 @@ LAYERS = {
     "monitoring": 6,
     "experiments": 7,
     "serving": 7,
+    "registry": 7,
     "stages": 8,
     "cli": 8,
     "__main__": 9,

@@ -76,7 +76,7 @@ def test_pending_weeks_are_listed_never_pooled():
 @pytest.mark.parametrize("revision", ["--output=/tmp/x", "-h", "no-such-branch", "HEAD:dvc.lock"])
 def test_a_revision_that_is_not_a_commit_is_refused(revision, monkeypatch):
     monkeypatch.chdir(ROOT)
-    with pytest.raises(UserError, match="not a commit of this repository"):
+    with pytest.raises(UserError, match="not a commit of the repository"):
         resolve_revision(revision)
 
 

@@ -55,36 +55,47 @@ def features_params_module():
     return load_params(PARAMS, "features")["features"]
 
 
-@pytest.fixture(scope="module")
-def deployment(tmp_path_factory, batch, features_params_module):
-    """What `dvc repro` leaves for the service: model, serving.json, dvc.lock, clean data."""
-    root = tmp_path_factory.mktemp("deployment")
-    (root / "models").mkdir()
+def write_served(models, batch, features, *, n_estimators: int = 10):
+    """A small model trained on the first three weeks, with serving.json and its reference
+    profile, written into ``models`` as train and evaluate write them."""
+    models.mkdir(parents=True, exist_ok=True)
     train_params = load_params(PARAMS, "train")["train"]
     train_params = train_params.model_copy(
-        update={"xgboost": train_params.xgboost.model_copy(update={"n_estimators": 10})}
+        update={"xgboost": train_params.xgboost.model_copy(update={"n_estimators": n_estimators})}
     )
     start = batch[schema.TX_DATETIME].min()
     train = batch[batch[schema.TX_DATETIME] < start + 21 * DAY]
-    names = feature_names(features_params_module)
+    names = feature_names(features)
     pipeline = fit_pipeline(train, names, params=train_params)
-    model = root / "models" / "model.joblib"
-    joblib.dump(
-        model_artifact(pipeline, params=train_params, features=features_params_module), model
-    )
-    serving = root / "models" / "serving.json"
+    model = models / "model.joblib"
+    joblib.dump(model_artifact(pipeline, params=train_params, features=features), model)
+    serving = models / "serving.json"
     serving.write_text(
         json.dumps({"model_md5": file_md5(model), "threshold": THRESHOLD, "threshold_rule": "test"})
     )
     scores = predict_scores(pipeline, train, features=names)
     profile = reference_profile({n: train[n].to_numpy() for n in names}, scores=scores)
-    write_json(profile.to_dict(), root / "models" / "reference_profile.json")  # as train does
+    write_json(profile.to_dict(), models / "reference_profile.json")  # as train does
+    return pipeline
+
+
+@pytest.fixture(scope="module")
+def deployment(tmp_path_factory, batch, features_params_module):
+    """What `dvc repro` leaves for the service: model, serving.json, dvc.lock, clean data."""
+    root = tmp_path_factory.mktemp("deployment")
+    pipeline = write_served(root / "models", batch, features_params_module)
     write_lock(root)
+    start = batch[schema.TX_DATETIME].min()
     cut = start + 30 * DAY
     batch[batch[schema.TX_DATETIME] < cut][list(schema.REQUIRED_COLUMNS)].to_parquet(
         root / "history.parquet"
     )
-    return {"root": root, "pipeline": pipeline, "cut": cut, "names": names}
+    return {
+        "root": root,
+        "pipeline": pipeline,
+        "cut": cut,
+        "names": feature_names(features_params_module),
+    }
 
 
 def write_lock(root) -> None:

@@ -39,6 +39,11 @@ VERBS = {
     "monitor": Verb(
         "fraudlab.monitoring.status", "monitor", "the latest monitoring verdict, week by week"
     ),
+    "registry": Verb(
+        "fraudlab.registry.commands",
+        "registry",
+        "model versions and stages as Git tags: register, promote, show, fetch",
+    ),
     "verify": Verb(
         "fraudlab.integrity.verify",
         "verify_repo",

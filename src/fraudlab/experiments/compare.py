@@ -18,8 +18,6 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import re
-import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -28,11 +26,17 @@ import pandas as pd
 
 from fraudlab.core import schema
 from fraudlab.core.errors import UserError
-from fraudlab.core.io import parse_yaml, read_parquet
+from fraudlab.core.io import read_parquet
 from fraudlab.core.params import EvaluateParams, FeaturesParams, SplitParams, load_params
 from fraudlab.experiments.tables import markdown_table
 from fraudlab.features.batch import build_features
-from fraudlab.integrity.lock import IntegrityError, locked_outputs, recorded, unpickle_checked
+from fraudlab.integrity.committed import (
+    committed_lock,
+    committed_output,
+    locked_entry,
+    resolve_commit,
+)
+from fraudlab.integrity.lock import recorded, unpickle_checked
 from fraudlab.modeling.artifact import ModelArtifact, check_artifact, load_model
 from fraudlab.modeling.metrics import SCORE, card_precision_key, ranking_metrics
 from fraudlab.modeling.pipeline import predict_scores
@@ -42,52 +46,21 @@ from fraudlab.monitoring.weekly import Week, data_end, monitored_weeks, week_per
 log = logging.getLogger(__name__)
 
 MODEL = "models/model.joblib"
-_REVISION = re.compile(r"^[0-9a-f]{40}$")
 
 
 # --- I/O: the committed model ---------------------------------------------------------------
 
 
 def resolve_revision(revision: str) -> str:
-    """The commit a user-given revision names (a branch, tag, HEAD~1, a hash), or a UserError.
-    Whatever the text, it reaches git as one argument after ``--end-of-options``."""
-    done = subprocess.run(
-        ["git", "rev-parse", "--verify", "--quiet", "--end-of-options", f"{revision}^{{commit}}"],
-        capture_output=True,
-        text=True,
-        check=False,
-    )
-    commit = done.stdout.strip()
-    if done.returncode != 0 or not _REVISION.match(commit):
-        raise UserError(f"--baseline {revision!r}: not a commit of this repository")
-    return commit
-
-
-def _git_show(commit: str, path: str) -> str:
-    done = subprocess.run(
-        ["git", "show", f"{commit}:{path}"], capture_output=True, text=True, check=False
-    )
-    if done.returncode != 0:
-        raise UserError(f"{path} is not committed at {commit[:7]}: {done.stderr.strip()}")
-    return done.stdout
+    """The commit a user-given revision names (a branch, tag, HEAD~1, a hash), or a UserError."""
+    return resolve_commit(revision, what="--baseline")
 
 
 def committed_model(commit: str) -> tuple[ModelArtifact, str]:
     """The model recorded in ``commit``'s dvc.lock and its MD5; its bytes are hashed before they
     are unpickled."""
-    import dvc.api  # heavy; only this command needs it
-
-    lock = parse_yaml(_git_show(commit, "dvc.lock")) or {}
-    entry = next((out for out in locked_outputs(lock) if out.path == MODEL), None)
-    if entry is None:
-        raise IntegrityError(f"{MODEL} is not recorded in dvc.lock at {commit[:7]}")
-    try:
-        content = dvc.api.read(MODEL, rev=commit, mode="rb")
-    except Exception as exc:  # DVC raises many kinds; all mean the bytes are not reachable
-        raise UserError(
-            f"{MODEL} at {commit[:7]} (MD5 {entry.md5}) is neither in DVC's cache nor in a "
-            f"reachable remote: run `dvc fetch --rev {commit[:7]}` ({type(exc).__name__}: {exc})"
-        ) from None
+    entry = locked_entry(committed_lock(commit), MODEL, commit=commit)
+    content = committed_output(commit, entry)
     source = f"{MODEL} at {commit[:7]}"
     artifact = unpickle_checked(content, entry, source=source, origin=f"dvc.lock at {commit[:7]}")
     return check_artifact(artifact, source=source), entry.md5

@@ -10,6 +10,9 @@ from __future__ import annotations
 
 import hashlib
 import io
+import json
+import subprocess
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -112,7 +115,7 @@ def _require_md5(actual: str, entry: LockedOutput, *, source: str, origin: str) 
         )
 
 
-def _content_md5(content: bytes) -> str:
+def content_md5(content: bytes) -> str:
     return hashlib.md5(content, usedforsecurity=False).hexdigest()
 
 
@@ -127,7 +130,7 @@ def verify_file(
             f"{path}: missing (recorded by stage {entry.stage} in {lock_path}): run "
             f"`dvc checkout {entry.path}` or `dvc repro {entry.stage}`"
         )
-    actual = file_md5(path) if content is None else _content_md5(content)
+    actual = file_md5(path) if content is None else content_md5(content)
     _require_md5(actual, entry, source=str(path), origin=str(lock_path))
     return entry
 
@@ -146,7 +149,7 @@ def unpickle_checked(content: bytes, entry: LockedOutput, *, source: str, origin
     """The one way fraudlab unpickles: ``content`` (read once) only after its MD5 matches the
     dvc.lock ``entry`` it claims to be, from the workspace or from a commit's lock. A failure to
     load is a one-line error."""
-    _require_md5(_content_md5(content), entry, source=source, origin=origin)
+    _require_md5(content_md5(content), entry, source=source, origin=origin)
     try:
         return joblib.load(io.BytesIO(content))
     # any unpickling failure means the same to the user: the file is not a model
@@ -155,3 +158,23 @@ def unpickle_checked(content: bytes, entry: LockedOutput, *, source: str, origin
             f"{source}: not a loadable model file ({type(exc).__name__}: {exc}); "
             "rerun the stage that writes it"
         ) from None
+
+
+def check_dvc_status(lock: Path, stages: list[str]) -> None:
+    """Refuse outputs that ``dvc status`` reports out of date (changed code, params or data)."""
+    command = [sys.executable, "-m", "dvc", "status", "--json", *stages]
+    done = subprocess.run(
+        command, cwd=lock.resolve().parent, capture_output=True, text=True, check=False
+    )
+    if done.returncode != 0:
+        raise IntegrityError(
+            f"`dvc status` failed in {lock.resolve().parent}: {done.stderr.strip()[-300:]} "
+            "(pass --no-dvc-status to serve outside a DVC repository)"
+        )
+    changed = json.loads(done.stdout or "{}")
+    if changed:
+        raise IntegrityError(
+            f"`dvc status` reports changes in stage(s) {', '.join(sorted(changed))}: the "
+            "outputs are not what the current code, params and data produce; run `dvc repro` "
+            "(and commit dvc.lock) before serving"
+        )

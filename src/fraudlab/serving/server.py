@@ -17,8 +17,6 @@ import resource
 import shutil
 import socket
 import sqlite3
-import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -29,7 +27,7 @@ from redis.exceptions import RedisError
 
 from fraudlab.core import schema
 from fraudlab.core.errors import UserError
-from fraudlab.integrity.lock import IntegrityError, recorded, verify_file
+from fraudlab.integrity.lock import check_dvc_status, recorded, verify_file
 from fraudlab.modeling.artifact import load_model
 from fraudlab.serving.app import Settings, settings_path
 from fraudlab.serving.clock import SOURCES, Clock, duration_ns, show_duration, show_time
@@ -84,6 +82,19 @@ def parser() -> argparse.ArgumentParser:
         help="recent transactions per worker whose drift /metrics shows (%(default)s)",
     )
     p.add_argument("--lock", default="dvc.lock", help="recorded hashes (%(default)s)")
+    p.add_argument(
+        "--model-version",
+        metavar="REF",
+        help="serve a registered version instead of the workspace's files: a stage (prod), a "
+        "version (v1.2.0) or a registry tag, fetched through dvc.api and hash-checked "
+        "(replaces --model, --serving, --reference and --lock)",
+    )
+    p.add_argument("--registry-repo", default=".", help="where --model-version is registered (.)")
+    p.add_argument(
+        "--fetch-dir",
+        default=".cache/registry",
+        help="where --model-version's files are written, one directory per version (%(default)s)",
+    )
     p.add_argument(
         "--store",
         default="data/serving/history.db",
@@ -244,24 +255,34 @@ def api_keys(key_file: str | None) -> tuple[str, ...]:
     return tuple(keys)
 
 
-def check_dvc_status(lock: Path, stages: list[str]) -> None:
-    """Refuse outputs that ``dvc status`` reports out of date (changed code, params or data)."""
-    command = [sys.executable, "-m", "dvc", "status", "--json", *stages]
-    done = subprocess.run(
-        command, cwd=lock.resolve().parent, capture_output=True, text=True, check=False
+_MODEL_FILES = ("model", "serving", "reference", "lock")
+
+
+def use_registered_version(args: argparse.Namespace) -> None:
+    """Point the model files at the registered version ``--model-version`` names, fetched and
+    checked against its commit's dvc.lock and the MD5s its tag records. The workspace's
+    ``dvc status`` says nothing about another commit's files, so it is not asked."""
+    from fraudlab.registry.commands import fetch, load_registry, repo_root
+    from fraudlab.registry.tags import MODEL, resolve
+
+    default = parser().get_default
+    given = [f"--{name}" for name in _MODEL_FILES if getattr(args, name) != default(name)]
+    if given:
+        raise UserError(f"--model-version replaces {', '.join(given)}: pass one or the other")
+    root = repo_root(args.registry_repo)
+    version, _ = resolve(load_registry(root), args.model_version)
+    fetched = fetch(args.model_version, Path(args.fetch_dir) / version.version, root)
+    args.model = str(fetched.model)
+    args.serving = str(fetched.directory / "models" / "serving.json")
+    args.reference = str(fetched.directory / "models" / "reference_profile.json")
+    args.lock = str(fetched.lock)
+    args.no_dvc_status = True
+    named = (
+        version.version
+        if args.model_version == version.version
+        else f"{version.version} ({args.model_version})"
     )
-    if done.returncode != 0:
-        raise IntegrityError(
-            f"`dvc status` failed in {lock.resolve().parent}: {done.stderr.strip()[-300:]} "
-            "(pass --no-dvc-status to serve outside a DVC repository)"
-        )
-    changed = json.loads(done.stdout or "{}")
-    if changed:
-        raise IntegrityError(
-            f"`dvc status` reports changes in stage(s) {', '.join(sorted(changed))}: the "
-            "outputs are not what the current code, params and data produce; run `dvc repro` "
-            "(and commit dvc.lock) before serving"
-        )
+    log.info("serving %s (commit %s, model MD5 %s)", named, version.commit[:7], version.md5s[MODEL])
 
 
 def check_integrity(args: argparse.Namespace) -> str:
@@ -402,6 +423,8 @@ def serve(argv: list[str] | None = None) -> None:
             f"no API key configured: set {KEYS_VARIABLE} (comma-separated) or --api-key-file, "
             "or pass --no-auth to serve without authentication"
         )
+    if args.model_version:
+        use_registered_version(args)
     version = check_integrity(args)
     require_store(args)
     open_store(args)
