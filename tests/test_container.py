@@ -2,10 +2,16 @@
 a non-root user, healthy, scoring as the batch does, refusing a request without a key, and
 stopping on SIGTERM without losing what it acknowledged.
 
+The image is built by ``.ci/build-image``, the script the deploy workflow builds releases with.
+By default it serves a small model trained here; with ``FRAUDLAB_SERVED`` naming a version
+fetched by ``fraudlab registry fetch`` (the deploy workflow), that version is built, tagged with
+``FRAUDLAB_IMAGE_TAGS`` (kept after the test) and put through the same checks, its scores
+compared with the same model's batch scores on simulated transactions.
+
 No public registry is reachable in CI, so the image is built on a stand-in for
-``python:3.11-slim-bookworm`` made from Debian's packages (``.ci/run`` makes it and names it in
-``FRAUDLAB_DOCKER_BASE``); without it, or without an engine, the test is skipped (failed when
-``FRAUDLAB_REQUIRE_DOCKER`` is set)."""
+``python:3.11-slim-bookworm`` made from Debian's packages (``.ci/docker-setup`` makes it and names
+it in ``FRAUDLAB_DOCKER_BASE``); without it, or without an engine, the test is skipped (failed
+when ``FRAUDLAB_REQUIRE_DOCKER`` is set)."""
 
 from __future__ import annotations
 
@@ -22,9 +28,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from fraudlab.core import schema
+from fraudlab.features.batch import build_features
+from fraudlab.integrity.lock import file_md5
+from fraudlab.modeling.artifact import load_model
 from fraudlab.modeling.pipeline import predict_scores
 from fraudlab.serving.app import request_fields
 from test_service import (  # noqa: F401 (module fixtures)
+    DAY,
     KEY,
     batch,
     deployment,
@@ -37,8 +48,9 @@ pytestmark = pytest.mark.slow  # builds an image and runs a container
 ROOT = Path(__file__).resolve().parents[1]
 DOCKER = "/usr/bin/docker"  # Debian's client (BuildKit built in); see PITFALLS
 IMAGE_BUDGET_BYTES = 1024**3  # the image stays under 1 GiB
-CONTEXT_FILES = ("Dockerfile", ".dockerignore", "pyproject.toml", "README.md",
-                 "requirements.lock", "requirements-serve.txt")  # fmt: skip
+CONTEXT_FILES = ("Dockerfile", ".dockerignore", "pyproject.toml", "README.md", "requirements.lock")
+RELEASE = os.environ.get("FRAUDLAB_SERVED")  # a fetched registry version to build and test
+RELEASE_TAGS = os.environ.get("FRAUDLAB_IMAGE_TAGS", "").split()  # kept after the test
 
 
 def _docker(*args: str, check: bool = True, **options) -> subprocess.CompletedProcess:
@@ -63,26 +75,48 @@ def base_image() -> str:
 
 
 @pytest.fixture(scope="module")
-def image(base_image, deployment, tmp_path_factory):  # noqa: F811
-    """The image built from the repository's Dockerfile, with the test's model baked in."""
+def subject(request, tmp_path_factory, small_transactions) -> dict:
+    """What the image serves and what its answers must equal: the served directory (dvc.lock and
+    models/), the model's pipeline and features, the batch features, the history to seed."""
+    if not RELEASE:
+        trained = request.getfixturevalue("deployment")
+        root = trained["root"]
+        features = request.getfixturevalue("batch")
+        return {**trained, "served": root, "batch": features, "history": root / "history.parquet"}
+    served = Path(RELEASE).resolve()
+    model = load_model(served / "models" / "model.joblib", lock_path=served / "dvc.lock")
+    features = build_features(small_transactions, model.features_config)
+    cut = features[schema.TX_DATETIME].min() + 30 * DAY
+    history = tmp_path_factory.mktemp("release") / "history.parquet"
+    features[features[schema.TX_DATETIME] < cut][list(schema.REQUIRED_COLUMNS)].to_parquet(history)
+    return {"served": served, "pipeline": model.pipeline, "names": list(model.features),
+            "cut": cut, "batch": features, "history": history}  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def image(base_image, subject, tmp_path_factory):
+    """The image built by .ci/build-image, with the subject's model baked in."""
     context = tmp_path_factory.mktemp("context")
     for name in CONTEXT_FILES:
         shutil.copy(ROOT / name, context / name)
     shutil.copytree(ROOT / "src", context / "src", ignore=shutil.ignore_patterns("__pycache__"))
-    shutil.copytree(deployment["root"] / "models", context / "models")
-    shutil.copy(deployment["root"] / "dvc.lock", context / "dvc.lock")
+    served = "build/served" if RELEASE else "."
+    for name in ("dvc.lock", "registry.json", "models"):
+        if (subject["served"] / name).exists():
+            copy = shutil.copytree if name == "models" else shutil.copy
+            (context / served).mkdir(parents=True, exist_ok=True)
+            copy(subject["served"] / name, context / served / name)
     tag = f"fraudlab-serve-test:{uuid.uuid4().hex[:8]}"
-    ca = os.environ.get("PIP_CERT") or "/etc/ssl/certs/ca-certificates.crt"
     started = time.monotonic()
-    built = _docker(
-        "build", "--build-arg", f"BASE={base_image}", "--secret", f"id=ca,src={ca}",
-        "--build-arg", "MODEL_MD5=test", "-t", tag, str(context),
-        check=False, env={**os.environ, "DOCKER_BUILDKIT": "1"},
+    built = subprocess.run(
+        [str(ROOT / ".ci" / "build-image"), str(context), served, tag, *RELEASE_TAGS],
+        capture_output=True, text=True, check=False,
+        env={**os.environ, "FRAUDLAB_DOCKER_BASE": base_image},
     )  # fmt: skip
     assert built.returncode == 0, built.stderr[-3000:]
     print(f"image built in {time.monotonic() - started:.0f} s")
     yield tag
-    _docker("rmi", "-f", tag, check=False)
+    _docker("rmi", tag, check=False)  # the release's own tags stay
 
 
 def _request(port: int, path: str, body: dict | None = None, *, key: str | None = KEY):
@@ -118,15 +152,18 @@ def _run(image: str, name: str, volume: str, history: Path) -> int:
     raise AssertionError(f"never healthy: {_docker('logs', name, check=False).stderr[-3000:]}")
 
 
-def test_the_image_serves_read_only_as_non_root_and_stops_cleanly(
-    image,
-    deployment,  # noqa: F811
-    batch,  # noqa: F811
-):
-    later = replayed_period(deployment, batch, days=1).head(50)
-    names = deployment["names"]
+def test_the_image_serves_read_only_as_non_root_and_stops_cleanly(image, subject):
+    later = replayed_period(subject, subject["batch"], days=1).head(50)
+    names = subject["names"]
     name, volume = f"fraudlab-test-{uuid.uuid4().hex[:8]}", f"fraudlab-test-{uuid.uuid4().hex[:8]}"
-    history = deployment["root"] / "history.parquet"
+    history = subject["history"]
+    labels = json.loads(_docker("image", "inspect", "-f", "{{json .Config.Labels}}", image).stdout)
+    served = subject["served"]
+    assert labels["org.fraudlab.model.md5"] == file_md5(served / "models" / "model.joblib")
+    if RELEASE:
+        registered = json.loads((served / "registry.json").read_text())
+        assert labels["org.fraudlab.model.version"] == registered["version"]
+        assert labels["org.opencontainers.image.revision"] == registered["commit"]
     try:
         started = time.monotonic()
         port = _run(image, name, volume, history)
@@ -141,7 +178,7 @@ def test_the_image_serves_read_only_as_non_root_and_stops_cleanly(
             status, answer = _request(port, "/v1/score", request_fields(row))
             assert status == 200, answer
             scores.append(answer["score"])
-        expected = predict_scores(deployment["pipeline"], later, features=names)
+        expected = predict_scores(subject["pipeline"], later, features=names)
         np.testing.assert_allclose(scores, expected, rtol=0, atol=1e-9)
         stopping = time.monotonic()
         _docker("stop", "-t", "30", name)
