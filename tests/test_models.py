@@ -56,6 +56,7 @@ def _bytes(obj) -> bytes:
 @pytest.mark.parametrize("family", FAMILIES)
 def test_fitting_twice_gives_byte_identical_artifacts(featured, family):
     frame, names = featured
+    frame = frame.iloc[::4]  # determinism needs no more rows
     params = _train_params(family)
     first = model_artifact(fit_pipeline(frame, names, params=params), params=params, features=FP)
     second = model_artifact(fit_pipeline(frame, names, params=params), params=params, features=FP)

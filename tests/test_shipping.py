@@ -11,6 +11,7 @@ import tomllib
 from importlib import metadata
 from pathlib import Path
 
+import pytest
 import yaml
 from packaging.markers import default_environment
 from packaging.requirements import Requirement
@@ -90,6 +91,7 @@ def test_every_declared_dependency_is_pinned_in_the_lock():
     assert {canonicalize_name(r.name) for r in declared} <= pinned
 
 
+@pytest.mark.slow  # two fresh interpreters importing the whole stack
 def test_the_serve_extra_covers_what_the_service_imports_and_nothing_of_the_pipeline():
     """The image installs the base and `serve` requirements only: everything `fraudlab serve`
     loads (with a Redis store) must come from them, and none of the pipeline's libraries."""
@@ -102,6 +104,7 @@ def test_the_serve_extra_covers_what_the_service_imports_and_nothing_of_the_pipe
     assert serving & PIPELINE_ONLY == set()
 
 
+@pytest.mark.slow
 def test_the_pipeline_extra_covers_what_the_stages_and_commands_import():
     pipeline = _closure([*_requirements("base"), *_requirements("pipeline")])
     imported = _import_with_only(
