@@ -299,8 +299,10 @@ def test_a_tampered_tag_or_cache_is_refused_and_nothing_is_written(repo, templat
     assert done.returncode == 1
     assert "moved or rewritten" in done.stderr
     assert not (tmp_path / "h.db").exists()
-    # a version tag made by hand, without the record
-    _run(repo, "git", "tag", "fraud-model@v9.0.0", first)
+    # a lightweight version tag made by hand, on a commit whose message looks like a record
+    _run(repo, "git", "checkout", "-q", first)
+    _run(repo, "git", "commit", "-q", "--allow-empty", "-m", message)
+    _run(repo, "git", "tag", "fraud-model@v9.0.0")
     with pytest.raises(RegistryError, match="records no MD5"):
         fetch("v9.0.0", out, repo)
     # a stage moved by hand onto a commit where nothing is registered

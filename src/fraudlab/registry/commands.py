@@ -15,8 +15,10 @@ MD5s recorded in the version's tag.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -49,8 +51,8 @@ log = logging.getLogger(__name__)
 METRICS = "metrics/evaluate/metrics.json"
 _TEST_METRICS = ("auc_roc", "average_precision", "card_precision_at_100")
 _COMMITTED = ("dvc.lock", "dvc.yaml", "params.yaml")
-_FIELDS = ("%(refname:strip=2)", "%(*objectname)", "%(objectname)", "%(taggerdate:iso-strict)",
-           "%(contents)")  # fmt: skip
+_FIELDS = ("%(refname:strip=2)", "%(objecttype)", "%(*objectname)", "%(objectname)",
+           "%(taggerdate:iso-strict)", "%(contents)")  # fmt: skip
 
 
 # --- I/O: Git ---------------------------------------------------------------------------------
@@ -70,8 +72,10 @@ def read_tags(root: Path) -> list[Tag]:
     for record in done.stdout.decode().split("\x1e"):
         if not record.strip():
             continue
-        name, peeled, target, created, message = record.lstrip("\n").split("\x1f")
-        tags.append(Tag(name, peeled or target, message.strip(), created))
+        name, kind, peeled, target, created, contents = record.lstrip("\n").split("\x1f")
+        # a lightweight tag's "contents" is its commit's message: never a registration record
+        message = contents.strip() if kind == "tag" else ""
+        tags.append(Tag(name, peeled or target, message, created))
     return tags
 
 
@@ -98,6 +102,18 @@ def test_metrics(root: Path, commit: str) -> dict:
 
 
 # --- register and promote -----------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def _gto_errors() -> Iterator[None]:
+    """GTO's refusals (a version that is not SemVer, a stage name it does not allow, a failed
+    push) as one-line errors."""
+    from gto.exceptions import GTOException
+
+    try:
+        yield
+    except GTOException as exc:
+        raise RegistryError(f"GTO refused: {exc}") from None
 
 
 def _require_committed_workspace(root: Path) -> str:
@@ -142,11 +158,12 @@ def register(
     if already:
         raise RegistryError(f"HEAD ({head[:7]}) is already {ARTIFACT} {already[0].version}")
     md5s = locked_md5s(root, head)
-    gto.api.register(
-        str(root), ARTIFACT, head, version=version, message=record_message(md5s, note),
-        bump_major=bump == "major", bump_minor=bump == "minor", bump_patch=bump == "patch",
-        push=push,
-    )  # fmt: skip
+    with _gto_errors():
+        gto.api.register(
+            str(root), ARTIFACT, head, version=version, message=record_message(md5s, note),
+            bump_major=bump == "major", bump_minor=bump == "minor", bump_patch=bump == "patch",
+            push=push,
+        )  # fmt: skip
     made = next(v for v in load_registry(root).versions.values() if v.commit == head)
     log.info("registered %s %s at %s (model MD5 %s)", ARTIFACT, made.version, head[:7],
              md5s[MODEL])  # fmt: skip
@@ -167,9 +184,10 @@ def promote(
     if current is not None and current.version == target.version and not current.removed:
         raise RegistryError(f"{ARTIFACT} {target.version} is already in {stage} ({current.tag})")
     # force: GTO refuses a version that held the stage before (a rollback) without it
-    gto.api.assign(
-        str(root), ARTIFACT, stage, version=target.version, message=note, force=True, push=push
-    )
+    with _gto_errors():
+        gto.api.assign(
+            str(root), ARTIFACT, stage, version=target.version, message=note, force=True, push=push
+        )
     tag = load_registry(root).stages[stage].tag
     log.info("%s %s is now in %s (%s)", ARTIFACT, target.version, stage, tag)
     return tag
