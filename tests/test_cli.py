@@ -8,6 +8,7 @@ import sys
 import pytest
 
 from fraudlab.cli import VERBS, main, usage
+from helpers import run_stage
 
 
 def test_the_usage_lists_every_verb():
@@ -40,3 +41,33 @@ def test_python_dash_m_fraudlab_is_the_same_command(tmp_path):
     )
     assert done.returncode == 1
     assert "no monitoring report; run `dvc repro monitor` first" in done.stderr
+
+
+@pytest.mark.parametrize(
+    ("missing", "extra"), [("dvc.api", "pipeline"), ("gto", "pipeline"), ("fastapi", "serve")]
+)
+def test_a_library_of_another_extra_missing_is_one_line_naming_the_extra(
+    missing, extra, monkeypatch, capsys, caplog
+):
+    """An install of one extra running the other's command: which extra to install, not a
+    traceback (on the verb's import, and on a lazy import inside it)."""
+    import importlib
+
+    def absent(name, *args, **kwargs):
+        raise ModuleNotFoundError(f"No module named {missing!r}", name=missing)
+
+    monkeypatch.setattr(importlib, "import_module", absent)
+    with pytest.raises(SystemExit) as exited:
+        main(["verify"])
+    assert exited.value.code == 1
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1
+    assert f"'{missing.split('.')[0]}' is not installed" in err
+    assert f"'fraudlab[{extra}]'" in err
+    monkeypatch.undo()
+
+    def lazily(argv):
+        raise ModuleNotFoundError(f"No module named {missing!r}", name=missing)
+
+    assert run_stage(lazily, [], caplog) == 1
+    assert f"'fraudlab[{extra}]'" in caplog.text

@@ -11,7 +11,7 @@ import importlib
 import sys
 from typing import NamedTuple
 
-from fraudlab.core.runner import run
+from fraudlab.core.runner import missing_library, run
 
 
 class Verb(NamedTuple):
@@ -82,5 +82,9 @@ def main(argv: list[str] | None = None) -> None:
         print(f"fraudlab: unknown verb {args[0]!r}\n\n{usage()}", file=sys.stderr)
         sys.exit(2)
     verb = VERBS[args[0]]
-    function = getattr(importlib.import_module(verb.module), verb.function)
-    run(function, args[1:])
+    try:
+        module = importlib.import_module(verb.module)
+    except ModuleNotFoundError as exc:
+        print(f"fraudlab {args[0]}: {missing_library(exc)}", file=sys.stderr)
+        sys.exit(1)
+    run(getattr(module, verb.function), args[1:])

@@ -38,6 +38,22 @@ def stage_parser(description: str) -> argparse.ArgumentParser:
     return parser
 
 
+# what `fraudlab[serve]` installs (pyproject.toml), by import name; anything else is the pipeline's
+_SERVE_MODULES = {"fastapi", "starlette", "uvicorn", "httptools", "uvloop", "orjson",
+                  "prometheus_client", "redis", "hiredis"}  # fmt: skip
+
+
+def missing_library(exc: ModuleNotFoundError) -> str:
+    """What to install when an extra's library is missing (an install of ``fraudlab[serve]``
+    running a pipeline command, or the reverse)."""
+    top = (exc.name or "").split(".")[0]
+    extra = "serve" if top in _SERVE_MODULES else "pipeline"
+    return (
+        f"the library {top!r} is not installed; this command needs fraudlab[{extra}]: "
+        f"pip install -c requirements.lock 'fraudlab[{extra}]' (or the Quickstart's install)"
+    )
+
+
 def run(stage: Callable[[list[str] | None], None], argv: list[str] | None = None) -> None:
     """Run a stage's main function as a process: configure logging once, map errors to exits.
     ``argv`` defaults to the process's arguments."""
@@ -49,6 +65,9 @@ def run(stage: Callable[[list[str] | None], None], argv: list[str] | None = None
     signal.signal(signal.SIGTERM, _raise_system_exit)
     try:
         stage(argv)
+    except ModuleNotFoundError as exc:
+        log.error("%s failed: %s", stage.__name__, missing_library(exc))
+        sys.exit(1)
     except _USER_ERRORS as exc:
         log.error("%s failed: %s", stage.__name__, exc)
         sys.exit(1)
