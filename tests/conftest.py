@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import datetime as dt
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -17,7 +16,7 @@ from fraudlab.core.params import FeaturesParams, SimulateParams, SourceParams, V
 from fraudlab.data.simulate import simulate_transactions
 from fraudlab.features.names import GROUPS
 from fraudlab.serving.redis_server import RedisServer, redis_server_binary
-from helpers import features_with
+from helpers import features_with, unavailable
 
 
 def small_simulate_params(**overrides) -> SimulateParams:
@@ -141,9 +140,8 @@ def redis_server(tmp_path_factory):
     with appendfsync always); skipped where Debian's redis-server is missing, unless
     FRAUDLAB_REQUIRE_REDIS is set (CI), where that fails."""
     if redis_server_binary() is None:
-        if os.environ.get("FRAUDLAB_REQUIRE_REDIS"):
-            pytest.fail("FRAUDLAB_REQUIRE_REDIS is set but redis-server is not on PATH")
-        pytest.skip("no redis-server (Debian: apt-get install redis-server)")
+        unavailable("no redis-server on PATH", required_by="FRAUDLAB_REQUIRE_REDIS",
+                    hint="Debian: apt-get install redis-server")  # fmt: skip
     with RedisServer(tmp_path_factory.mktemp("redis"), appendfsync="always") as server:
         yield server
 

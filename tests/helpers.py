@@ -24,6 +24,26 @@ from fraudlab.core.runner import run
 _COMMITTED_PARAMS = Path(__file__).resolve().parents[1] / "params.yaml"
 
 
+def unavailable(what: str, *, required_by: str, hint: str) -> None:
+    """Skip a test whose real component is missing here, or fail it where ``required_by`` (an
+    environment variable CI sets) says the component must be there."""
+    import pytest
+
+    if os.environ.get(required_by):
+        pytest.fail(f"{required_by} is set but {what}")
+    pytest.skip(f"{what} ({hint})")
+
+
+def command_or_skip(names: tuple[str, ...], *, required_by: str, hint: str) -> str:
+    """The path of the first of ``names`` on PATH, else :func:`unavailable`."""
+    import shutil
+
+    path = next(filter(None, map(shutil.which, names)), None)
+    if path is None:
+        unavailable(f"no {names[0]} on PATH", required_by=required_by, hint=hint)
+    return path
+
+
 def run_stage(stage: Callable, argv: list[str], caplog) -> int:
     """Exit status of a stage run in this process the way its module's __main__ runs it; its
     log lands in ``caplog``."""

@@ -1,8 +1,9 @@
 """The local stack in deploy/ (service, Prometheus, Grafana): valid for Compose (Debian's
 docker-compose, installed by .ci/run, which validates without pulling an image), and wired to
 the project's own files: every mounted file exists, Prometheus scrapes the service by its name
-with the key the stack writes, loads the project's rules (promtool), and Grafana provisions the
-project's dashboard from where it is mounted."""
+with the key the stack writes and loads the project's rules (promtool checks that configuration
+in test_monitoring_config.py), and Grafana provisions the project's dashboard from where it is
+mounted."""
 
 from __future__ import annotations
 
@@ -14,7 +15,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from test_monitoring_config import MONITORING, RULES, _promtool, promtool  # noqa: F401
+from helpers import command_or_skip
+from test_monitoring_config import MONITORING, RULES
 from test_params import ROOT
 
 DEPLOY = ROOT / "deploy"
@@ -37,12 +39,10 @@ def _mounts(service: dict) -> dict[str, str]:
 
 @pytest.fixture(scope="module")
 def docker_compose() -> str:
-    path = shutil.which("docker-compose")
-    if path is None:
-        if os.environ.get("FRAUDLAB_REQUIRE_COMPOSE"):
-            pytest.fail("FRAUDLAB_REQUIRE_COMPOSE is set but docker-compose is not on PATH")
-        pytest.skip("no docker-compose on PATH (.ci/run installs Debian's docker-compose)")
-    return path
+    return command_or_skip(
+        ("docker-compose",), required_by="FRAUDLAB_REQUIRE_COMPOSE",
+        hint=".ci/run installs Debian's docker-compose",
+    )  # fmt: skip
 
 
 def _config(docker_compose: str, path: Path, **env: str) -> subprocess.CompletedProcess:
@@ -95,17 +95,6 @@ def test_prometheus_scrapes_the_service_by_name_with_the_key_the_stack_writes():
     example["scrape_configs"][0]["static_configs"][0]["targets"] = [target]
     example["scrape_configs"][0]["authorization"]["credentials_file"] = key_file
     assert config == example
-
-
-def test_the_stack_prometheus_config_is_valid(promtool, tmp_path):  # noqa: F811
-    config = yaml.safe_load((DEPLOY / "prometheus.yml").read_text())
-    key = tmp_path / "fraudlab-api-key"
-    key.write_text("test-key\n")
-    config["scrape_configs"][0]["authorization"]["credentials_file"] = str(key)
-    shutil.copy(RULES, tmp_path / RULES.name)
-    (tmp_path / "prometheus.yml").write_text(yaml.safe_dump(config))
-    done = _promtool(promtool, "check", "config", "prometheus.yml", cwd=tmp_path)
-    assert done.returncode == 0, done.stdout + done.stderr
 
 
 def test_grafana_provisions_the_dashboard_from_prometheus():

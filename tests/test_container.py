@@ -34,6 +34,7 @@ from fraudlab.integrity.lock import file_md5
 from fraudlab.modeling.artifact import load_model
 from fraudlab.modeling.pipeline import predict_scores
 from fraudlab.serving.app import request_fields
+from helpers import unavailable
 from test_service import (  # noqa: F401 (module fixtures)
     DAY,
     KEY,
@@ -59,18 +60,16 @@ def _docker(*args: str, check: bool = True, **options) -> subprocess.CompletedPr
 
 @pytest.fixture(scope="module")
 def base_image() -> str:
-    def unavailable(why: str) -> None:
-        if os.environ.get("FRAUDLAB_REQUIRE_DOCKER"):
-            pytest.fail(f"FRAUDLAB_REQUIRE_DOCKER is set but {why}")
-        pytest.skip(why)
+    def missing(why: str) -> None:
+        unavailable(why, required_by="FRAUDLAB_REQUIRE_DOCKER", hint="see .ci/docker-setup")
 
     base = os.environ.get("FRAUDLAB_DOCKER_BASE")
     if not Path(DOCKER).exists():
-        unavailable("no Docker engine (Debian: apt-get install docker.io)")
+        missing("no Docker engine (Debian: apt-get install docker.io)")
     if _docker("info", check=False).returncode != 0:
-        unavailable("the Docker engine is not running")
+        missing("the Docker engine is not running")
     if not base:
-        unavailable("FRAUDLAB_DOCKER_BASE names no base image (.ci/run makes one)")
+        missing("FRAUDLAB_DOCKER_BASE names no base image (.ci/run makes one)")
     return base
 
 

@@ -6,7 +6,6 @@ service exports is checked against a live server in test_service.py."""
 from __future__ import annotations
 
 import json
-import os
 import re
 import shutil
 import subprocess
@@ -15,6 +14,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from helpers import command_or_skip
 from test_params import ROOT
 
 MONITORING = ROOT / "monitoring"
@@ -26,12 +26,10 @@ METRIC = re.compile(r"\b(fraudlab_[a-z_]+)")
 
 @pytest.fixture(scope="module")
 def promtool() -> str:
-    path = shutil.which("promtool")
-    if path is None:
-        if os.environ.get("FRAUDLAB_REQUIRE_PROMTOOL"):
-            pytest.fail("FRAUDLAB_REQUIRE_PROMTOOL is set but promtool is not on PATH")
-        pytest.skip("no promtool on PATH (.ci/run installs Debian's prometheus package)")
-    return path
+    return command_or_skip(
+        ("promtool",), required_by="FRAUDLAB_REQUIRE_PROMTOOL",
+        hint=".ci/run installs Debian's prometheus package",
+    )  # fmt: skip
 
 
 def _promtool(promtool: str, *args: str, cwd: Path) -> subprocess.CompletedProcess:
@@ -64,8 +62,13 @@ def test_the_rule_unit_tests_catch_a_wrong_level(promtool, tmp_path):
     assert "FraudlabFeatureDrift" in done.stdout + done.stderr
 
 
-def test_the_example_prometheus_config_loads_the_rules(promtool, tmp_path):
-    config = yaml.safe_load((MONITORING / "prometheus" / "prometheus.yml").read_text())
+@pytest.mark.parametrize(
+    "path",
+    [MONITORING / "prometheus" / "prometheus.yml", ROOT / "deploy" / "prometheus.yml"],
+    ids=["example", "compose stack"],
+)
+def test_the_prometheus_configs_load_the_rules(promtool, tmp_path, path):
+    config = yaml.safe_load(path.read_text())
     key = tmp_path / "fraudlab-api-key"
     key.write_text("test-key\n")
     config["scrape_configs"][0]["authorization"]["credentials_file"] = str(key)

@@ -29,7 +29,7 @@ from fraudlab.core.params import load_params
 from fraudlab.features.names import feature_names
 from fraudlab.integrity.reproducibility import merge, stages_run
 from fraudlab.monitoring.drift import ReferenceProfile
-from helpers import Payload, Server, cells
+from helpers import Payload, Server, cells, command_or_skip
 from test_params import ROOT, STAGES
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
@@ -468,18 +468,12 @@ def test_a_concurrent_repro_fails_at_once_and_corrupts_nothing(repo):
     _assert_clean(repo)
 
 
-def _browser() -> str | None:
-    return next(filter(None, map(shutil.which, ("chromium", "chromium-browser"))), None)
-
-
 @pytest.fixture
 def browser() -> str:
-    path = _browser()
-    if path is None:
-        if os.environ.get("FRAUDLAB_REQUIRE_BROWSER"):
-            pytest.fail("FRAUDLAB_REQUIRE_BROWSER is set but no chromium is on PATH")
-        pytest.skip("no chromium on PATH (.ci/run installs it)")
-    return path
+    return command_or_skip(
+        ("chromium", "chromium-browser"), required_by="FRAUDLAB_REQUIRE_BROWSER",
+        hint=".ci/run installs it",
+    )  # fmt: skip
 
 
 def _rendered_vega_plots(browser: str, page: Path, profile: Path) -> int:
