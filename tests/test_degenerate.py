@@ -25,7 +25,7 @@ from helpers import features_with, features_yaml, run_stage
 from test_models import FAMILIES, _train_params
 
 SPLIT_PARAMS = (
-    "split: {train_start: '2018-04-10', train_days: 2, test_days: 2, n_folds: 1}\n"
+    "split: {train_start: '2018-04-10', train_days: 2, test_days: 2, n_folds: 1, test_folds: 1}\n"
     + features_yaml(
         customer_windows_days=[1], terminal_windows_days=[1], label_delay_days=1, night_end_hour=6
     )
@@ -158,7 +158,9 @@ def test_no_transactions_in_the_training_window(tmp_path, caplog, small_transact
 def test_a_fold_emptied_by_card_removal_names_the_fold():
     # fold 0 validates on days 0-1; its cards c and d had frauds on day -3 (known by day 0)
     rows = [(-3, "c", 1), (-3, "d", 1), (-3, "x", 0), (-2, "x", 0), (0, "c", 0), (1, "d", 0)]
-    params = SplitParams(train_start=dt.date(2018, 4, 10), train_days=2, test_days=2, n_folds=1)
+    params = SplitParams(
+        train_start=dt.date(2018, 4, 10), train_days=2, test_days=2, n_folds=1, test_folds=1
+    )
     with pytest.raises(SplitError, match=r"left in the validation period of fold 0 \(2018-04-10"):
         prequential_folds(_days(rows), params, delay_days=1)
 

@@ -19,6 +19,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 import yaml
@@ -153,6 +154,16 @@ def test_first_repro_writes_metrics_and_is_clean(repo):
     assert '<h2 id="verdict">Stable</h2>' in (repo / "reports/monitoring.html").read_text()
     series = json.loads((repo / "metrics/monitoring/plots/performance.json").read_text())
     assert [row["week"] for row in series] == [1]  # week 2 is pending: not drawn
+    # the prequential test (split.test_folds 2): the test period, then the next one; its
+    # first period is the test split, refit with the same seeds: the evaluate stage's figures
+    prequential = json.loads((repo / "metrics/prequential_test.json").read_text())
+    first, second = prequential["folds"]
+    assert (first, second) == ("2018-05-24..2018-05-30", "2018-05-31..2018-06-06")
+    assert prequential["folds"][first]["train"] == "2018-05-10..2018-05-16"
+    for name in ("auc_roc", "average_precision", "card_precision_at_100"):
+        assert prequential["folds"][first][name] == metrics["test"][name]
+        values = [prequential["folds"][period][name] for period in (first, second)]
+        assert prequential[name]["mean"] == pytest.approx(np.mean(values), abs=1e-12)
     _assert_clean(repo)
 
 
@@ -188,9 +199,14 @@ def test_second_repro_runs_nothing(repo):
     assert _stages_run(_run(repo, *_dvc("repro")).stdout) == set()
 
 
-def test_train_param_change_reruns_only_train_and_evaluate(repo):
+def test_train_param_change_reruns_only_the_stages_that_fit_or_score(repo):
     _set_params(repo, {"train": {"xgboost": {"n_estimators": 11}}})
-    assert _stages_run(_run(repo, *_dvc("repro")).stdout) == {"train", "evaluate", "monitor"}
+    assert _stages_run(_run(repo, *_dvc("repro")).stdout) == {
+        "train",
+        "prequential",
+        "evaluate",
+        "monitor",
+    }
 
 
 def test_feature_param_change_never_reruns_the_simulator(repo):
@@ -199,6 +215,7 @@ def test_feature_param_change_never_reruns_the_simulator(repo):
         "featurize",
         "split",
         "train",
+        "prequential",
         "evaluate",
         "monitor",
     }

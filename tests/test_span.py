@@ -11,7 +11,9 @@ from fraudlab.modeling.span import Span, check_span, span_needed
 from helpers import features_with
 
 # the committed protocol: 7 days train from 2018-07-25, 7 days delay, 7 days test, 4 folds
-SPLIT = SplitParams(train_start=dt.date(2018, 7, 25), train_days=7, test_days=7, n_folds=4)
+SPLIT = SplitParams(
+    train_start=dt.date(2018, 7, 25), train_days=7, test_days=7, n_folds=4, test_folds=1
+)
 FEATURES = features_with(groups=["amount_ratios", "known_labels"], amount_windows_days=[7, 30, 90])
 
 
@@ -23,6 +25,25 @@ def test_the_committed_protocol_reaches_back_to_march():
         folds_from=dt.date(2018, 6, 20),
         test_until=dt.date(2018, 8, 15),
     )
+
+
+def test_the_prequential_test_reaches_to_the_handbooks_last_test_week():
+    # 4 test periods from 08-08: the last one trains 08-15..08-21 and tests 08-29..09-04, the
+    # handbook's test weeks after model selection (2018-08-08..09-04)
+    four = SPLIT.model_copy(update={"test_folds": 4})
+    assert span_needed(four, FEATURES).test_until == dt.date(2018, 9, 5)
+    found = check_span(
+        pd.Timestamp("2018-01-01"), pd.Timestamp("2018-08-31 12:00"), split=four, features=FEATURES
+    )
+    (error,) = found.errors
+    assert error.startswith(
+        "the data end on 2018-08-31 but the test periods of the prequential test run to "
+        "2018-09-04: move split.train_start 4 days earlier, or lower split.test_folds or "
+        "split.test_days"
+    )
+    # none: the test period alone, as with one
+    none = SPLIT.model_copy(update={"test_folds": 0})
+    assert span_needed(none, FEATURES) == span_needed(SPLIT, FEATURES)
 
 
 def test_the_handbooks_features_need_only_their_longest_window():

@@ -11,7 +11,11 @@ from fraudlab.core.params import SplitParams
 from fraudlab.modeling.split import (
     SplitError,
     fold_train_start,
+    frame_reader,
     prequential_folds,
+    prequential_test_end,
+    prequential_test_parts,
+    prequential_test_train_start,
     train_test_split,
 )
 
@@ -56,7 +60,9 @@ def test_split_fails_clearly_when_a_period_is_empty():
 
 
 def test_prequential_folds_end_before_training_and_step_back_one_test_period(small_transactions):
-    params = SplitParams(train_start=dt.date(2018, 5, 10), train_days=7, test_days=7, n_folds=3)
+    params = SplitParams(
+        train_start=dt.date(2018, 5, 10), train_days=7, test_days=7, n_folds=3, test_folds=1
+    )
     assert [fold_train_start(params, delay_days=7, fold=k) for k in range(3)] == [
         dt.date(2018, 4, 26),
         dt.date(2018, 4, 19),
@@ -71,6 +77,37 @@ def test_prequential_folds_end_before_training_and_step_back_one_test_period(sma
 
 
 def test_prequential_folds_refuse_to_start_before_the_data(small_transactions):
-    params = SplitParams(train_start=dt.date(2018, 5, 10), train_days=7, test_days=7, n_folds=5)
+    params = SplitParams(
+        train_start=dt.date(2018, 5, 10), train_days=7, test_days=7, n_folds=5, test_folds=1
+    )
     with pytest.raises(SplitError, match="validation fold 4"):
         prequential_folds(small_transactions, params, delay_days=7)
+
+
+def test_the_prequential_test_steps_forward_from_the_test_split(small_transactions):
+    """Fold 0 is the test split; each next fold trains and tests one test period later, its
+    test period cleaned of the cards known by then, as the test split's is."""
+    params = SplitParams(
+        train_start=dt.date(2018, 4, 10), train_days=7, test_days=7, n_folds=1, test_folds=3
+    )
+    parts = list(
+        prequential_test_parts(
+            frame_reader(small_transactions), params, delay_days=7,
+            span=(small_transactions["tx_datetime"].min(), small_transactions["tx_datetime"].max()),
+        )
+    )  # fmt: skip
+    assert [(train, test) for train, test, _, _ in parts] == [
+        ("2018-04-10..2018-04-16", "2018-04-24..2018-04-30"),
+        ("2018-04-17..2018-04-23", "2018-05-01..2018-05-07"),
+        ("2018-04-24..2018-04-30", "2018-05-08..2018-05-14"),
+    ]
+    expected_train, expected_test = train_test_split(
+        small_transactions, train_start=dt.date(2018, 4, 17), train_days=7, delay_days=7,
+        test_days=7,
+    )  # fmt: skip
+    _, _, train, test = parts[1]
+    assert train["transaction_id"].tolist() == expected_train["transaction_id"].tolist()
+    assert test["transaction_id"].tolist() == expected_test["transaction_id"].tolist()
+    starts = [prequential_test_train_start(params, fold=k) for k in range(3)]
+    assert [str(day) for day in starts] == [p[0].split("..")[0] for p in parts]
+    assert prequential_test_end(params, delay_days=7) == dt.date(2018, 5, 15)

@@ -175,6 +175,9 @@ class SplitParams(_Section):
     train_days: PositiveInt
     test_days: PositiveInt
     n_folds: PositiveInt
+    # the prequential test: this many test periods from the test split's on, each scored by the
+    # model refit on the training period before it; 0: none
+    test_folds: NonNegativeInt
 
 
 class LogisticRegressionParams(_Section):

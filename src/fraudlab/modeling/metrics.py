@@ -127,15 +127,20 @@ def ranking_metrics(scored: pd.DataFrame, k: int) -> dict[str, float]:
     }
 
 
-def validation_metrics(scored: pd.DataFrame, fold_column: str, k: int) -> dict[str, dict]:
-    """Mean and standard deviation (ddof 1) across folds of each ranking metric."""
-    per_fold = pd.DataFrame(
-        [ranking_metrics(rows, k) for _, rows in scored.groupby(fold_column, sort=True)]
-    )
+def mean_and_std(per_fold: list[dict[str, float]]) -> dict[str, dict]:
+    """Mean and standard deviation (ddof 1; 0 for one fold) across folds of each metric."""
+    frame = pd.DataFrame(per_fold)
     return {
         name: {"mean": float(values.mean()), "std": float(values.std()) if len(values) > 1 else 0.0}
-        for name, values in per_fold.items()
+        for name, values in frame.items()
     }
+
+
+def validation_metrics(scored: pd.DataFrame, fold_column: str, k: int) -> dict[str, dict]:
+    """Mean and standard deviation (ddof 1) across folds of each ranking metric."""
+    return mean_and_std(
+        [ranking_metrics(rows, k) for _, rows in scored.groupby(fold_column, sort=True)]
+    )
 
 
 def operating_threshold(validation: pd.DataFrame, params: EvaluateParams) -> float:

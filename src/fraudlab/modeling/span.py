@@ -2,7 +2,8 @@
 
 The protocol reaches back from ``split.train_start``: the earliest validation fold trains
 ``label_delay_days + test_days * n_folds`` days earlier, and the feature windows look back
-``history_needed`` from each row. It reaches forward to the end of the test period. Data that
+``history_needed`` from each row. It reaches forward to the end of the test period, or of the
+prequential test's last period (``split.test_folds``) when that is later. Data that
 begin too late leave the earliest rows' windows partly empty (a warning: the features are then
 lower than they would be, as on the first days of any dataset); data that do not cover a
 period of the protocol cannot be split (an error, before the heavy work).
@@ -18,7 +19,7 @@ import pandas as pd
 from fraudlab.core.errors import UserError
 from fraudlab.core.params import FeaturesParams, SplitParams
 from fraudlab.features.names import history_needed
-from fraudlab.modeling.split import fold_train_start, monitoring_start
+from fraudlab.modeling.split import fold_train_start, monitoring_start, prequential_test_end
 
 
 class SpanError(UserError):
@@ -28,7 +29,7 @@ class SpanError(UserError):
 class Span(NamedTuple):
     history_from: dt.date  # the windows of the earliest fold's first rows are full from here
     folds_from: dt.date  # the earliest fold's training start
-    test_until: dt.date  # the day after the test period (exclusive end)
+    test_until: dt.date  # the day after the last test period (exclusive end)
 
 
 class SpanCheck(NamedTuple):
@@ -43,7 +44,10 @@ def span_needed(split: SplitParams, features: FeaturesParams) -> Span:
     return Span(
         history_from=folds_from - dt.timedelta(days=look_back),
         folds_from=folds_from,
-        test_until=monitoring_start(split, delay_days=delay),
+        test_until=max(
+            monitoring_start(split, delay_days=delay),
+            prequential_test_end(split, delay_days=delay),
+        ),
     )
 
 
@@ -63,7 +67,7 @@ def check_span(
     if earliest > latest:
         fits = (
             "these data hold fewer days than the protocol needs: lower split.n_folds, "
-            "split.train_days or split.test_days"
+            "split.test_folds, split.train_days or split.test_days"
         )
     elif full > latest:
         fits = (
@@ -77,11 +81,14 @@ def check_span(
         )
     whole = f"the protocol needs {days} days, {need.history_from}..{need.test_until}; {fits}"
     errors, warnings = [], []
+    several = split.test_folds > 1
+    plural, verb = ("s of the prequential test", "") if several else ("", "s")
+    lower = "split.test_folds or split.test_days" if several else "split.test_days"
     if ends < test_last:
         errors.append(
-            f"the data end on {ends} but the test period runs to {test_last}: move "
-            f"split.train_start {(test_last - ends).days} days earlier, or lower "
-            f"split.test_days ({whole})"
+            f"the data end on {ends} but the test period{plural} run{verb} to {test_last}: "
+            f"move split.train_start {(test_last - ends).days} days earlier, or lower "
+            f"{lower} ({whole})"
         )
     if begins > need.folds_from:
         late = (begins - need.folds_from).days

@@ -10,12 +10,14 @@ from __future__ import annotations
 
 import datetime as dt
 from collections.abc import Callable, Iterator
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
 from fraudlab.core import schema
 from fraudlab.core.errors import UserError
+from fraudlab.core.io import read_parquet
 from fraudlab.core.params import SplitParams
 
 FOLD_COLUMN = "fold"
@@ -127,6 +129,19 @@ def test_start(params: SplitParams, *, delay_days: int) -> dt.date:
     return params.train_start + dt.timedelta(days=params.train_days + delay_days)
 
 
+def prequential_test_train_start(params: SplitParams, *, fold: int) -> dt.date:
+    """Training start of prequential test fold ``fold`` (0 = the test split's own): each fold
+    one test period later, so the folds' test periods follow each other from the test period
+    on (the handbook's test protocol after model selection)."""
+    return params.train_start + dt.timedelta(days=fold * params.test_days)
+
+
+def prequential_test_end(params: SplitParams, *, delay_days: int) -> dt.date:
+    """The day after the last prequential test period (the test period's end without any)."""
+    last = prequential_test_train_start(params, fold=max(params.test_folds - 1, 0))
+    return last + dt.timedelta(days=params.train_days + delay_days + params.test_days)
+
+
 def monitoring_start(params: SplitParams, *, delay_days: int) -> dt.date:
     """The day after the test period: where the ``monitor`` stage's weeks begin."""
     return test_start(params, delay_days=delay_days) + dt.timedelta(days=params.test_days)
@@ -135,6 +150,19 @@ def monitoring_start(params: SplitParams, *, delay_days: int) -> dt.date:
 # Rows of [start, end) (midnights), with the given columns (None: all), in (time, id) order:
 # a frame in memory, or the days of a large dataset read from disk (``dataset_reader``).
 Reader = Callable[[dt.date, dt.date, "list[str] | None"], pd.DataFrame]
+
+
+def dataset_reader(path: str | Path) -> Reader:
+    """The days of a Parquet file or dataset directory (row groups outside are skipped)."""
+
+    def read(start: dt.date, end: dt.date, columns: list[str] | None) -> pd.DataFrame:
+        window = [
+            (schema.TX_DATETIME, ">=", pd.Timestamp(start)),
+            (schema.TX_DATETIME, "<", pd.Timestamp(end)),
+        ]
+        return read_parquet(path, columns, filters=window)
+
+    return read
 
 
 def frame_reader(frame: pd.DataFrame) -> Reader:
@@ -216,6 +244,37 @@ def fold_parts(
         )
         yield train.assign(**{FOLD_COLUMN: fold, ROLE_COLUMN: "train"})
         yield valid.assign(**{FOLD_COLUMN: fold, ROLE_COLUMN: "valid"})
+
+
+def prequential_test_parts(
+    read: Reader,
+    params: SplitParams,
+    *,
+    delay_days: int,
+    span: tuple[pd.Timestamp, pd.Timestamp],
+) -> Iterator[tuple[str, str, pd.DataFrame, pd.DataFrame]]:
+    """Each prequential test fold's training and test periods (``a..b``) and rows, in time
+    order: fold 0 is the test split itself, each next one a test period later; cards known to be
+    compromised by its training period's end are removed from each test period, as for the test
+    split."""
+    for fold in range(params.test_folds):
+        start = prequential_test_train_start(params, fold=fold)
+        train, test = split_period(
+            read,
+            train_start=start,
+            train_days=params.train_days,
+            delay_days=delay_days,
+            test_days=params.test_days,
+            span=span,
+            name=f"prequential test fold {fold}",
+        )
+        test_begin = start + dt.timedelta(days=params.train_days + delay_days)
+        yield (
+            _period(start, params.train_days),
+            _period(test_begin, params.test_days),
+            train,
+            test,
+        )
 
 
 def prequential_folds(

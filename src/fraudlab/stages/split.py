@@ -6,15 +6,10 @@ come: the stage holds a few weeks of rows at most, whatever the size of the data
 
 from __future__ import annotations
 
-import datetime as dt
 import logging
-from pathlib import Path
-
-import pandas as pd
 
 from fraudlab.core.io import (
     atomic_path,
-    read_parquet,
     row_group_writer,
     time_span,
     write_json,
@@ -22,12 +17,11 @@ from fraudlab.core.io import (
 )
 from fraudlab.core.params import load_params
 from fraudlab.core.runner import run, stage_parser
-from fraudlab.core.schema import TX_DATETIME
 from fraudlab.modeling.span import SpanError, check_span
 from fraudlab.modeling.split import (
     FOLD_COLUMN,
     ROLE_COLUMN,
-    Reader,
+    dataset_reader,
     fold_parts,
     split_period,
     split_summary,
@@ -35,16 +29,6 @@ from fraudlab.modeling.split import (
 
 log = logging.getLogger(__name__)
 SECTIONS = ("split", "features")
-
-
-def dataset_reader(path: str | Path) -> Reader:
-    """The days of a Parquet file or dataset directory (row groups outside are skipped)."""
-
-    def read(start: dt.date, end: dt.date, columns: list[str] | None) -> pd.DataFrame:
-        window = [(TX_DATETIME, ">=", pd.Timestamp(start)), (TX_DATETIME, "<", pd.Timestamp(end))]
-        return read_parquet(path, columns, filters=window)
-
-    return read
 
 
 def split(argv: list[str] | None = None) -> None:
