@@ -634,13 +634,16 @@ def test_grid_search_ranks_flags_failures_and_the_winner_applies(repo):
     winner = experiments[0][1]
     depth = int(experiments[0][3].removeprefix("max_depth="))
     if not rows[0][1].endswith("(committed)"):
-        assert f"dvc exp apply {winner}" in done.stdout
+        assert f"dvc exp apply {winner} && dvc repro" in done.stdout
+    # progress while the queue ran (the first poll comes before any experiment can finish)
+    assert re.search(r"\d of 3 experiments finished \(\d failed\), \d running", done.stderr)
 
     _run(repo, *_dvc("exp", "apply", winner))
     assert yaml.safe_load((repo / "params.yaml").read_text())["train"]["xgboost"]["max_depth"] == (
         depth
     )
-    # The winner's outputs come back from the cache: nothing is left to rerun.
+    # The winner's outputs come back from the cache; the stages the search skips run now.
+    assert _stages_run(_run(repo, *_dvc("repro")).stdout) == {"prequential", "monitor"}
     assert _run(repo, *_dvc("status", "-q"), check=False).returncode == 0
     (repo / "tiny-search.yaml").unlink()
     (repo / "board.md").unlink()

@@ -3,6 +3,7 @@ leaderboard ranked by validation AP with failed runs flagged, never ranked."""
 
 from __future__ import annotations
 
+import logging
 import math
 import subprocess
 from pathlib import Path
@@ -10,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from fraudlab.core.errors import UserError
+from fraudlab.experiments import search
 from fraudlab.experiments.report import best_per_family, current_section, families_section
 from fraudlab.experiments.search import (
     experiments,
@@ -319,3 +321,58 @@ def test_the_search_refuses_to_queue_without_its_source_committed(tmp_path, monk
     (tmp_path / "src" / "new_module.py").write_text("")
     (problem,) = uncommitted_inputs(source, pipeline_outputs=outputs)
     assert problem.startswith("src/new_module.py is not tracked by Git")
+
+
+def _status(**states: str) -> str:
+    rows = "".join(f"{n:07x}  {name}  03:50 AM   {state}\n" for n, (name, state) in
+                   enumerate(states.items()))  # fmt: skip
+    return f"Task     Name        Created    Status\n{rows}\nWorker status: 1 active, 0 idle\n"
+
+
+def test_a_running_search_reports_progress_the_best_so_far_and_each_failure_once(
+    monkeypatch, caplog
+):
+    """While the queue runs: finished / failed / running / queued, the elapsed time, the best
+    finished experiment (read again only when one more succeeded), and a failed experiment's
+    own error as soon as it fails, once."""
+    polls = iter(
+        [
+            _status(good="Running", best="Queued", broke="Queued"),
+            _status(good="Success", best="Running", broke="Failed"),
+            _status(good="Success", best="Running", broke="Failed"),
+            _status(good="Success", best="Success", broke="Failed"),
+        ]
+    )
+    calls = []
+
+    def dvc(*args: str) -> str:
+        calls.append(args[:2])
+        if args[:2] == ("queue", "status"):
+            return next(polls)
+        assert args == ("queue", "logs", "broke")
+        return "Running stage 'train':\nERROR fraudlab: train failed: train.xgboost.max_depth -1\n"
+
+    monkeypatch.setattr(search, "dvc", dvc)
+    shows = []
+    monkeypatch.setattr(search, "_exp_show", lambda: shows.append(1) or EXP_SHOW)
+    caplog.set_level(logging.INFO)
+    finished = search._wait(["good", "best", "broke"], poll_seconds=0)
+    lines = [r.getMessage() for r in caplog.records]
+    assert lines[0].startswith("0 of 3 experiments finished (0 failed), 1 running, 2 queued; ")
+    assert lines[0].endswith("best so far: none finished yet")
+    assert lines[1] == "broke failed: train failed: train.xgboost.max_depth -1"
+    assert lines[2].startswith("2 of 3 experiments finished (1 failed), 1 running, 0 queued; ")
+    assert lines[2].endswith("best so far: good (validation AP 0.7000)")
+    assert len(lines) == 4  # the failure is reported once
+    assert calls.count(("queue", "logs")) == 1
+    assert len(shows) == 2  # one success more, then the end
+    assert set(finished["experiment"]) >= {"good", "best", "broke"}
+
+
+def test_progress_counts_every_state():
+    line = search.progress(
+        {"a": "success", "b": "failed", "c": "running"}, ["a", "b", "c", "d"], 61.4, "a (0.7)"
+    )
+    assert line == (
+        "2 of 4 experiments finished (1 failed), 1 running, 1 queued; 61 s; best so far: a (0.7)"
+    )

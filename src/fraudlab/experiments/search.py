@@ -5,10 +5,13 @@
     fraudlab search random xgboost -n 20 --seed 0
     fraudlab search leaderboard              # every experiment of the current commit
 
-``grid`` and ``random`` queue experiments (``dvc exp run --queue -S ...``), start the queue
-(``dvc queue start``), wait for it, and print the leaderboard sorted by mean validation AP, with
-failed experiments flagged: ``dvc queue start`` itself reports success even when a run fails.
-The winner is applied with ``dvc exp apply <name>`` and committed (docs/experiments.md).
+``grid`` and ``random`` queue experiments (``dvc exp run --queue evaluate -S ...``: each runs up to
+the stage whose metrics rank it), start the queue (``dvc queue start``), report the progress
+(finished, failed with the reason, running, queued, the best so far) while they run, and print
+the leaderboard sorted by mean validation AP, with failed experiments flagged: ``dvc queue
+start`` itself reports success even when a run fails.
+The winner is applied with ``dvc exp apply <name>``, its prequential test and monitoring run by
+``dvc repro``, and committed (docs/experiments.md).
 """
 
 from __future__ import annotations
@@ -38,6 +41,7 @@ log = logging.getLogger(__name__)
 
 FAMILIES = ("logistic_regression", "random_forest", "xgboost")
 METRICS_FILE = "metrics/evaluate/metrics.json"
+RANKING_STAGE = "evaluate"  # writes METRICS_FILE
 _QUEUED = re.compile(r"Queued experiment '([^']+)'")
 _UNFINISHED = {"queued", "running"}
 # rows with metrics: a finished experiment, and the commit the experiments branch from
@@ -259,7 +263,11 @@ def _outputs() -> set[Path]:
 
 
 def _queue(overrides: list[str]) -> list[str]:
-    output = dvc("exp", "run", "--queue", *(arg for o in overrides for arg in ("-S", o)))
+    # only up to the stage whose metrics rank them: the prequential test and the monitor are
+    # for the model that is kept, and `dvc repro` runs them after `dvc exp apply`
+    output = dvc(
+        "exp", "run", "--queue", RANKING_STAGE, *(arg for o in overrides for arg in ("-S", o))
+    )
     return _QUEUED.findall(output)
 
 
@@ -278,15 +286,45 @@ def queue_states(status: str) -> tuple[dict[str, str], int]:
     return states, int(found.group(1)) + int(found.group(2)) if found else 0
 
 
+def progress(states: dict[str, str], names: list[str], elapsed: float, best: str) -> str:
+    """One line of a running search: how many experiments finished, failed, run and wait, the
+    time so far and the best finished one."""
+    counts = pd.Series([states.get(name, "queued") for name in names]).value_counts()
+    finished = len(names) - int(counts.get("queued", 0)) - int(counts.get("running", 0))
+    return (
+        f"{finished} of {len(names)} experiments finished ({int(counts.get('failed', 0))} "
+        f"failed), {int(counts.get('running', 0))} running, {int(counts.get('queued', 0))} "
+        f"queued; {elapsed:.0f} s; best so far: {best}"
+    )
+
+
+def best_so_far(table: pd.DataFrame, succeeded: list[str]) -> str:
+    """The best by validation AP of the experiments the queue reports succeeded."""
+    done = table[table["experiment"].isin(succeeded) & (table["state"] == "success")]
+    if done.empty:
+        return "none finished yet"
+    top = leaderboard(done).iloc[0]
+    return f"{top['experiment']} (validation AP {top['validation_average_precision']:.4f})"
+
+
 def _wait(names: list[str], poll_seconds: float) -> pd.DataFrame:
-    """Poll the queue (one cheap call) until every named experiment finished."""
-    idle_polls = 0
+    """Poll the queue (one cheap call) until every named experiment finished, logging the
+    progress, the best so far (read again when one more succeeded) and each failure's reason
+    as it happens."""
+    started, idle_polls = time.perf_counter(), 0
+    succeeded, reported, best = 0, set(), "none finished yet"
     while True:
         states, workers = queue_states(dvc("queue", "status"))
         unfinished = sum(states.get(name, "queued") in _UNFINISHED for name in names)
         if unfinished == 0:
             table = experiments(_exp_show())
             return table[table["experiment"].isin(names) | (table["state"] == "committed")]
+        for name in sorted(n for n in names if states.get(n) == "failed" and n not in reported):
+            reported.add(name)
+            log.warning("%s failed: %s", name, _failure_reasons([name])[0].split(": ", 1)[1])
+        done = [name for name in names if states.get(name) == "success"]
+        if len(done) > succeeded:
+            succeeded, best = len(done), best_so_far(experiments(_exp_show()), done)
         # A worker that died leaves tasks queued forever: stop instead of waiting on them.
         idle_polls = 0 if workers else idle_polls + 1
         if idle_polls >= 3:
@@ -294,7 +332,7 @@ def _wait(names: list[str], poll_seconds: float) -> pd.DataFrame:
                 f"{unfinished} experiment(s) still queued but no queue worker is running: "
                 "see `dvc queue status`, then `dvc queue start`"
             )
-        log.info("%d of %d experiments finished", len(names) - unfinished, len(names))
+        log.info("%s", progress(states, names, time.perf_counter() - started, best))
         time.sleep(poll_seconds)
 
 
@@ -398,7 +436,7 @@ def _report(board: pd.DataFrame, varied: set[str], markdown: str | None) -> None
         print("The committed model stays ahead: no experiment beats it on validation AP.")
     elif len(measured):
         best = measured.iloc[0]["experiment"]
-        print(f"Best on validation AP: {best}. Apply it with:\n  dvc exp apply {best}")
+        print(f"Best on validation AP: {best}. Apply it with:\n  dvc exp apply {best} && dvc repro")
         print(f'  git add -A && git commit -m "Select {best}: ..."  # then dvc metrics diff HEAD~1')
     failed = board[board["state"] == "failed"]
     if len(failed):
