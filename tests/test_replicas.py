@@ -83,8 +83,14 @@ def stale_rounds(server: Server) -> float:
 
 
 def _post_all(server: Server, rows: list, answers: dict, failures: list) -> None:
+    """Post ``rows`` one by one; stop at the first refusal or lost connection (a killed
+    server), which goes into ``failures``."""
     for row in rows:
-        status, answer = server.request("POST", "/v1/score", request_fields(row), key=KEY)
+        try:
+            status, answer = server.request("POST", "/v1/score", request_fields(row), key=KEY)
+        except OSError as exc:  # the connection dropped: what a client of a killed server sees
+            failures.append((None, repr(exc)))
+            return
         if status != 200:
             failures.append((status, answer))
             return
