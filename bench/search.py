@@ -42,6 +42,7 @@ def main() -> None:
     parser.add_argument("--family", default="xgboost")
     parser.add_argument("--jobs", type=int, default=2, help="queue workers (2)")
     parser.add_argument("--threads", type=int, default=1, help="train.n_jobs per experiment (1)")
+    parser.add_argument("--keep", action="store_true", help="keep the experiments (dvc exp show)")
     args = parser.parse_args()
     points = 1
     for values in load_space(ROOT / "search.yaml").grids[args.family].values():
@@ -53,6 +54,7 @@ def main() -> None:
         cwd=ROOT, capture_output=True, text=True, check=False,
     )  # fmt: skip
     wall = time.perf_counter() - started
+    print(done.stdout)  # the leaderboard
     names = re.findall(r"^\|\s*\d+\s*\|\s*(\S+)\s*\|", done.stdout, flags=re.MULTILINE)
     names = [name for name in names if not name.endswith("(committed)")]
     fits = [fit_seconds(_dvc("queue", "logs", name)) for name in names]
@@ -63,7 +65,8 @@ def main() -> None:
     print(f"wall time: {wall:.0f} s")
     print(f"per experiment (worker-seconds): {per_experiment:.1f} s, of which fits {fit:.1f} s; "
           f"overhead {per_experiment - fit:.1f} s")  # fmt: skip
-    _dvc("exp", "remove", *names)
+    if not args.keep:
+        _dvc("exp", "remove", *names)
     if done.returncode != 0:
         print(done.stderr[-2000:], file=sys.stderr)
         sys.exit(done.returncode)
