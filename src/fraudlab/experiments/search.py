@@ -324,7 +324,10 @@ def _wait(names: list[str], poll_seconds: float) -> pd.DataFrame:
             log.warning("%s failed: %s", name, _failure_reasons([name])[0].split(": ", 1)[1])
         done = [name for name in names if states.get(name) == "success"]
         if len(done) > succeeded:
-            succeeded, best = len(done), best_so_far(experiments(_exp_show()), done)
+            try:
+                succeeded, best = len(done), best_so_far(experiments(_exp_show()), done)
+            except UserError as exc:  # DVC can fail to list while workers commit: next poll
+                log.debug("best so far not read this time: %s", exc)
         # A worker that died leaves tasks queued forever: stop instead of waiting on them.
         idle_polls = 0 if workers else idle_polls + 1
         if idle_polls >= 3:
