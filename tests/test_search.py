@@ -376,3 +376,16 @@ def test_progress_counts_every_state():
     assert line == (
         "2 of 4 experiments finished (1 failed), 1 running, 1 queued; 61 s; best so far: a (0.7)"
     )
+
+
+def test_an_experiment_still_running_has_a_row_without_metrics():
+    """`dvc exp show` during the queue lists a running experiment with no data yet."""
+    running = _experiment("busy", "xgboost", 3, 0.9, "running")
+    running["revs"][0]["data"] = None
+    done = _experiment("done", "xgboost", 4, 0.7, "success")
+    show = [{**EXP_SHOW[1], "experiments": [running, done]}]
+    table = experiments(show)
+    busy = table[table["experiment"] == "busy"].iloc[0]
+    assert busy["state"] == "running"
+    assert math.isnan(busy["validation_average_precision"])
+    assert search.best_so_far(table, ["done", "busy"]) == "done (validation AP 0.7000)"

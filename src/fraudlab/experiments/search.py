@@ -128,9 +128,9 @@ def _metric(metrics: dict, *path: str) -> float:
 
 
 def _row(name: str, revision: str, data: dict, state: str) -> dict:
-    params = data.get("params", {}).get("params.yaml", {}).get("data", {})
-    train, top_k = params.get("train", {}), params.get("evaluate", {}).get("top_k")
-    metrics = data.get("metrics", {}).get(METRICS_FILE, {}).get("data", {})
+    params = ((data.get("params") or {}).get("params.yaml") or {}).get("data") or {}
+    train, top_k = params.get("train") or {}, (params.get("evaluate") or {}).get("top_k")
+    metrics = ((data.get("metrics") or {}).get(METRICS_FILE) or {}).get("data") or {}
     family = train.get("model", "")
     hyper = train.get(family, {})
     ok = state in _MEASURED
@@ -168,7 +168,8 @@ def experiments(exp_show: list[dict]) -> pd.DataFrame:
             if revision.get("error") and state == "success":
                 state = "failed"
             name = experiment.get("name") or revision["rev"][:7]
-            rows.append(_row(name, revision["rev"], revision["data"], state))
+            # a running experiment has no data yet (``dvc exp show`` during the queue)
+            rows.append(_row(name, revision["rev"], revision.get("data") or {}, state))
     # The columns exist even with no experiment (every CI checkout), so callers can filter.
     return pd.DataFrame(rows, columns=list(_row("", "", {}, "").keys()))
 
