@@ -216,6 +216,23 @@ def split_period(
     return train, test
 
 
+def _protocol_period(
+    read: Reader,
+    params: SplitParams,
+    start: dt.date,
+    *,
+    delay_days: int,
+    span: tuple[pd.Timestamp, pd.Timestamp],
+    name: str,
+    test_part: str = "test",
+) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """``split_period`` with the protocol's period lengths, from training start ``start``."""
+    return split_period(
+        read, train_start=start, train_days=params.train_days, delay_days=delay_days,
+        test_days=params.test_days, span=span, name=name, test_part=test_part,
+    )  # fmt: skip
+
+
 def fold_parts(
     read: Reader,
     params: SplitParams,
@@ -232,16 +249,10 @@ def fold_parts(
                 f"validation fold {fold} would start training on {start}, before "
                 f"the first transaction; lower split.n_folds or move train_start"
             )
-        train, valid = split_period(
-            read,
-            train_start=start,
-            train_days=params.train_days,
-            delay_days=delay_days,
-            test_days=params.test_days,
-            span=span,
-            name=f"fold {fold}",
+        train, valid = _protocol_period(
+            read, params, start, delay_days=delay_days, span=span, name=f"fold {fold}",
             test_part="validation",
-        )
+        )  # fmt: skip
         yield train.assign(**{FOLD_COLUMN: fold, ROLE_COLUMN: "train"})
         yield valid.assign(**{FOLD_COLUMN: fold, ROLE_COLUMN: "valid"})
 
@@ -259,15 +270,10 @@ def prequential_test_parts(
     split."""
     for fold in range(params.test_folds):
         start = prequential_test_train_start(params, fold=fold)
-        train, test = split_period(
-            read,
-            train_start=start,
-            train_days=params.train_days,
-            delay_days=delay_days,
-            test_days=params.test_days,
-            span=span,
+        train, test = _protocol_period(
+            read, params, start, delay_days=delay_days, span=span,
             name=f"prequential test fold {fold}",
-        )
+        )  # fmt: skip
         test_begin = start + dt.timedelta(days=params.train_days + delay_days)
         yield (
             _period(start, params.train_days),
