@@ -65,7 +65,7 @@ def read_committed(root: Path) -> Committed:
 
 
 def _triple(found: dict, key: str) -> str:
-    return " / ".join(f"{found[k]:.3f}" for k in ("auc_roc", "average_precision", key))
+    return " / ".join(f"{found[k]:.3f}" for k in (*METRIC_KEYS, key))
 
 
 def _mean_triple(prequential: dict, key: str) -> str:

@@ -322,7 +322,7 @@ def _wait(names: list[str], poll_seconds: float) -> pd.DataFrame:
             return table[table["experiment"].isin(names) | (table["state"] == "committed")]
         for name in sorted(n for n in names if states.get(n) == "failed" and n not in reported):
             reported.add(name)
-            log.warning("%s failed: %s", name, _failure_reasons([name])[0].split(": ", 1)[1])
+            log.warning("%s failed: %s", name, _failure_reason_of(name))
         done = [name for name in names if states.get(name) == "success"]
         if len(done) > succeeded:
             try:
@@ -420,14 +420,15 @@ def failure_reason(log_text: str) -> str:
     return (ours or dvc_errors or lines or ["no log"])[-1]
 
 
+def _failure_reason_of(name: str) -> str:
+    try:
+        return failure_reason(dvc("queue", "logs", name))
+    except UserError as exc:
+        return f"no log ({exc})"
+
+
 def _failure_reasons(names: list[str]) -> list[str]:
-    reasons = []
-    for name in names:
-        try:
-            reasons.append(f"{name}: {failure_reason(dvc('queue', 'logs', name))}")
-        except UserError as exc:
-            reasons.append(f"{name}: no log ({exc})")
-    return reasons
+    return [f"{name}: {_failure_reason_of(name)}" for name in names]
 
 
 def _report(board: pd.DataFrame, varied: set[str], markdown: str | None) -> None:

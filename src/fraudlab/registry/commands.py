@@ -22,7 +22,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from fraudlab.core.io import atomic_path, write_json
+from fraudlab.core.io import atomic_path, parse_yaml, write_json
 from fraudlab.integrity.committed import (
     committed_lock,
     committed_output,
@@ -31,7 +31,7 @@ from fraudlab.integrity.committed import (
     locked_entry,
     resolve_commit,
 )
-from fraudlab.integrity.lock import check_dvc_status, file_md5
+from fraudlab.integrity.lock import LockedOutput, check_dvc_status, file_md5, locked_outputs
 from fraudlab.registry.tags import (
     ARTIFACT,
     MODEL,
@@ -83,9 +83,13 @@ def load_registry(root: Path) -> Registry:
     return read_registry(read_tags(root))
 
 
+def served_md5s(outputs: list[LockedOutput]) -> dict[str, str]:
+    """The served files' MD5s among a dvc.lock's outputs."""
+    return {entry.path: entry.md5 for entry in outputs if entry.path in SERVED}
+
+
 def locked_md5s(root: Path, commit: str) -> dict[str, str]:
-    outputs = {out.path: out.md5 for out in committed_lock(commit, repo=root)}
-    return {path: outputs[path] for path in SERVED if path in outputs}
+    return served_md5s(committed_lock(commit, repo=root))
 
 
 def checked(root: Path, version: Version) -> Version:
@@ -116,8 +120,8 @@ def _gto_errors() -> Iterator[None]:
         raise RegistryError(f"GTO refused: {exc}") from None
 
 
-def _require_committed_workspace(root: Path) -> str:
-    """HEAD, once the workspace is what it records; the served files' MD5s at HEAD."""
+def _require_committed_workspace(root: Path) -> tuple[str, dict[str, str]]:
+    """HEAD, once the workspace is what it records, and the served files' MD5s at HEAD."""
     changed = git(root, "status", "--porcelain", "--", *_COMMITTED).stdout.decode().strip()
     if changed:
         raise RegistryError(
@@ -137,7 +141,7 @@ def _require_committed_workspace(root: Path) -> str:
                 f"{path}: MD5 {actual} in the workspace differs from {locked[path]} in dvc.lock "
                 "at HEAD; run `dvc checkout` (or `dvc repro`) before registering"
             )
-    return head
+    return head, locked
 
 
 def register(
@@ -152,12 +156,11 @@ def register(
     import gto.api  # only the registry's writers need GTO's Git plumbing
 
     root = repo_root(repo)
-    head = _require_committed_workspace(root)
+    head, md5s = _require_committed_workspace(root)
     registry = load_registry(root)
     already = [v for v in registry.versions.values() if v.commit == head]
     if already:
         raise RegistryError(f"HEAD ({head[:7]}) is already {ARTIFACT} {already[0].version}")
-    md5s = locked_md5s(root, head)
     with _gto_errors():
         gto.api.register(
             str(root), ARTIFACT, head, version=version, message=record_message(md5s, note),
@@ -247,13 +250,19 @@ class Fetched:
 
 
 def fetch(ref: str, out: str | Path, repo: str | Path = ".") -> Fetched:
-    """Write the served files of the version ``ref`` names into ``out`` (with that commit's
-    dvc.lock and a ``registry.json``), each checked against the commit's dvc.lock and the
-    version's record first; ``out`` is replaced whole or left as it was."""
+    """Write the served files of the version ``ref`` names into ``out``: see fetch_version."""
     root = repo_root(repo)
     version, stage = resolve(load_registry(root), ref)
-    checked(root, version)
-    outputs = committed_lock(version.commit, repo=root)
+    return fetch_version(root, version, stage, out)
+
+
+def fetch_version(root: Path, version: Version, stage: str | None, out: str | Path) -> Fetched:
+    """Write ``version``'s served files into ``out`` (with that commit's dvc.lock and a
+    ``registry.json``), each checked against the commit's dvc.lock and the version's record
+    first; ``out`` is replaced whole or left as it was."""
+    lock = git_show(version.commit, "dvc.lock", repo=root)  # read once: checked, then written
+    outputs = locked_outputs(parse_yaml(lock.decode()) or {})
+    check_record(version, served_md5s(outputs))
     contents = {
         path: committed_output(
             version.commit, locked_entry(outputs, path, commit=version.commit), repo=root
@@ -264,7 +273,7 @@ def fetch(ref: str, out: str | Path, repo: str | Path = ".") -> Fetched:
     if out.exists() and not (out / "registry.json").is_file():
         raise RegistryError(f"{out} exists and is not a fetched version: name another --out")
     with atomic_path(out, directory=True) as tmp:
-        (tmp / "dvc.lock").write_bytes(git_show(version.commit, "dvc.lock", repo=root))
+        (tmp / "dvc.lock").write_bytes(lock)
         for path, content in contents.items():
             (tmp / path).parent.mkdir(parents=True, exist_ok=True)
             (tmp / path).write_bytes(content)

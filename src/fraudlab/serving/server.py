@@ -262,7 +262,7 @@ def use_registered_version(args: argparse.Namespace) -> None:
     """Point the model files at the registered version ``--model-version`` names, fetched and
     checked against its commit's dvc.lock and the MD5s its tag records. The workspace's
     ``dvc status`` says nothing about another commit's files, so it is not asked."""
-    from fraudlab.registry.commands import fetch, load_registry, repo_root
+    from fraudlab.registry.commands import fetch_version, load_registry, repo_root
     from fraudlab.registry.tags import MODEL, resolve
 
     default = parser().get_default
@@ -270,8 +270,8 @@ def use_registered_version(args: argparse.Namespace) -> None:
     if given:
         raise UserError(f"--model-version replaces {', '.join(given)}: pass one or the other")
     root = repo_root(args.registry_repo)
-    version, _ = resolve(load_registry(root), args.model_version)
-    fetched = fetch(args.model_version, Path(args.fetch_dir) / version.version, root)
+    version, stage = resolve(load_registry(root), args.model_version)
+    fetched = fetch_version(root, version, stage, Path(args.fetch_dir) / version.version)
     args.model = str(fetched.model)
     args.serving = str(fetched.directory / "models" / "serving.json")
     args.reference = str(fetched.directory / "models" / "reference_profile.json")
