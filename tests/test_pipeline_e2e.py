@@ -618,7 +618,7 @@ def test_grid_search_ranks_flags_failures_and_the_winner_applies(repo):
     )
     env = _env(repo) | {"PYTHONPATH": str(repo / "src")}
     command = [sys.executable, "-m", "fraudlab", "search", "--space", "tiny-search.yaml"]
-    command += ["--poll", "2", "--markdown", "board.md", "grid", "xgboost"]
+    command += ["--engine", "queue", "--poll", "2", "--markdown", "board.md", "grid", "xgboost"]
     done = subprocess.run(command, cwd=repo, env=env, capture_output=True, text=True, check=False)
     assert done.returncode == 1, done.stdout + done.stderr
     assert "1 experiment(s) failed" in done.stderr
@@ -653,6 +653,55 @@ def test_grid_search_ranks_flags_failures_and_the_winner_applies(repo):
     assert "validation.average_precision.mean" in diff["metrics/evaluate/metrics.json"]
     _run(repo, "git", "reset", "-q", "--hard", "HEAD~1")
     _run(repo, *_dvc("checkout", "-q"))
+
+
+def test_warm_search_ranks_in_workers_and_its_best_is_a_dvc_experiment_with_equal_figures(repo):
+    """The default engine on a tiny grid with one invalid value: every configuration ranked by
+    warm workers, the failure flagged with its reason, the best run as a DVC experiment whose
+    validation figures equal the warm ones (the search checks this, and so does this test), and
+    that experiment applies."""
+    (repo / "tiny-search.yaml").write_text(
+        "grids: {xgboost: {max_depth: [2, 4, -1], n_estimators: [5]}}\nrandom: {}\n"
+    )
+    env = _env(repo) | {"PYTHONPATH": str(repo / "src")}
+    command = [sys.executable, "-m", "fraudlab", "search", "--space", "tiny-search.yaml"]
+    command += ["--jobs", "2", "--threads", "1", "--poll", "2", "--markdown", "board.md"]
+    done = subprocess.run(
+        [*command, "grid", "xgboost"], cwd=repo, env=env, capture_output=True, text=True
+    )
+    assert done.returncode == 1, done.stdout + done.stderr
+    assert "1 experiment(s) failed:\n  xgboost-03: " in done.stderr
+    assert "max_depth" in done.stderr.split("xgboost-03: ", 1)[1].splitlines()[0]
+    assert re.search(r"\d of 3 experiments finished \(1 failed\), \d running", done.stderr)
+    assert "3 configurations validated in" in done.stderr
+    rows = [cells(line) for line in (repo / "board.md").read_text().splitlines()[2:] if line]
+    assert len(rows) == 4  # two configurations, the committed model, the failure
+    assert rows[3][:2] == ["-", "xgboost-03"]
+    assert rows[3][4].startswith("**FAILED**: ")
+    configured = [row for row in rows[:3] if not row[1].endswith("(committed)")]
+    best, other = configured
+    # the best is now a DVC experiment, with test figures; the other stays a warm row
+    assert other[1] == "xgboost-01" or other[1] == "xgboost-02"
+    assert other[7] == ""
+    assert best[7] != ""
+    shown = json.loads(_run(repo, *_dvc("exp", "show", "--json")).stdout)
+    names = {e["name"] for b in shown for e in b.get("experiments") or []}
+    assert best[1] in names, (best, names)
+    depth = int(best[3].split("max_depth=")[1].split()[0])
+
+    # the warm figure is the DVC experiment's own, to every digit
+    _run(repo, *_dvc("exp", "apply", best[1]))
+    metrics = json.loads((repo / "metrics/evaluate/metrics.json").read_text())
+    assert f"{metrics['validation']['average_precision']['mean']:.3f}" == best[4].split(" ±")[0]
+    assert yaml.safe_load((repo / "params.yaml").read_text())["train"]["xgboost"]["max_depth"] == (
+        depth
+    )
+    _run(repo, *_dvc("exp", "remove", "-A"))
+    _run(repo, "git", "checkout", "-q", "--", "params.yaml", "dvc.lock", "metrics")
+    _run(repo, *_dvc("checkout", "-q"))
+    (repo / "tiny-search.yaml").unlink()
+    (repo / "board.md").unlink()
+    _assert_clean(repo)
 
 
 def test_retraining_after_drift_beats_the_old_model_on_the_drifted_weeks(repo):

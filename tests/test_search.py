@@ -9,6 +9,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
+import yaml
 
 from fraudlab.core.errors import UserError
 from fraudlab.experiments import search
@@ -20,10 +21,11 @@ from fraudlab.experiments.search import (
     leaderboard,
     load_space,
     queue_states,
-    random_overrides,
+    random_points,
     render,
     uncommitted_inputs,
 )
+from fraudlab.experiments.warm import Candidate, grid_points
 from helpers import cells
 from test_params import ROOT
 
@@ -37,18 +39,45 @@ def test_grid_overrides_are_dvc_grid_syntax():
     ]
 
 
-def test_random_overrides_are_seeded_and_inside_their_ranges():
+def test_random_points_are_seeded_and_inside_their_ranges_and_become_dvc_values():
     space = load_space(ROOT / "search.yaml").random["xgboost"]
-    first = random_overrides("xgboost", space, n=50, seed=3)
-    assert first == random_overrides("xgboost", space, n=50, seed=3)
-    assert first != random_overrides("xgboost", space, n=50, seed=4)
-    assert len({tuple(c) for c in first}) == 50
-    for config in first:
+    first = random_points(space, n=50, seed=3)
+    assert first == random_points(space, n=50, seed=3)
+    assert first != random_points(space, n=50, seed=4)
+    configs = [Candidate("xgboost", point, threads=1).overrides() for point in first]
+    assert len({tuple(c) for c in configs}) == 50
+    for config in configs:
         values = dict(item.split("=", 1) for item in config)
         assert values["train.model"] == "xgboost"
+        assert values["train.n_jobs"] == "1"
         assert 2 <= int(values["train.xgboost.max_depth"]) <= 8
         assert 0.02 <= float(values["train.xgboost.learning_rate"]) <= 0.5
         assert 0.5 <= float(values["train.xgboost.subsample"]) <= 1.0
+
+
+def test_a_grid_is_every_combination_in_dvc_order_and_applies_to_params_as_dvc_would():
+    points = grid_points({"max_depth": [3, 6], "learning_rate": [0.1, 0.3]})
+    assert points == [
+        {"max_depth": 3, "learning_rate": 0.1},
+        {"max_depth": 3, "learning_rate": 0.3},
+        {"max_depth": 6, "learning_rate": 0.1},
+        {"max_depth": 6, "learning_rate": 0.3},
+    ]
+    raw = yaml.safe_load((ROOT / "params.yaml").read_text())
+    changed = Candidate("random_forest", {"max_depth": 5}, threads=2).apply(raw)
+    assert changed["train"]["model"] == "random_forest"
+    assert changed["train"]["random_forest"]["max_depth"] == 5
+    assert changed["train"]["n_jobs"] == 2
+    assert raw["train"]["model"] == "xgboost"  # the params as read are left alone
+    # every value goes through -S as YAML: what DVC then writes is what the warm run used
+    candidate = Candidate("logistic_regression", {"C": 0.1, "solver": "lbfgs", "dual": False})
+    values = dict(o.split("=", 1) for o in candidate.overrides())
+    assert {k: yaml.safe_load(v) for k, v in values.items()} == {
+        "train.model": "logistic_regression",
+        "train.logistic_regression.C": 0.1,
+        "train.logistic_regression.solver": "lbfgs",
+        "train.logistic_regression.dual": False,
+    }
 
 
 def test_the_committed_search_space_holds_the_handbook_grids():

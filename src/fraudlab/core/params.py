@@ -347,10 +347,16 @@ def _parse_all(raw: dict, path: str | Path) -> dict[str, _Section]:
 def load_params(path: str | Path, *sections: str) -> dict[str, _Section]:
     """Read ``params.yaml``, validate every section in it, and return the requested ones."""
     raw = read_yaml(path) or {}
-    if not isinstance(raw, dict):
-        raise ParamsError(f"{path}: expected a mapping of sections, got {type(raw).__name__}")
-    missing = [s for s in sections if s not in raw]
+    missing = [s for s in sections if isinstance(raw, dict) and s not in raw]
     if missing:
         raise ParamsError(f"{path}: missing params section(s): {', '.join(missing)}")
-    parsed = _parse_all(raw, path)
+    parsed = parse_params(raw, path)
     return {name: parsed[name] for name in sections}
+
+
+def parse_params(raw: object, path: str | Path) -> dict[str, _Section]:
+    """Every section of params as read (e.g. with a search's values set), validated; ``path``
+    names where they came from in the error."""
+    if not isinstance(raw, dict):
+        raise ParamsError(f"{path}: expected a mapping of sections, got {type(raw).__name__}")
+    return _parse_all(raw, path)

@@ -21,6 +21,7 @@ import json
 import logging
 import math
 import re
+import shlex
 import subprocess
 import sys
 import time
@@ -35,6 +36,7 @@ from fraudlab.core.errors import UserError
 from fraudlab.core.io import read_yaml
 from fraudlab.core.params import load_params
 from fraudlab.experiments.tables import markdown_table
+from fraudlab.experiments.warm import Candidate, Outcome, Point, dvc_value, grid_points, run_warm
 from fraudlab.modeling.metrics import card_precision_key
 
 log = logging.getLogger(__name__)
@@ -85,15 +87,10 @@ def load_space(path: str | Path) -> SearchSpace:
         raise UserError(f"{path}: {exc}") from None
 
 
-def _value(value: object) -> str:
-    """A value as `dvc exp run -S` parses it (YAML)."""
-    return json.dumps(value) if isinstance(value, str) else str(value).lower()
-
-
 def grid_overrides(family: str, grid: dict[str, list]) -> list[str]:
     """`-S` values that make DVC queue the whole grid (comma lists are crossed)."""
     return [f"train.model={family}"] + [
-        f"train.{family}.{name}={','.join(_value(v) for v in values)}"
+        f"train.{family}.{name}={','.join(dvc_value(v) for v in values)}"
         for name, values in grid.items()
     ]
 
@@ -109,16 +106,10 @@ def _draw(distribution: Distribution, rng: np.random.Generator) -> object:
     return int(rng.integers(distribution.int[0], distribution.int[1] + 1))
 
 
-def random_overrides(
-    family: str, space: dict[str, Distribution], n: int, seed: int
-) -> list[list[str]]:
-    """``n`` sampled configurations, each the `-S` values of one experiment."""
+def random_points(space: dict[str, Distribution], n: int, seed: int) -> list[Point]:
+    """``n`` sampled configurations (the same ones for the same seed)."""
     rng = np.random.default_rng(seed)
-    return [
-        [f"train.model={family}"]
-        + [f"train.{family}.{name}={_value(_draw(d, rng))}" for name, d in space.items()]
-        for _ in range(n)
-    ]
+    return [{name: _draw(d, rng) for name, d in space.items()} for _ in range(n)]
 
 
 def _metric(metrics: dict, *path: str) -> float:
@@ -135,6 +126,7 @@ def _row(name: str, revision: str, data: dict, state: str) -> dict:
     hyper = train.get(family, {})
     ok = state in _MEASURED
     row = {"experiment": name, "rev": revision, "family": family, "state": state, "params": hyper}
+    row["reason"] = ""  # why it failed, when known without its log (a warm search's failure)
     # Card precision's key carries the experiment's own k: read it under a name without k.
     keys = {
         "average_precision": "average_precision",
@@ -200,8 +192,14 @@ def card_precision_label(board: pd.DataFrame) -> str:
     return f"CP@{ks.pop()}" if len(ks) == 1 else "CP@k"
 
 
+def figure(value: float, digits: int = 3) -> str:
+    """A metric's cell: empty where there is no figure (a warm row has no test figures)."""
+    return "" if math.isnan(value) else f"{value:.{digits}f}"
+
+
 def card_precision_cell(value: float, k: int | None, label: str, digits: int = 3) -> str:
-    return f"{value:.{digits}f}" if label != "CP@k" else f"{value:.{digits}f} (k={k})"
+    shown = figure(value, digits)
+    return shown if label != "CP@k" or not shown else f"{shown} (k={k})"
 
 
 def render(board: pd.DataFrame, varied: set[str]) -> str:
@@ -217,6 +215,7 @@ def render(board: pd.DataFrame, varied: set[str]) -> str:
         }
         if row.state not in _MEASURED:
             hint = f" (`dvc queue logs {row.experiment}`)" if row.state == "failed" else ""
+            hint = f": {row.reason}" if row.reason else hint
             rows.append(cells | {"#": "-", "val AP (± std)": f"**{row.state.upper()}**{hint}"})
             continue
         rows.append(
@@ -226,8 +225,8 @@ def render(board: pd.DataFrame, varied: set[str]) -> str:
                 f"{row.validation_average_precision_std:.3f}",
                 "val AUC": f"{row.validation_auc_roc:.3f}",
                 f"val {cp}": card_precision_cell(row.validation_card_precision, row.top_k, cp),
-                "test AP": f"{row.test_average_precision:.3f}",
-                "test AUC": f"{row.test_auc_roc:.3f}",
+                "test AP": figure(row.test_average_precision),
+                "test AUC": figure(row.test_auc_roc),
                 f"test {cp}": card_precision_cell(row.test_card_precision, row.top_k, cp),
             }
         )
@@ -263,12 +262,14 @@ def _outputs() -> set[Path]:
     }
 
 
+def _flags(overrides: list[str]) -> list[str]:
+    return [arg for override in overrides for arg in ("-S", override)]
+
+
 def _queue(overrides: list[str]) -> list[str]:
     # only up to the stage whose metrics rank them: the prequential test and the monitor are
     # for the model that is kept, and `dvc repro` runs them after `dvc exp apply`
-    output = dvc(
-        "exp", "run", "--queue", RANKING_STAGE, *(arg for o in overrides for arg in ("-S", o))
-    )
+    output = dvc("exp", "run", "--queue", RANKING_STAGE, *_flags(overrides))
     return _QUEUED.findall(output)
 
 
@@ -391,10 +392,8 @@ def uncommitted_inputs(source: Path, *, pipeline_outputs: set[Path]) -> list[str
     return problems
 
 
-def _run_search(batches: list[list[str]], jobs: int, poll_seconds: float) -> pd.DataFrame:
-    started = time.perf_counter()
-    names = [name for overrides in batches for name in _queue(overrides)]
-    log.info("queued %d experiments; starting %d queue worker(s)", len(names), jobs)
+def _run_queue(names: list[str], jobs: int, poll_seconds: float) -> pd.DataFrame:
+    """Start ``jobs`` queue workers and wait for the named experiments; their rows."""
     # The worker outlives this call and keeps its stdout: never wait on that pipe.
     subprocess.run(
         [str(Path(sys.executable).parent / "dvc"), "queue", "start", "--jobs", str(jobs)],
@@ -402,7 +401,14 @@ def _run_search(batches: list[list[str]], jobs: int, poll_seconds: float) -> pd.
         stderr=subprocess.DEVNULL,
         check=True,
     )
-    finished = _wait(names, poll_seconds)
+    return _wait(names, poll_seconds)
+
+
+def _run_search(batches: list[list[str]], jobs: int, poll_seconds: float) -> pd.DataFrame:
+    started = time.perf_counter()
+    names = [name for overrides in batches for name in _queue(overrides)]
+    log.info("queued %d experiments; starting %d queue worker(s)", len(names), jobs)
+    finished = _run_queue(names, jobs, poll_seconds)
     log.info(
         "%d experiments finished in %.0f s (queueing, DVC overhead and runs)",
         len(names),
@@ -427,11 +433,18 @@ def _failure_reason_of(name: str) -> str:
         return f"no log ({exc})"
 
 
-def _failure_reasons(names: list[str]) -> list[str]:
-    return [f"{name}: {_failure_reason_of(name)}" for name in names]
+def _failure_reasons(failed: pd.DataFrame) -> list[str]:
+    return [
+        f"{row.experiment}: {row.reason or _failure_reason_of(row.experiment)}"
+        for row in failed.itertuples(index=False)
+    ]
 
 
-def _report(board: pd.DataFrame, varied: set[str], markdown: str | None) -> None:
+def _report(
+    board: pd.DataFrame, varied: set[str], markdown: str | None, unrun: dict[str, str]
+) -> None:
+    """Print the leaderboard and how to apply the best; ``unrun`` maps a warm search's label to
+    the `-S` values that make it a DVC experiment (its best was not confirmed)."""
     table = render(board, varied)
     print(table)
     if markdown:
@@ -439,35 +452,199 @@ def _report(board: pd.DataFrame, varied: set[str], markdown: str | None) -> None
     measured = board[board["state"].isin(_MEASURED)]
     if len(measured) and measured.iloc[0]["state"] == "committed":
         print("The committed model stays ahead: no experiment beats it on validation AP.")
+    elif len(measured) and measured.iloc[0]["experiment"] in unrun:
+        values = unrun[measured.iloc[0]["experiment"]]
+        print(f"Best on validation AP: {measured.iloc[0]['experiment']}. Run and apply it with:")
+        print(f"  {values} && dvc repro")
     elif len(measured):
         best = measured.iloc[0]["experiment"]
         print(f"Best on validation AP: {best}. Apply it with:\n  dvc exp apply {best} && dvc repro")
         print(f'  git add -A && git commit -m "Select {best}: ..."  # then dvc metrics diff HEAD~1')
     failed = board[board["state"] == "failed"]
     if len(failed):
-        reasons = "\n  ".join(_failure_reasons(list(failed["experiment"])))
+        reasons = "\n  ".join(_failure_reasons(failed))
+        raise UserError(f"{len(failed)} experiment(s) failed:\n  {reasons}")
+
+
+# --- the warm search: ranked in warm worker processes, the best confirmed by DVC -------------
+
+
+def _exp_data(train: dict, top_k: int, metrics: dict) -> dict:
+    """A warm outcome in the shape `dvc exp show --json` gives an experiment (one row reader)."""
+    params = {"train": train, "evaluate": {"top_k": top_k}}
+    return {
+        "params": {"params.yaml": {"data": params}},
+        "metrics": {METRICS_FILE: {"data": {"validation": metrics}}},
+    }
+
+
+def warm_row(label: str, outcome: Outcome, top_k: int) -> dict:
+    """A leaderboard row of a warm outcome: validation figures only (no test figures exist)."""
+    candidate = outcome.candidate
+    train = {"model": candidate.family, candidate.family: candidate.point}
+    state = "failed" if outcome.error else "success"
+    row = _row(label, "", _exp_data(train, top_k, outcome.metrics), state)
+    return row | {"reason": outcome.error}
+
+
+_COMPARED = [
+    "validation_average_precision",
+    "validation_average_precision_std",
+    "validation_auc_roc",
+    "validation_card_precision",
+]
+
+
+def confirmation_mismatches(warm: pd.Series, confirmed: pd.Series) -> list[str]:
+    """The validation figures a DVC experiment and its warm run disagree on (exact floats)."""
+    return [
+        f"{column} {warm[column]!r} (warm) != {confirmed[column]!r} (DVC)"
+        for column in _COMPARED
+        if warm[column] != confirmed[column]
+    ]
+
+
+def _confirm(
+    board: pd.DataFrame, labels: dict[str, Candidate], confirm: int, jobs: int, poll_seconds: float
+) -> pd.DataFrame:
+    """Queue the best ``confirm`` warm configurations as DVC experiments; the board with them
+    named as DVC names them, with their test figures."""
+    warm = board[(board["rev"] == "") & (board["state"] == "success")]
+    chosen = list(warm["experiment"][:confirm])
+    if not chosen:
+        return board
+    names = {label: _queue(labels[label].overrides())[0] for label in chosen}
+    log.info("confirming %s as DVC experiment(s) %s", ", ".join(chosen), ", ".join(names.values()))
+    finished = _run_queue(list(names.values()), min(jobs, len(names)), poll_seconds)
+    by_name = finished.set_index("experiment")
+    rows = []
+    for row in board.to_dict("records"):
+        name = names.get(row["experiment"])
+        if name is None:
+            rows.append(row)
+            continue
+        confirmed = by_name.loc[name]
+        if confirmed["state"] != "success":
+            raise UserError(
+                f"{row['experiment']} ran as DVC experiment {name} and failed: "
+                f"{_failure_reason_of(name)}"
+            )
+        mismatches = confirmation_mismatches(pd.Series(row), confirmed)
+        if mismatches:
+            raise UserError(
+                f"{row['experiment']}: the DVC experiment {name} does not reproduce the warm "
+                f"search's figures: {'; '.join(mismatches)}"
+            )
+        rows.append(confirmed.to_dict() | {"experiment": name})
+    return leaderboard(pd.DataFrame(rows))
+
+
+def _split_is_current(params_path: str) -> Path:
+    """The validation folds a warm search reads, refused unless `dvc status` says the split and
+    every stage before it are what the workspace's code, params and data produce."""
+    changed = json.loads(dvc("status", "--json", "--with-deps", "split") or "{}")
+    if changed:
         raise UserError(
-            f"{len(failed)} experiment(s) failed (`dvc queue logs <name>` has the whole log):"
-            f"\n  {reasons}"
+            f"`dvc status` reports changes in {', '.join(sorted(changed))}: the validation folds "
+            f"are not what {params_path} and the code produce; run `dvc repro split` first"
         )
+    return Path("data/split/folds.parquet")
+
+
+def _warm_search(
+    candidates: list[Candidate], *, params_path: str, jobs: int, confirm: int, poll: float
+) -> tuple[pd.DataFrame, dict[str, str]]:
+    folds = _split_is_current(params_path)
+    raw = read_yaml(params_path)
+    top_k = int(raw["evaluate"]["top_k"])
+    labels = {f"{c.family}-{i:02d}": c for i, c in enumerate(candidates, start=1)}
+    label_of = {id(c): label for label, c in labels.items()}
+    started, rows, fits = time.perf_counter(), [], 0.0
+    log.info("validating %d configurations on %d warm worker(s)", len(candidates), jobs)
+    for outcome, remaining in run_warm(
+        candidates, raw=raw, folds=folds, jobs=jobs, origin=params_path
+    ):
+        label = label_of[id(outcome.candidate)]
+        rows.append(warm_row(label, outcome, top_k))
+        fits += outcome.fit_seconds
+        if outcome.error:
+            log.warning("%s failed: %s", label, outcome.error)
+        states = {row["experiment"]: row["state"] for row in rows}
+        running = min(jobs, remaining)
+        states |= dict.fromkeys(
+            [label for label in labels if label not in states][:running], "running"
+        )
+        best = best_so_far(pd.DataFrame(rows), [row["experiment"] for row in rows])
+        log.info("%s", progress(states, list(labels), time.perf_counter() - started, best))
+    wall = time.perf_counter() - started
+    print(
+        f"{len(candidates)} configurations validated in {wall:.0f} s on {jobs} worker(s): "
+        f"fits {fits:.0f} worker-seconds, per configuration {wall * jobs / len(candidates):.1f} "
+        f"worker-seconds of which fits {fits / len(candidates):.1f} s",
+        file=sys.stderr,
+    )
+    committed = experiments(_exp_show())
+    board = leaderboard(
+        pd.concat(
+            [pd.DataFrame(rows), committed[committed["state"] == "committed"]], ignore_index=True
+        )
+    )
+    confirmed = _confirm(board, labels, confirm, jobs, poll)
+    log.info("search finished in %.0f s", time.perf_counter() - started)
+    unrun = {
+        label: shlex.join(["dvc", "exp", "run", RANKING_STAGE, *_flags(c.overrides())])
+        for label, c in labels.items()
+    }
+    return confirmed, unrun
+
+
+def _candidates(args: argparse.Namespace, space: SearchSpace) -> tuple[list[Candidate], set[str]]:
+    """The configurations a grid or random search asks for, and the hyperparameters varied."""
+    if args.command == "random":
+        points = random_points(space.random[args.family], args.n, args.seed)
+        found = [Candidate(args.family, point, args.threads) for point in points]
+        return found, set(space.random[args.family])
+    families = args.families or list(FAMILIES)
+    unknown = sorted(set(families) - set(FAMILIES))
+    if unknown:
+        raise UserError(f"unknown model family {unknown}: choose from {list(FAMILIES)}")
+    found = [
+        Candidate(family, point, args.threads)
+        for family in families
+        for point in grid_points(space.grids[family])
+    ]
+    return found, {name for f in families for name in space.grids[f]}
 
 
 def search(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="fraudlab search", description=__doc__.splitlines()[0])
     parser.add_argument("--space", default="search.yaml", help="search spaces (YAML)")
     parser.add_argument("--params", default="params.yaml", help="params (default: %(default)s)")
-    parser.add_argument("--jobs", type=int, default=1, help="queue workers (default: 1)")
+    parser.add_argument("--jobs", type=int, default=1, help="worker processes (default: 1)")
     parser.add_argument(
         "--threads",
         type=int,
-        help="set train.n_jobs in every experiment, e.g. 1 with --jobs 2 on 2 cores",
+        help="set train.n_jobs in every configuration, e.g. 1 with --jobs 2 on 2 cores",
+    )
+    parser.add_argument(
+        "--engine",
+        choices=["warm", "queue"],
+        default="warm",
+        help="warm: rank in warm worker processes, confirm the best as DVC experiments; "
+        "queue: every configuration a queued DVC experiment (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--confirm",
+        type=int,
+        default=1,
+        help="warm: the best N configurations run as DVC experiments (default: 1)",
     )
     parser.add_argument("--poll", type=float, default=15.0, help="seconds between queue checks")
     parser.add_argument("--markdown", help="also write the leaderboard to this file")
     commands = parser.add_subparsers(dest="command", required=True)
-    grid = commands.add_parser("grid", help="queue and run the grids of search.yaml")
+    grid = commands.add_parser("grid", help="run the grids of search.yaml")
     grid.add_argument("families", nargs="*", metavar="family", help=f"default: {FAMILIES}")
-    sampled = commands.add_parser("random", help="queue and run sampled configurations")
+    sampled = commands.add_parser("random", help="run sampled configurations")
     sampled.add_argument("family", choices=FAMILIES)
     sampled.add_argument("-n", type=int, default=20, help="configurations (default: 20)")
     sampled.add_argument("--seed", type=int, default=0)
@@ -477,26 +654,30 @@ def search(argv: list[str] | None = None) -> None:
     space = load_space(args.space)
     if args.command == "leaderboard":
         board = leaderboard(experiments(_exp_show()))
-        _report(board, _varied(board), args.markdown)
+        _report(board, _varied(board), args.markdown, {})
         return
-    if args.command == "grid":
-        families = args.families or list(FAMILIES)
-        unknown = sorted(set(families) - set(FAMILIES))
-        if unknown:
-            raise UserError(f"unknown model family {unknown}: choose from {list(FAMILIES)}")
-        batches = [grid_overrides(f, space.grids[f]) for f in families]
-        varied = {name for f in families for name in space.grids[f]}
-    else:
-        batches = random_overrides(args.family, space.random[args.family], args.n, args.seed)
-        varied = set(space.random[args.family])
-    if args.threads:
-        batches = [[*overrides, f"train.n_jobs={args.threads}"] for overrides in batches]
+    candidates, varied = _candidates(args, space)
     problems = uncommitted_inputs(
         Path(load_params(args.params, "source")["source"].path), pipeline_outputs=_outputs()
     )
-    if problems:
+    if problems and (args.engine == "queue" or args.confirm):
         raise UserError(
-            "nothing was queued: experiments run in a copy of the last commit, where\n  "
+            "nothing was run: DVC experiments run in a copy of the last commit, where\n  "
             + "\n  ".join(problems)
         )
-    _report(leaderboard(_run_search(batches, args.jobs, args.poll)), varied, args.markdown)
+    if args.engine == "warm":
+        board, unrun = _warm_search(
+            candidates,
+            params_path=args.params,
+            jobs=args.jobs,
+            confirm=args.confirm,
+            poll=args.poll,
+        )
+        _report(board, varied, args.markdown, unrun)
+        return
+    if args.command == "grid":
+        batches = [grid_overrides(f, space.grids[f]) for f in args.families or FAMILIES]
+        batches = [[*b, f"train.n_jobs={args.threads}"] if args.threads else b for b in batches]
+    else:
+        batches = [candidate.overrides() for candidate in candidates]
+    _report(leaderboard(_run_search(batches, args.jobs, args.poll)), varied, args.markdown, {})
