@@ -8,6 +8,7 @@ import math
 import subprocess
 from pathlib import Path
 
+import pandas as pd
 import pytest
 import yaml
 
@@ -25,7 +26,7 @@ from fraudlab.experiments.search import (
     render,
     uncommitted_inputs,
 )
-from fraudlab.experiments.warm import Candidate, grid_points
+from fraudlab.experiments.warm import Candidate, Outcome, grid_points
 from helpers import cells
 from test_params import ROOT
 
@@ -418,3 +419,68 @@ def test_an_experiment_still_running_has_a_row_without_metrics():
     assert busy["state"] == "running"
     assert math.isnan(busy["validation_average_precision"])
     assert search.best_so_far(table, ["done", "busy"]) == "done (validation AP 0.7000)"
+
+
+def _commit_with(ap: float, runs: list[dict]) -> dict:
+    """`dvc exp show` of the commit (validation AP ``ap``) and its experiments ``runs``."""
+    committed = _experiment("main", "xgboost", 3, ap, "success")["revs"][0]
+    return {"rev": "a" * 40, "name": "main", "data": committed["data"], "experiments": runs}
+
+
+def _warm(label: str, depth: int, ap: float, error: str = "") -> dict:
+    metrics = {} if error else _metrics(ap)["metrics/evaluate/metrics.json"]["data"]["validation"]
+    outcome = Outcome(Candidate("xgboost", {"max_depth": depth}), metrics, error, 1.0)
+    return search.warm_row(label, outcome, top_k=100)
+
+
+def test_warm_rows_rank_with_the_committed_model_and_show_no_test_figures():
+    committed = experiments([_commit_with(0.72, [])])
+    board = leaderboard(
+        pd.DataFrame(
+            [
+                _warm("xgboost-01", 3, 0.70),
+                _warm("xgboost-02", 6, 0.75),
+                _warm("xgboost-03", -1, 0, error="max_depth: must be >= 0"),
+            ]
+        ).pipe(lambda warm: pd.concat([warm, committed], ignore_index=True))
+    )
+    assert list(board["experiment"]) == [
+        "xgboost-02",
+        "main (committed)",
+        "xgboost-01",
+        "xgboost-03",
+    ]
+    rows = [cells(line) for line in render(board, {"max_depth"}).splitlines()[2:]]
+    assert rows[0][4:7] == ["0.750 ± 0.050", "0.850", "0.310"]
+    assert rows[0][7:] == ["", "", ""]  # selection never computed them
+    assert rows[3][4] == "**FAILED**: max_depth: must be >= 0"
+
+
+def _confirm_with(monkeypatch, confirmed_ap: float) -> pd.DataFrame:
+    board = leaderboard(pd.DataFrame([_warm("xgboost-01", 3, 0.70), _warm("xgboost-02", 6, 0.75)]))
+    labels = {
+        "xgboost-01": Candidate("xgboost", {"max_depth": 3}),
+        "xgboost-02": Candidate("xgboost", {"max_depth": 6}),
+    }
+    queued = []
+    monkeypatch.setattr(search, "_queue", lambda o: queued.append(o) or ["lucky-dvc"])
+    show = [_commit_with(0.72, [_experiment("lucky-dvc", "xgboost", 6, confirmed_ap, "success")])]
+    monkeypatch.setattr(search, "_run_queue", lambda names, jobs, poll: experiments(show))
+    found = search._confirm(board, labels, confirm=1, jobs=2, poll_seconds=0)
+    assert queued == [["train.model=xgboost", "train.xgboost.max_depth=6"]]  # the best only
+    return found
+
+
+def test_the_best_warm_configuration_becomes_the_dvc_experiment_that_reproduces_it(monkeypatch):
+    board = _confirm_with(monkeypatch, confirmed_ap=0.75)
+    assert list(board["experiment"]) == ["lucky-dvc", "xgboost-01"]
+    assert board.loc[0, "test_average_precision"] == pytest.approx(0.74)
+
+
+def test_a_dvc_experiment_that_disagrees_with_its_warm_run_fails_the_search(monkeypatch):
+    with pytest.raises(
+        UserError,
+        match=r"xgboost-02: the DVC experiment lucky-dvc does not "
+        r"reproduce .*validation_average_precision 0\.75 \(warm\) != 0\.7501",
+    ):
+        _confirm_with(monkeypatch, confirmed_ap=0.7501)

@@ -498,7 +498,7 @@ _COMPARED = [
 def confirmation_mismatches(warm: pd.Series, confirmed: pd.Series) -> list[str]:
     """The validation figures a DVC experiment and its warm run disagree on (exact floats)."""
     return [
-        f"{column} {warm[column]!r} (warm) != {confirmed[column]!r} (DVC)"
+        f"{column} {float(warm[column])!r} (warm) != {float(confirmed[column])!r} (DVC)"
         for column in _COMPARED
         if warm[column] != confirmed[column]
     ]
