@@ -1,15 +1,17 @@
-"""Hyperparameter search through queued DVC experiments, and a leaderboard of the results.
+"""Hyperparameter search, and a leaderboard of the results.
 
     fraudlab search grid                     # the handbook's grids, every family
-    fraudlab search grid xgboost --jobs 1    # one family's grid
+    fraudlab search grid xgboost --jobs 2    # one family's grid on two worker processes
     fraudlab search random xgboost -n 20 --seed 0
-    fraudlab search leaderboard              # every experiment of the current commit
+    fraudlab search leaderboard              # every DVC experiment of the current commit
 
-``grid`` and ``random`` queue experiments (``dvc exp run --queue evaluate -S ...``: each runs up to
-the stage whose metrics rank it), start the queue (``dvc queue start``), report the progress
-(finished, failed with the reason, running, queued, the best so far) while they run, and print
-the leaderboard sorted by mean validation AP, with failed experiments flagged: ``dvc queue
-start`` itself reports success even when a run fails.
+``grid`` and ``random`` validate every configuration in warm worker processes
+(``fraudlab.experiments.warm``), report the progress (finished, failed with the reason, running,
+queued, the best so far) as they go, then run the best as a DVC experiment (``dvc exp run --queue
+evaluate -S ...``: up to the stage whose metrics rank it) whose validation figures must equal
+the warm ones, and print the leaderboard sorted by mean validation AP, failures flagged. With
+``--engine queue`` every configuration is a queued DVC experiment instead (``dvc queue start``
+itself reports success even when a run fails: the states come from ``dvc queue status``).
 The winner is applied with ``dvc exp apply <name>``, its prequential test and monitoring run by
 ``dvc repro``, and committed (docs/experiments.md).
 """
