@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -15,6 +16,7 @@ import pandas as pd
 import pytest
 
 from conftest import STORAGE_YAML, contract_params, source_params
+from fraudlab.scaleout.engine import PARTITIONS_VAR
 from fraudlab.stages.validate import validate
 from helpers import run_stage
 
@@ -80,6 +82,8 @@ class Case:
     contract: dict = field(default_factory=dict)
     quarantined: dict[str, str] = field(default_factory=dict)  # transaction_id -> reason
     duplicates: int = 0
+    folded: int = 0  # re-exported copies: equal to an earlier row once parsed
+    amounts_given: dict[str, str] = field(default_factory=dict)  # rejected id -> amount text
 
 
 FILE_LEVEL = [
@@ -134,6 +138,26 @@ FILE_LEVEL = [
         source={"extra_columns": ["merchant"]},
     ),
     Case(
+        "trailing-delimiter-on-every-row",  # the header has none: never a shifted frame
+        _csv([row + "," for row in _good_rows()]),
+        "kept 40 of 40 rows",
+        exit_code=0,
+    ),
+    Case(
+        "trailing-delimiter-and-a-value-after-it",
+        _csv([row + ("," if i != 4 else ",surplus") for i, row in enumerate(_good_rows())]),
+        r"data row 5 has 7 fields where the header has 6 \(a value after the last column: "
+        r"'surplus'\)",
+    ),
+    Case(
+        "label-words-unknown",  # Y/N with the default label params
+        _csv(
+            [row[: row.rindex(",")] + (",Y" if row.endswith("1") else ",N") for row in _good_rows()]
+        ),
+        r"tx_fraud holds label words no label param lists: 'N', 'Y'\. List each in "
+        r"source\.fraud_values or source\.legit_values",
+    ),
+    Case(
         "semicolon-separated",
         _csv([r.replace(",", ";") for r in _good_rows()], HEADER.replace(",", ";")),
         r"the header is one column holding ';': the file is not comma-separated",
@@ -166,8 +190,9 @@ FILE_LEVEL = [
         r"validate.max_rejected_share \(10.00%\):\n"
         r"  column tx_datetime, rule 'unparseable tx_datetime': 1 rows, e.g. row 8: 'soon'\n"
         r"  column customer_id, rule 'null customer_id': 1 rows, e.g. row 9: empty\n"
-        r"  column tx_amount, rule 'negative tx_amount': 5 rows, e.g. row 2: -1.0, row 3: -1.0, "
-        r"row 4: -1.0\n.*Nothing was written",
+        r"  column tx_amount, rule 'negative tx_amount': 5 rows, e.g. row 2: '-1.00' \(read as "
+        r"-1.0\), row 3: '-1.00' \(read as -1.0\), row 4: '-1.00' \(read as -1.0\)\n.*Nothing "
+        r"was written: .* do not exist yet",
         contract={"max_rejected_share": 0.1, "example_values": 3},
     ),
 ]
@@ -205,10 +230,26 @@ ROW_LEVEL = [
     Case(
         "local-time-in-dst-gap",  # 02:30 did not exist in Brussels on 2018-03-25
         _replace({7: _field(7, "tx_datetime", "2018-03-25 02:30:00")}),
-        "unparseable tx_datetime",
+        r"rule 'tx_datetime skipped by Europe/Brussels's daylight-saving change \(clocks go "
+        r"forward\)': 1 rows, e.g. row 7: '2018-03-25 02:30:00'",
         exit_code=0,
         source={"timezone": "Europe/Brussels"},
-        quarantined={"7": "unparseable tx_datetime"},
+        quarantined={
+            "7": "tx_datetime skipped by Europe/Brussels's daylight-saving change "
+            "(clocks go forward)"
+        },
+    ),
+    Case(
+        "local-time-passed-twice",  # 02:30 happened twice in Brussels on 2018-10-28
+        _replace({7: _field(7, "tx_datetime", "2018-10-28 02:30:00")}),
+        r"rule 'tx_datetime ambiguous in Europe/Brussels: clocks go back and pass it twice "
+        r"\(add the UTC offset to the export\)': 1 rows",
+        exit_code=0,
+        source={"timezone": "Europe/Brussels"},
+        quarantined={
+            "7": "tx_datetime ambiguous in Europe/Brussels: clocks go back and pass it "
+            "twice (add the UTC offset to the export)"
+        },
     ),
     Case(
         "missing-customer",
@@ -366,6 +407,29 @@ ROW_LEVEL = [
         "blank-lines-at-the-end", _csv(_good_rows()) + b"\n\n\n", "kept 40 of 40 rows", exit_code=0
     ),
     Case(
+        "re-exported-duplicates-folded",  # the same rows written again: 4.500, a T, +0 offset
+        _csv(
+            [
+                *_good_rows(),
+                _good_rows()[2].replace("4.50", "4.500"),
+                _good_rows()[3].replace(" ", "T"),
+                _good_rows()[5].replace(":00,", ":00+00:00,", 1),
+            ]
+        ),
+        r"kept 40 of 43 rows; quarantined 0 \(none\); dropped 0 exact duplicates; folded 3 "
+        r"re-exported copies",
+        exit_code=0,
+        folded=3,
+    ),
+    Case(
+        "rejected-row-keeps-the-amount-as-given",
+        _replace({9: _field(9, "tx_amount", "-111.590")}),
+        r"rule 'negative tx_amount': 1 rows, e.g. row 9: '-111.590' \(read as -111.59\)",
+        exit_code=0,
+        quarantined={"9": "negative tx_amount"},
+        amounts_given={"9": "-111.590"},
+    ),
+    Case(
         "header-repeated-mid-file",  # e.g. two exports concatenated: that line is quarantined
         _csv([*_good_rows()[:20], HEADER, *_good_rows()[20:]]),
         r"'transaction_id not an integer': 1 rows, e.g. row 21: 'transaction_id'",
@@ -420,7 +484,12 @@ def test_bad_input(tmp_path, caplog, case):
     assert dict(zip(ids, rejected["rejection_reason"], strict=True)) == case.quarantined
     assert report["rows_rejected"] == len(rejected)
     assert report["exact_duplicates_dropped"] == case.duplicates
-    assert report["rows_read"] == report["rows_kept"] + len(rejected) + case.duplicates
+    assert report["reexports_folded"] == case.folded
+    assert report["rows_read"] == (
+        report["rows_kept"] + len(rejected) + case.duplicates + case.folded
+    )
+    given = dict(zip(ids, rejected["tx_amount"].astype("string"), strict=True))
+    assert {tx: given[tx] for tx in case.amounts_given} == case.amounts_given
     assert len(clean) == report["rows_kept"]
     for column in ("transaction_id", "customer_id", "terminal_id"):  # never retyped
         assert clean[column].dtype == "int64", column
@@ -510,3 +579,109 @@ def test_zero_padded_ids_without_text_ids_fail_with_the_hint(tmp_path, caplog):
     assert code == 1
     assert "'terminal_id with leading zeros': 40 rows" in caplog.text
     assert "list them in source.text_ids" in caplog.text
+
+
+# --- Parquet dataset directories: every part read with its own schema and parsed alike ------
+
+
+def _frame() -> pd.DataFrame:
+    return pd.read_csv(pd.io.common.BytesIO(_csv(_good_rows())))
+
+
+def _parquet(frame: pd.DataFrame) -> bytes:
+    buffer = pd.io.common.BytesIO()
+    frame.to_parquet(buffer, index=False)
+    return buffer.getvalue()
+
+
+def _halves(second: Callable[[pd.DataFrame], pd.DataFrame] = lambda f: f) -> dict[str, bytes]:
+    """The good rows in two parts, the second changed by ``second``."""
+    frame = _frame()
+    return {"part-0.parquet": _parquet(frame[:20]), "part-1.parquet": _parquet(second(frame[20:]))}
+
+
+def _amounts_as_text(frame: pd.DataFrame, odd: dict[int, str] | None = None) -> pd.DataFrame:
+    text = frame["tx_amount"].map(lambda v: f"{v:.3f}")  # '1.500': another writer's export
+    for tx_id, value in (odd or {}).items():
+        text[frame["transaction_id"] == tx_id] = value
+    return frame.assign(tx_amount=text)
+
+
+@dataclass(frozen=True)
+class DatasetCase:
+    id: str
+    parts: dict[str, bytes]  # relative path -> content
+    message: str
+    exit_code: int = 1
+    quarantined: dict[str, str] = field(default_factory=dict)
+
+
+DATASETS = [
+    DatasetCase(
+        "parts-disagree-on-a-type-and-a-value-does-not-parse",  # Arrow would stop on '16,73'
+        _halves(lambda f: _amounts_as_text(f, {23: "16,73"})),
+        "kept 39 of 40 rows",
+        exit_code=0,
+        quarantined={"23": "unparseable tx_amount"},
+    ),
+    DatasetCase(
+        "parts-disagree-on-a-type-and-every-value-parses",
+        _halves(_amounts_as_text),
+        "kept 40 of 40 rows",
+        exit_code=0,
+    ),
+    DatasetCase(
+        "a-part-that-cannot-be-read",
+        {**_halves(), "part-2.parquet": _garbage_parquet()},
+        r"part part-2\.parquet: not a readable parquet file",
+    ),
+    DatasetCase(
+        "a-part-that-is-not-parquet",
+        {**_halves(), "notes.csv": _csv(_good_rows())},
+        r"part notes\.csv is not a Parquet file: a dataset directory holds Parquet parts only",
+    ),
+    DatasetCase(
+        "a-part-without-a-column",
+        _halves(lambda f: f.drop(columns=["tx_fraud"])),
+        r"part part-1\.parquet lacks column\(s\) \['tx_fraud'\] that the first part has",
+    ),
+    DatasetCase(
+        "bookkeeping-files-and-sub-directories",  # Spark's _SUCCESS, a date=... directory
+        {
+            "_SUCCESS": b"",
+            "date=1/part-0.parquet": _halves()["part-0.parquet"],
+            "date=2/part-0.parquet": _halves()["part-1.parquet"],
+        },
+        "kept 40 of 40 rows",
+        exit_code=0,
+    ),
+]
+
+
+@pytest.mark.parametrize("case", DATASETS, ids=lambda c: c.id)
+@pytest.mark.parametrize("name", ["export", "transactions.parquet"])
+@pytest.mark.parametrize("partitions", ["", "3"], ids=["whole", "3-partitions"])
+def test_bad_dataset(tmp_path, caplog, monkeypatch, case, name, partitions):
+    """A directory source, whatever its name, checked whole and in partitions."""
+    monkeypatch.setenv(PARTITIONS_VAR, partitions)
+    raw = tmp_path / name
+    for relative, content in case.parts.items():
+        (raw / relative).parent.mkdir(parents=True, exist_ok=True)
+        (raw / relative).write_bytes(content)
+
+    code, out = _stage_on(tmp_path, caplog, raw)
+
+    assert code == case.exit_code, caplog.text
+    assert re.search(case.message, caplog.text), caplog.text
+    if code != 0:
+        assert f"{raw}: " in caplog.text
+        assert not out.exists() or not any(out.iterdir())
+        return
+    rejected = pd.read_parquet(out / "r.parquet")
+    ids = rejected["transaction_id"].astype("string")
+    assert dict(zip(ids, rejected["rejection_reason"], strict=True)) == case.quarantined
+    clean = pd.read_parquet(out / "c.parquet")
+    assert clean["tx_amount"].dtype == "float64"
+    assert sorted(clean["transaction_id"]) == [
+        i for i in range(1, 41) if str(i) not in ids.tolist()
+    ]

@@ -252,7 +252,7 @@ def _messy(frame: pd.DataFrame) -> pd.DataFrame:
 
 def _validated(engine, path: Path, out: Path, rows_per_part: int):
     from conftest import contract_params, source_params
-    from fraudlab.data.ingest import columns_to_read, id_columns, read_header
+    from fraudlab.data.ingest import columns_to_read, text_columns, read_header
     from fraudlab.data.partitioned import validate_dataset
 
     source = source_params(path=str(path), text_ids=[schema.CUSTOMER_ID])
@@ -261,7 +261,7 @@ def _validated(engine, path: Path, out: Path, rows_per_part: int):
             engine,
             path,
             columns=columns_to_read(read_header(path), source),
-            text=id_columns(source),
+            text=text_columns(source),
             clean_out=tmp,
             scratch=scratch,
             params=contract_params(max_rejected_share=0.1),

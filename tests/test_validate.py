@@ -109,7 +109,7 @@ def test_too_many_rejected_rows_stop_the_run_naming_each_rule():
     with pytest.raises(
         DataContractError,
         match=r"3 of 20 rows \(15.00%\) break the data contract.*\n  column tx_amount, rule "
-        r"'negative tx_amount': 3 rows, e.g. row 2: -1.0, row 3: -1.0\nNothing was written",
+        r"'negative tx_amount': 3 rows, e.g. row 2: -1.0, row 3: -1.0\nFix these rows",
     ):
         validate_transactions(
             frame, contract_params(max_rejected_share=0.1, example_values=2), source=CANONICAL

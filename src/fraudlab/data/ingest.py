@@ -9,6 +9,7 @@ the rows whose value could not be parsed (they go to quarantine, never silently 
 from __future__ import annotations
 
 import codecs
+import csv
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -18,7 +19,6 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 
 from fraudlab.core import schema
@@ -30,6 +30,8 @@ _OFFSET = r"(?:[zZ]|[+-]\d{2}:?\d{2})$"
 
 
 def _file_kind(path: Path) -> str:
+    if path.is_dir():  # a dataset directory, whatever its name: its parts are checked one by one
+        return "parquet"
     kind = _FORMATS.get(path.suffix.lower())
     if kind is None:
         raise DataContractError(
@@ -95,16 +97,57 @@ def _readable(kind: str, path: Path) -> Iterator[None]:
         raise DataContractError(f"not a readable {kind} file: {exc}") from None
 
 
+_TRAILING = "__field_after_the_header__"  # the empty field a trailing delimiter makes
+
+
+def _first_records(path: Path) -> tuple[list[str], list[str]]:
+    """The header's fields and the first data row's, as a CSV reader splits them (quotes
+    honoured, blank lines skipped)."""
+    with open(path, newline="", encoding="utf-8-sig", errors="replace") as handle:
+        records = (record for record in csv.reader(handle) if record)
+        header, first = next(records, []), next(records, [])
+    return header, first
+
+
 def _csv_options(path: Path) -> dict:
     _sniff_csv(path)
     # Only an empty field is missing: pandas would also read "NA", "null" or "nan" as missing,
     # which turns a real id or label into a null and hides what the file said.
-    return {
+    options = {
         "encoding": "utf-8",
         "encoding_errors": "strict",
         "keep_default_na": False,
         "na_values": [""],
     }
+    header, first = _first_records(path)
+    if header and len(first) == len(header) + 1:
+        # A delimiter at the end of every data row, not of the header: pandas would take the
+        # first column as the index and shift every name one column left. The surplus field
+        # is read under a name of its own and must be empty (``_without_trailing``).
+        options |= {"names": [*header, _TRAILING], "header": 0, "index_col": False}
+    return options
+
+
+def _usecols(columns: list[str] | None, options: dict) -> list[str] | None:
+    trailing = _TRAILING in options.get("names", ())
+    return [*columns, _TRAILING] if columns is not None and trailing else columns
+
+
+def _without_trailing(frame: pd.DataFrame) -> pd.DataFrame:
+    """The rows without the field a trailing delimiter adds; a value in it is a row with more
+    fields than the header, refused with the row and the count."""
+    if _TRAILING not in frame.columns:
+        return frame
+    given = frame[_TRAILING].notna().to_numpy()
+    if given.any():
+        first = int(np.flatnonzero(given)[0])
+        raise DataContractError(
+            f"data row {frame.index[first] + 1} has {len(frame.columns)} fields where the header "
+            f"has {len(frame.columns) - 1} (a value after the last column: "
+            f"{frame[_TRAILING].iloc[first]!r}); rows end with a delimiter, so only an empty "
+            f"last field is read as that delimiter ({int(given.sum())} row(s) hold a value there)"
+        )
+    return frame.drop(columns=_TRAILING)
 
 
 def read_header(path: str | Path) -> list[str]:
@@ -113,10 +156,9 @@ def read_header(path: str | Path) -> list[str]:
     kind = _file_kind(path)
     with _readable(kind, path):
         if kind == "csv":
-            return list(pd.read_csv(path, nrows=0, **_csv_options(path)))
-        if path.is_dir():  # a dataset directory, as the simulator writes
-            return list(ds.dataset(path, format="parquet").schema.names)
-        return list(pq.read_schema(path).names)
+            names = list(pd.read_csv(path, nrows=0, **_csv_options(path)))
+            return [name for name in names if name != _TRAILING]
+        return list(pq.read_schema(source_files(path)[0]).names)
 
 
 def require_canonical(columns: list[str]) -> None:
@@ -151,6 +193,58 @@ def columns_to_read(header: list[str], params: SourceParams) -> list[str] | None
     return [c for c in header if c in canonical or c in params.extra_columns]
 
 
+def _bookkeeping(relative: Path) -> bool:
+    # _SUCCESS, _common_metadata, .crc files and hidden directories of Spark, Hive or Dask
+    return any(name.startswith((".", "_")) for name in relative.parts)
+
+
+def source_files(path: str | Path, columns: list[str] | None = None) -> list[Path]:
+    """A Parquet file, or every part of a dataset directory (any names, sub-directories
+    included, in path order; bookkeeping files skipped). Each part must be Parquet with a
+    readable footer and hold ``columns`` (default: the first part's columns)."""
+    path = Path(path)
+    if not path.is_dir():
+        return [path]
+    parts = sorted(
+        file
+        for file in path.rglob("*")
+        if file.is_file() and not _bookkeeping(file.relative_to(path))
+    )
+    if not parts:
+        raise DataContractError("a directory without files: no Parquet parts to read")
+    expected = columns
+    for part in parts:
+        name = part.relative_to(path)
+        with open(part, "rb") as handle:
+            if handle.read(4) != b"PAR1":
+                raise DataContractError(
+                    f"part {name} is not a Parquet file: a dataset directory holds Parquet "
+                    "parts only"
+                )
+        try:
+            present = pq.read_schema(part).names
+        except (pa.ArrowException, OSError) as exc:
+            raise DataContractError(f"part {name}: not a readable parquet file: {exc}") from None
+        expected = present if expected is None else expected
+        absent = [c for c in expected if c not in present]
+        if absent:
+            raise DataContractError(
+                f"part {name} lacks column(s) {absent} that the first part has; its columns: "
+                f"{present}"
+            )
+    return parts
+
+
+def read_part(path: Path, part: Path, columns: list[str] | None) -> pd.DataFrame:
+    """One part of a Parquet source (``source_files`` checked it) with its own schema, never
+    cast to another part's: each part's values go through the same parsing as a single file's."""
+    try:
+        return pq.read_table(part, columns=columns).to_pandas()
+    except (pa.ArrowException, OSError) as exc:
+        name = part.relative_to(path) if part != path else part.name
+        raise DataContractError(f"part {name}: not a readable parquet file: {exc}") from None
+
+
 def read_transactions(
     path: str | Path, columns: list[str] | None = None, *, text: dict[str, str] | None = None
 ) -> pd.DataFrame:
@@ -161,7 +255,12 @@ def read_transactions(
     kind = _file_kind(path)
     with _readable(kind, path):
         if kind == "csv":
-            return pd.read_csv(path, usecols=columns, dtype=text, **_csv_options(path))
+            options = _csv_options(path)
+            frame = pd.read_csv(path, usecols=_usecols(columns, options), dtype=text, **options)
+            return _without_trailing(frame)
+        if path.is_dir():
+            parts = [read_part(path, part, columns) for part in source_files(path, columns)]
+            return pd.concat(parts, ignore_index=True)
         return pd.read_parquet(path, columns=columns)
 
 
@@ -173,11 +272,12 @@ def csv_chunks(
     with a word in it gives text, and the parsers take either."""
     path = Path(path)
     with _readable("csv", path):
+        options = _csv_options(path)
         reader = pd.read_csv(
-            path, usecols=columns, dtype=text, chunksize=rows, **_csv_options(path)
+            path, usecols=_usecols(columns, options), dtype=text, chunksize=rows, **options
         )
         with reader:
-            yield from reader
+            yield from (_without_trailing(chunk) for chunk in reader)
 
 
 def mapped_names(present: list[str], columns: dict[str, str]) -> list[str]:
@@ -229,9 +329,38 @@ def _within_nanoseconds(values: pd.Series) -> pd.Series:
     return values.where(inside).astype(schema.DATETIME_DTYPE)
 
 
-def _parse_datetime(values: pd.Series, params: SourceParams) -> pd.Series:
+def local_time_problems(naive: pd.Series, timezone: str) -> dict[str, np.ndarray]:
+    """Local times ``timezone``'s daylight-saving changes make impossible to place: skipped
+    when clocks go forward, or passed twice when they go back (no offset says which)."""
+    present = naive.notna().to_numpy()
+    never = naive.dt.tz_localize(
+        timezone, ambiguous=np.zeros(len(naive), dtype=bool), nonexistent="NaT"
+    )
+    twice = naive.dt.tz_localize(timezone, ambiguous="NaT", nonexistent="shift_forward")
+    return {
+        f"tx_datetime skipped by {timezone}'s daylight-saving change (clocks go forward)": (
+            present & never.isna().to_numpy()
+        ),
+        f"tx_datetime ambiguous in {timezone}: clocks go back and pass it twice (add the "
+        "UTC offset to the export)": present & twice.isna().to_numpy(),
+    }
+
+
+def _local_problems(naive: pd.Series, parsed: pd.Series, timezone: str) -> dict[str, np.ndarray]:
+    # only when localizing lost a value: a zone without daylight saving costs nothing here
+    if timezone == "UTC" or not (parsed.isna() & naive.notna()).any():
+        return {}
+    return local_time_problems(naive, timezone)
+
+
+def _parse_datetime(
+    values: pd.Series, params: SourceParams
+) -> tuple[pd.Series, dict[str, np.ndarray]]:
+    problems: dict[str, np.ndarray] = {}
     if pd.api.types.is_datetime64_any_dtype(values):
         parsed = _to_utc_naive(values, params.timezone)
+        if values.dt.tz is None:
+            problems = _local_problems(values, parsed, params.timezone)
     elif pd.api.types.is_numeric_dtype(values):
         if params.timestamp_unit is None:
             raise DataContractError(
@@ -248,10 +377,15 @@ def _parse_datetime(values: pd.Series, params: SourceParams) -> pd.Series:
             parsed[zoned] = _within_nanoseconds(aware.dt.tz_localize(None))
         if (~zoned).any():
             naive = pd.to_datetime(text[~zoned], errors="coerce", format="ISO8601")
-            parsed[~zoned] = _within_nanoseconds(_to_utc_naive(naive, params.timezone))
+            local = _to_utc_naive(naive, params.timezone)
+            parsed[~zoned] = _within_nanoseconds(local)
+            rows = np.flatnonzero(~zoned)
+            for rule, mask in _local_problems(naive, local, params.timezone).items():
+                problems[rule] = np.zeros(len(values), dtype=bool)
+                problems[rule][rows[mask]] = True
         # more digits than nanoseconds hold would be rounded: unparseable instead
         parsed[text.str.contains(_FINER_THAN_NS, regex=True, na=False).to_numpy()] = pd.NaT
-    return parsed.astype(schema.DATETIME_DTYPE)
+    return parsed.astype(schema.DATETIME_DTYPE), problems
 
 
 def _label_key(value: object) -> str:
@@ -368,11 +502,12 @@ def _parse_text_id(values: pd.Series, column: str) -> tuple[pd.Series, dict[str,
     return values.astype("string"), {}
 
 
-def id_columns(params: SourceParams) -> dict[str, str]:
-    """Source name of each id column -> the dtype to read it with from text: every id is read as
-    text, then parsed exactly (a CSV reader would turn integers with one empty cell into floats
-    and merge large ids)."""
-    return {params.columns.get(c, c): "string" for c in _ID_COLUMNS}
+def text_columns(params: SourceParams) -> dict[str, str]:
+    """Source name of each column a CSV is read as text -> that dtype: every id (parsed exactly
+    later: a CSV reader would turn integers with one empty cell into floats and merge large
+    ids) and the amount (a rejected row keeps ``'111.590'`` as given, not the float read)."""
+    read_as_text = (*_ID_COLUMNS, schema.TX_AMOUNT)
+    return {params.columns.get(c, c): "string" for c in read_as_text}
 
 
 def _with_problems(parse: Callable[[pd.Series], pd.Series]):
@@ -385,7 +520,7 @@ def parse_columns(frame: pd.DataFrame, params: SourceParams) -> Parsed:
     marked with the reason (a specific one for ids, 'unparseable <column>' otherwise)."""
     parsers = {
         schema.TRANSACTION_ID: lambda v: _parse_integer_id(v, schema.TRANSACTION_ID),
-        schema.TX_DATETIME: _with_problems(lambda v: _parse_datetime(v, params)),
+        schema.TX_DATETIME: lambda v: _parse_datetime(v, params),
         schema.TX_AMOUNT: _parse_amount,
         schema.TX_FRAUD: _with_problems(lambda v: _parse_label(v, params)),
     }

@@ -29,8 +29,6 @@ import pyarrow.parquet as pq
 from fraudlab.core import schema
 from fraudlab.core.errors import DataContractError
 from fraudlab.core.io import (
-    parquet_files,
-    parquet_rows,
     part_days,
     part_starts,
     read_days,
@@ -41,7 +39,15 @@ from fraudlab.core.io import (
     write_piece,
 )
 from fraudlab.core.params import SourceParams, ValidateParams
-from fraudlab.data.ingest import Parsed, csv_chunks, map_columns, parse_columns, require_canonical
+from fraudlab.data.ingest import (
+    Parsed,
+    csv_chunks,
+    map_columns,
+    parse_columns,
+    read_part,
+    require_canonical,
+    source_files,
+)
 from fraudlab.data.validate import (
     Checked,
     Summary,
@@ -72,10 +78,11 @@ class ParquetChunk(NamedTuple):
     first_row: int
 
 
-def parquet_chunks(path: Path) -> list[ParquetChunk]:
-    """The row groups of a Parquet file or dataset directory, in row order."""
+def parquet_chunks(path: Path, columns: list[str] | None = None) -> list[ParquetChunk]:
+    """The row groups of a Parquet file or dataset directory (every part holding ``columns``),
+    in row order."""
     chunks, first_row = [], 0
-    for file in parquet_files(path):
+    for file in source_files(path, columns):
         metadata = pq.ParquetFile(file).metadata
         for group in range(metadata.num_row_groups):
             chunks.append(ParquetChunk(file, group, first_row))
@@ -86,7 +93,12 @@ def parquet_chunks(path: Path) -> list[ParquetChunk]:
 def _read_chunk(chunk: ParquetChunk | pd.DataFrame, columns: list[str] | None) -> pd.DataFrame:
     if isinstance(chunk, pd.DataFrame):  # a CSV chunk, read by the stage
         return chunk
-    table = pq.ParquetFile(chunk.path).read_row_group(chunk.row_group, columns=columns)
+    try:
+        table = pq.ParquetFile(chunk.path).read_row_group(chunk.row_group, columns=columns)
+    except (pa.ArrowException, OSError) as exc:
+        raise DataContractError(
+            f"part {chunk.path.name}, row group {chunk.row_group}: not readable: {exc}"
+        ) from None
     frame = table.to_pandas()
     frame.index = pd.RangeIndex(chunk.first_row, chunk.first_row + len(frame))
     return frame
@@ -257,7 +269,7 @@ def _chunks(
     path: Path, columns: list[str] | None, *, text: dict[str, str], rows_per_part: int
 ) -> Iterator[ParquetChunk | pd.DataFrame]:
     if _is_parquet(path):
-        yield from parquet_chunks(path)
+        yield from parquet_chunks(path, columns)
     else:
         yield from csv_chunks(path, columns, text=text, rows=rows_per_part)
 
@@ -286,7 +298,9 @@ def validate_dataset(
     chunks = _chunks(path, columns, text=text, rows_per_part=rows_per_part)
     partitions = engine.partitions(_size_hint(path))
     if partitions == 1:
-        if _is_parquet(path):
+        if path.is_dir():  # each part with its own schema: never one cast by Arrow
+            chunks = _parts_in_memory(path, columns)
+        elif _is_parquet(path):
             # typed columns: parsing the whole file gives each row what parsing its row group
             # would, with no second copy of the rows held for the concatenation
             chunks = iter([pd.read_parquet(path, columns=columns)])
@@ -395,6 +409,17 @@ def _validate_in_memory(
     return Validated(report, finish_rejected([mixed_as_text(checked.rejected)]))
 
 
+def _parts_in_memory(path: Path, columns: list[str] | None) -> Iterator[pd.DataFrame]:
+    """A dataset directory's parts one by one, each indexed by its rows' positions in the
+    dataset (row numbers in messages count across parts)."""
+    first_row = 0
+    for part in source_files(path, columns):
+        frame = read_part(path, part, columns)
+        frame.index = pd.RangeIndex(first_row, first_row + len(frame))
+        first_row += len(frame)
+        yield frame
+
+
 def _is_parquet(path: Path) -> bool:
     return path.is_dir() or path.suffix.lower() in (".parquet", ".pq")
 
@@ -422,4 +447,6 @@ def _joined(frames: list[pd.DataFrame], problems: list[dict]) -> Parsed:
 
 def _size_hint(path: Path) -> int:
     """Rows in a Parquet source (from its footers); a CSV's size in bytes / 50."""
-    return parquet_rows(path) if _is_parquet(path) else path.stat().st_size // 50
+    if _is_parquet(path):
+        return sum(pq.read_metadata(file).num_rows for file in source_files(path))
+    return path.stat().st_size // 50

@@ -58,6 +58,8 @@ class RuleSummary:
     column: str
     count: int
     examples: list[tuple[int, str]]
+    # the distinct values as given (a few), where a hint quotes them: unknown label words
+    words: tuple[str, ...] = ()
 
 
 # Rules of one column, in the order reasons are listed: what could not be read, then what is
@@ -267,6 +269,18 @@ def time_id_order(frame: pd.DataFrame) -> np.ndarray:
     return np.lexsort((frame[schema.TRANSACTION_ID].to_numpy(dtype=np.int64), times))
 
 
+_WORDS = 8  # distinct unknown label words quoted in a hint
+UNKNOWN_LABEL = f"unparseable {schema.TX_FRAUD}"
+
+
+def _words(rule: str, violation: Violation, given: pd.DataFrame) -> tuple[str, ...]:
+    """The first few distinct label words no label param lists (only for that rule)."""
+    if rule != UNKNOWN_LABEL:
+        return ()
+    values = given[violation.column].to_numpy()[violation.rows]
+    return tuple(str(word) for word in pd.unique(values)[:_WORDS])
+
+
 def _hints(summary: Summary, params: ValidateParams) -> str:
     """What usually causes a file-wide failure, when the violations look like it."""
     hints = []
@@ -290,6 +304,14 @@ def _hints(summary: Summary, params: ValidateParams) -> str:
             f"{' and '.join(text_like)} hold text or zero-padded codes: if these are your ids, "
             "list them in source.text_ids to keep them as text."
         )
+    labels = violations.get(UNKNOWN_LABEL)
+    if labels is not None:
+        words = ", ".join(repr(word) for word in labels.words)
+        hints.append(
+            f"tx_fraud holds label words no label param lists: {words}. List each in "
+            "source.fraud_values or source.legit_values (params.yaml; case is ignored), e.g. "
+            'fraud_values: [1, "Y"] and legit_values: [0, "N"].'
+        )
     return "".join(f"\n{hint}" for hint in hints)
 
 
@@ -301,8 +323,8 @@ def _too_many_rejected(
         f"more than validate.max_rejected_share ({params.max_rejected_share:.2%}):\n  "
         + "\n  ".join(lines)
         + hints
-        + "\nNothing was written. Fix these rows in the source, map or parse them differently "
-        "(params.yaml: source), or allow more rejections (validate.max_rejected_share)."
+        + "\nFix these rows in the source, map or parse them differently (params.yaml: source), "
+        "or allow more rejections (validate.max_rejected_share)."
     )
 
 
@@ -315,7 +337,8 @@ class Checked:
     clean: pd.DataFrame
     rejected: pd.DataFrame
     rows_read: int
-    rows_deduplicated: int
+    rows_deduplicated: int  # rows_read less the exact duplicates and the re-exports folded
+    rows_folded: int  # copies equal to an earlier row once parsed, though written differently
     rules: dict[str, RuleSummary]
     labels: frozenset  # the classes among the kept rows
 
@@ -337,7 +360,9 @@ def check_parsed(
     # A CSV's column is typed per chunk: a number read as a number in one chunk and as text in
     # another (one with a word in it) is one value, and its rows may be exact duplicates.
     rows_read = len(mapped)
-    keep = ~exact_duplicates(mapped, parsed.frame[schema.TRANSACTION_ID])
+    exact = exact_duplicates(mapped, parsed.frame[schema.TRANSACTION_ID])
+    folded = reexported_copies(parsed, exact)
+    keep = ~(exact | folded)
     if not keep.all():  # (no copies of the whole source when nothing repeats)
         mapped = mapped.loc[keep]
         parsed = Parsed(
@@ -365,8 +390,11 @@ def check_parsed(
         rejected=rejected.reset_index(drop=True),
         rows_read=rows_read,
         rows_deduplicated=len(deduplicated),
+        rows_folded=int(folded.sum()),
         rules={
-            rule: RuleSummary(v.column, int(v.rows.sum()), found[rule])
+            rule: RuleSummary(
+                v.column, int(v.rows.sum()), found[rule], _words(rule, v, deduplicated)
+            )
             for rule, v in violations.items()
         },
         labels=frozenset(clean[schema.TX_FRAUD].unique().tolist()),
@@ -379,6 +407,7 @@ class Summary:
 
     rows_read: int
     rows_deduplicated: int
+    rows_folded: int
     rows_rejected: int
     rules: dict[str, RuleSummary]
     labels: frozenset
@@ -392,12 +421,14 @@ def summarize(parts: list[Checked] | list[Summary]) -> Summary:
             if seen is None:
                 rules[rule] = found
             else:
+                words = tuple(dict.fromkeys(seen.words + found.words))[:_WORDS]
                 rules[rule] = RuleSummary(
-                    found.column, seen.count + found.count, seen.examples + found.examples
+                    found.column, seen.count + found.count, seen.examples + found.examples, words
                 )
     return Summary(
         rows_read=sum(part.rows_read for part in parts),
         rows_deduplicated=sum(part.rows_deduplicated for part in parts),
+        rows_folded=sum(part.rows_folded for part in parts),
         rows_rejected=sum(
             len(part.rejected) if isinstance(part, Checked) else part.rows_rejected
             for part in parts
@@ -439,10 +470,8 @@ def finish_rejected(parts: list[pd.DataFrame]) -> pd.DataFrame:
     return mixed_as_text(rejected).reset_index(drop=True)
 
 
-def exact_duplicates(mapped: pd.DataFrame, ids: pd.Series) -> np.ndarray:
-    """Which rows repeat an earlier row value for value (``mixed_as_text``). Copies read the
-    same transaction_id (``ids``, parsed), or none, so only rows whose id repeats or is missing
-    are compared whole: hashing every column of every row costs more than the rows."""
+def _repeated_or_missing(ids: pd.Series) -> tuple[np.ndarray, np.ndarray]:
+    """Rows whose transaction_id (parsed) another row shares, and rows without one."""
     missing = ids.isna().to_numpy()
     values = ids.to_numpy(dtype="int64", na_value=0)
     order = np.argsort(values, kind="stable")
@@ -451,12 +480,37 @@ def exact_duplicates(mapped: pd.DataFrame, ids: pd.Series) -> np.ndarray:
     same = ordered[1:] == ordered[:-1]
     repeats[order[1:][same]] = True
     repeats[order[:-1][same]] = True
+    return repeats & ~missing, missing
+
+
+def exact_duplicates(mapped: pd.DataFrame, ids: pd.Series) -> np.ndarray:
+    """Which rows repeat an earlier row value for value (``mixed_as_text``). Copies read the
+    same transaction_id (``ids``, parsed), or none, so only rows whose id repeats or is missing
+    are compared whole: hashing every column of every row costs more than the rows."""
+    repeats, missing = _repeated_or_missing(ids)
     candidates = np.flatnonzero(repeats | missing)
     repeated = np.zeros(len(mapped), dtype=bool)
     if len(candidates):
         rows = mixed_as_text(mapped.iloc[candidates])
         repeated[candidates] = rows.duplicated(keep="first").to_numpy()
     return repeated
+
+
+def reexported_copies(parsed: Parsed, exact: np.ndarray) -> np.ndarray:
+    """Rows that are not exact copies but equal an earlier row once parsed (``40.770`` and
+    ``40.77``, a ``T`` or a space in a timestamp, ``07`` and ``7``): the same transaction
+    exported twice, folded into the first. Rows with a value that could not be parsed are
+    compared as given only (two unreadable values are not the same value)."""
+    repeats, _ = _repeated_or_missing(parsed.frame[schema.TRANSACTION_ID])
+    unreadable = np.zeros(len(exact), dtype=bool)
+    for _, mask in parsed.problems.values():
+        unreadable |= mask
+    candidates = np.flatnonzero(repeats & ~unreadable & ~exact)
+    folded = np.zeros(len(exact), dtype=bool)
+    if len(candidates):
+        rows = mixed_as_text(parsed.frame.iloc[candidates])
+        folded[candidates] = rows.duplicated(keep="first").to_numpy()
+    return folded
 
 
 def mixed_as_text(frame: pd.DataFrame) -> pd.DataFrame:
@@ -473,7 +527,10 @@ def quality_report(
         "rows_kept": kept,
         "rows_rejected": summary.rows_rejected,
         "rejected_share": summary.rows_rejected / summary.rows_read,
-        "exact_duplicates_dropped": summary.rows_read - summary.rows_deduplicated,
+        "exact_duplicates_dropped": summary.rows_read
+        - summary.rows_deduplicated
+        - summary.rows_folded,
+        "reexports_folded": summary.rows_folded,
         "rejected_by_reason": {rule: found.count for rule, found in summary.rules.items()},
         "fraud_rate": frauds / kept,
         "first_tx_datetime": str(first),

@@ -188,7 +188,8 @@ def results_page(committed: Committed) -> str:
             f"{data['rows_kept']:,} transactions kept of {data['rows_read']:,} read, from "
             f"{data['first_tx_datetime']} to {data['last_tx_datetime']}; fraud rate "
             f"{data['fraud_rate']:.3%}; {data['rows_rejected']:,} rejected, "
-            f"{data['exact_duplicates_dropped']:,} exact duplicates dropped.",
+            f"{data['exact_duplicates_dropped']:,} exact duplicates dropped, "
+            f"{data['reexports_folded']:,} re-exported copies folded.",
             "",
             markdown_table(periods),
             "",

@@ -12,17 +12,18 @@ the command line: dvc.yaml's command is run by a shell, where a file name holdin
 
 from __future__ import annotations
 
+import argparse
 import logging
 from pathlib import Path
 
 import pandas as pd
 
+from fraudlab.core.errors import UserError
 from fraudlab.core.io import write_json, write_parquet
 from fraudlab.core.params import FeaturesParams, ParamsError, SplitParams, load_params
 from fraudlab.core.runner import run, stage_parser
-from fraudlab.data.ingest import columns_to_read, id_columns, read_header
+from fraudlab.data.ingest import columns_to_read, read_header, text_columns
 from fraudlab.data.partitioned import validate_dataset
-from fraudlab.data.validate import DataContractError
 from fraudlab.modeling.span import SpanError, check_span
 from fraudlab.scaleout.engine import engine_config, partitioned_run
 
@@ -57,6 +58,19 @@ def require_span(report: dict, *, split: SplitParams, features: FeaturesParams) 
         raise SpanError("; ".join(found.errors))
 
 
+def _left_as_they_were(args: argparse.Namespace) -> str:
+    """What a failed run did to the outputs: nothing (dvc.yaml declares them ``persist``, so
+    `dvc repro` does not delete them before the run either)."""
+    outputs = [args.clean, args.rejected, args.report]
+    present = [path for path in outputs if Path(path).exists()]
+    if not present:
+        return f"Nothing was written: {', '.join(outputs)} do not exist yet."
+    return (
+        f"Nothing was changed: {', '.join(present)} still hold the last successful run's "
+        "outputs (and dvc.lock still records them)."
+    )
+
+
 def validate(argv: list[str] | None = None) -> None:
     parser = stage_parser(__doc__)
     parser.add_argument("--clean", required=True, help="accepted rows (Parquet dataset directory)")
@@ -74,7 +88,7 @@ def validate(argv: list[str] | None = None) -> None:
                 engine,
                 Path(source.path),
                 columns=columns,
-                text=id_columns(source),
+                text=text_columns(source),
                 clean_out=clean,
                 scratch=scratch,
                 params=loaded["validate"],
@@ -84,18 +98,20 @@ def validate(argv: list[str] | None = None) -> None:
             # inside the writer's block: a failure here leaves no clean data behind
             if protocol:
                 require_span(result.report, **protocol)
-    except DataContractError as exc:
-        raise DataContractError(f"{source.path}: {exc}") from None
+    except UserError as exc:
+        raise type(exc)(f"{source.path}: {exc}\n{_left_as_they_were(args)}") from None
     write_parquet(result.rejected, args.rejected)
     write_json(result.report, args.report)
     report = result.report
     log.info(
-        "kept %d of %d rows; quarantined %d (%s); dropped %d exact duplicates",
+        "kept %d of %d rows; quarantined %d (%s); dropped %d exact duplicates; folded %d "
+        "re-exported copies (the same values once parsed)",
         report["rows_kept"],
         report["rows_read"],
         report["rows_rejected"],
         report["rejected_by_reason"] or "none",
         report["exact_duplicates_dropped"],
+        report["reexports_folded"],
     )
 
 
