@@ -704,6 +704,39 @@ def test_warm_search_ranks_in_workers_and_its_best_is_a_dvc_experiment_with_equa
     _assert_clean(repo)
 
 
+def test_a_failing_validate_through_dvc_repro_keeps_the_last_good_outputs(repo):
+    """A bad source makes `dvc repro` fail at validate: the clean data, the rejected rows and the
+    data-quality metrics stay as the last good run left them (DVC does not delete them first),
+    the message says so, and once the source is back nothing needs reproducing."""
+    committed = _lock(repo)
+    quality = (repo / "metrics/data_quality.json").read_text()
+    (repo / "bad.csv").write_text(
+        "transaction_id,tx_datetime,customer_id,terminal_id,tx_amount,tx_fraud\n"
+        + "".join(f"{i},soon,1,1,1.0,0\n" for i in range(1, 11))
+    )
+    _set_params(repo, {"source": {"path": "bad.csv"}})
+
+    failed = _run(repo, *_dvc("repro"), check=False)
+
+    assert failed.returncode != 0
+    assert "10 of 10 rows (100.00%) break the data contract" in failed.stderr
+    assert (
+        "Nothing was changed: data/clean/transactions.parquet, data/clean/rejected.parquet, "
+        "metrics/data_quality.json still hold the last successful run's outputs"
+    ) in failed.stderr
+    assert _lock(repo) == committed
+    assert (repo / "metrics/data_quality.json").read_text() == quality
+    changed = json.loads(_run(repo, *_dvc("status", "--json", "validate")).stdout)["validate"]
+    assert not [entry for entry in changed if "changed outs" in entry], changed
+    assert _run(repo, "git", "status", "--porcelain").stdout.splitlines() == [
+        " M params.yaml",
+        "?? bad.csv",
+    ]
+    _run(repo, "git", "checkout", "--", "params.yaml")
+    (repo / "bad.csv").unlink()
+    _assert_clean(repo)  # the outputs are the committed ones: nothing to reproduce
+
+
 def test_retraining_after_drift_beats_the_old_model_on_the_drifted_weeks(repo):
     """README "Retraining", once: the world drifts after deployment (amounts doubled from day 60
     of 88), the monitor stage reports decay; a challenger trained on the drifted days, compared
