@@ -252,7 +252,7 @@ def _messy(frame: pd.DataFrame) -> pd.DataFrame:
 
 def _validated(engine, path: Path, out: Path, rows_per_part: int):
     from conftest import contract_params, source_params
-    from fraudlab.data.ingest import columns_to_read, text_columns, read_header
+    from fraudlab.data.ingest import columns_to_read, read_header, text_columns
     from fraudlab.data.partitioned import validate_dataset
 
     source = source_params(path=str(path), text_ids=[schema.CUSTOMER_ID])
