@@ -487,10 +487,19 @@ def _parse_amount(values: pd.Series) -> tuple[pd.Series, dict[str, np.ndarray]]:
     numbers = pd.to_numeric(values, errors="coerce")
     if pd.api.types.is_numeric_dtype(values):
         return numbers, {}
-    text = values.astype("string").str.strip().str.lower()
-    written_nan = text.isin(["nan", "+nan", "-nan"]).fillna(False).to_numpy(dtype=bool)
-    nonzero_digits = text.str.split("e", n=1).str[0].str.contains(r"[1-9]", regex=True)
-    underflow = ((numbers == 0) & nonzero_digits).fillna(False).to_numpy(dtype=bool)
+    # The text is looked at only where the number says something may be off: a NaN (written
+    # out, or unreadable) or a zero (written as one, or an underflow). Most rows are neither.
+    written_nan = np.zeros(len(values), dtype=bool)
+    underflow = np.zeros(len(values), dtype=bool)
+    missing = numbers.isna().to_numpy()
+    zero = (numbers == 0).fillna(False).to_numpy(dtype=bool)
+    if missing.any():
+        text = values[missing].astype("string").str.strip().str.lower()
+        written_nan[missing] = text.isin(["nan", "+nan", "-nan"]).fillna(False).to_numpy(bool)
+    if zero.any():
+        text = values[zero].astype("string").str.strip().str.lower()
+        mantissa = text.str.split("e", n=1).str[0]
+        underflow[zero] = mantissa.str.contains(r"[1-9]", regex=True).fillna(False).to_numpy(bool)
     return numbers, {NON_FINITE_AMOUNT: written_nan, UNDERFLOWING_AMOUNT: underflow}
 
 

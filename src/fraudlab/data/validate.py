@@ -360,8 +360,9 @@ def check_parsed(
     # A CSV's column is typed per chunk: a number read as a number in one chunk and as text in
     # another (one with a word in it) is one value, and its rows may be exact duplicates.
     rows_read = len(mapped)
-    exact = exact_duplicates(mapped, parsed.frame[schema.TRANSACTION_ID])
-    folded = reexported_copies(parsed, exact)
+    repeated = _repeated_or_missing(parsed.frame[schema.TRANSACTION_ID])
+    exact = exact_duplicates(mapped, parsed.frame[schema.TRANSACTION_ID], repeated)
+    folded = reexported_copies(parsed, exact, repeated[0])
     keep = ~(exact | folded)
     if not keep.all():  # (no copies of the whole source when nothing repeats)
         mapped = mapped.loc[keep]
@@ -483,11 +484,16 @@ def _repeated_or_missing(ids: pd.Series) -> tuple[np.ndarray, np.ndarray]:
     return repeats & ~missing, missing
 
 
-def exact_duplicates(mapped: pd.DataFrame, ids: pd.Series) -> np.ndarray:
+def exact_duplicates(
+    mapped: pd.DataFrame,
+    ids: pd.Series,
+    repeated: tuple[np.ndarray, np.ndarray] | None = None,
+) -> np.ndarray:
     """Which rows repeat an earlier row value for value (``mixed_as_text``). Copies read the
     same transaction_id (``ids``, parsed), or none, so only rows whose id repeats or is missing
-    are compared whole: hashing every column of every row costs more than the rows."""
-    repeats, missing = _repeated_or_missing(ids)
+    are compared whole: hashing every column of every row costs more than the rows.
+    ``repeated``: ``_repeated_or_missing(ids)`` when the caller has it."""
+    repeats, missing = repeated if repeated is not None else _repeated_or_missing(ids)
     candidates = np.flatnonzero(repeats | missing)
     repeated = np.zeros(len(mapped), dtype=bool)
     if len(candidates):
@@ -496,12 +502,12 @@ def exact_duplicates(mapped: pd.DataFrame, ids: pd.Series) -> np.ndarray:
     return repeated
 
 
-def reexported_copies(parsed: Parsed, exact: np.ndarray) -> np.ndarray:
+def reexported_copies(parsed: Parsed, exact: np.ndarray, repeats: np.ndarray) -> np.ndarray:
     """Rows that are not exact copies but equal an earlier row once parsed (``40.770`` and
     ``40.77``, a ``T`` or a space in a timestamp, ``07`` and ``7``): the same transaction
     exported twice, folded into the first. Rows with a value that could not be parsed are
-    compared as given only (two unreadable values are not the same value)."""
-    repeats, _ = _repeated_or_missing(parsed.frame[schema.TRANSACTION_ID])
+    compared as given only (two unreadable values are not the same value). ``repeats``: the
+    rows whose transaction_id another row shares."""
     unreadable = np.zeros(len(exact), dtype=bool)
     for _, mask in parsed.problems.values():
         unreadable |= mask
