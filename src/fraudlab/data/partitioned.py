@@ -78,11 +78,10 @@ class ParquetChunk(NamedTuple):
     first_row: int
 
 
-def parquet_chunks(path: Path, columns: list[str] | None = None) -> list[ParquetChunk]:
-    """The row groups of a Parquet file or dataset directory (every part holding ``columns``),
-    in row order."""
+def parquet_chunks(files: list[Path]) -> list[ParquetChunk]:
+    """The row groups of a Parquet source's files (``source_files``), in row order."""
     chunks, first_row = [], 0
-    for file in source_files(path, columns):
+    for file in files:
         metadata = pq.ParquetFile(file).metadata
         for group in range(metadata.num_row_groups):
             chunks.append(ParquetChunk(file, group, first_row))
@@ -266,10 +265,15 @@ def write_clean_part(
 
 
 def _chunks(
-    path: Path, columns: list[str] | None, *, text: dict[str, str], rows_per_part: int
+    path: Path,
+    files: list[Path],
+    columns: list[str] | None,
+    *,
+    text: dict[str, str],
+    rows_per_part: int,
 ) -> Iterator[ParquetChunk | pd.DataFrame]:
     if _is_parquet(path):
-        yield from parquet_chunks(path, columns)
+        yield from parquet_chunks(files)
     else:
         yield from csv_chunks(path, columns, text=text, rows=rows_per_part)
 
@@ -295,11 +299,13 @@ def validate_dataset(
     ``clean_out`` (a directory being built); returns the data-quality report and the rejected
     rows. Raises before writing anything when the source fails as a whole."""
     path, clean_out, scratch = path.resolve(), clean_out.resolve(), scratch.resolve()
-    chunks = _chunks(path, columns, text=text, rows_per_part=rows_per_part)
-    partitions = engine.partitions(_size_hint(path))
+    # a dataset's parts listed and checked once (magic, footer, columns)
+    files = source_files(path, columns) if _is_parquet(path) else [path]
+    chunks = _chunks(path, files, columns, text=text, rows_per_part=rows_per_part)
+    partitions = engine.partitions(_size_hint(path, files))
     if partitions == 1:
         if path.is_dir():  # each part with its own schema: never one cast by Arrow
-            chunks = _parts_in_memory(path, columns)
+            chunks = _parts_in_memory(path, files, columns)
         elif _is_parquet(path):
             # typed columns: parsing the whole file gives each row what parsing its row group
             # would, with no second copy of the rows held for the concatenation
@@ -409,11 +415,13 @@ def _validate_in_memory(
     return Validated(report, finish_rejected([mixed_as_text(checked.rejected)]))
 
 
-def _parts_in_memory(path: Path, columns: list[str] | None) -> Iterator[pd.DataFrame]:
+def _parts_in_memory(
+    path: Path, files: list[Path], columns: list[str] | None
+) -> Iterator[pd.DataFrame]:
     """A dataset directory's parts one by one, each indexed by its rows' positions in the
     dataset (row numbers in messages count across parts)."""
     first_row = 0
-    for part in source_files(path, columns):
+    for part in files:
         frame = read_part(path, part, columns)
         frame.index = pd.RangeIndex(first_row, first_row + len(frame))
         first_row += len(frame)
@@ -445,8 +453,8 @@ def _joined(frames: list[pd.DataFrame], problems: list[dict]) -> Parsed:
     )
 
 
-def _size_hint(path: Path) -> int:
-    """Rows in a Parquet source (from its footers); a CSV's size in bytes / 50."""
+def _size_hint(path: Path, files: list[Path]) -> int:
+    """Rows in a Parquet source (from its files' footers); a CSV's size in bytes / 50."""
     if _is_parquet(path):
-        return sum(pq.read_metadata(file).num_rows for file in source_files(path))
+        return sum(pq.read_metadata(file).num_rows for file in files)
     return path.stat().st_size // 50

@@ -495,11 +495,11 @@ def exact_duplicates(
     ``repeated``: ``_repeated_or_missing(ids)`` when the caller has it."""
     repeats, missing = repeated if repeated is not None else _repeated_or_missing(ids)
     candidates = np.flatnonzero(repeats | missing)
-    repeated = np.zeros(len(mapped), dtype=bool)
+    copies = np.zeros(len(mapped), dtype=bool)
     if len(candidates):
         rows = mixed_as_text(mapped.iloc[candidates])
-        repeated[candidates] = rows.duplicated(keep="first").to_numpy()
-    return repeated
+        copies[candidates] = rows.duplicated(keep="first").to_numpy()
+    return copies
 
 
 def reexported_copies(parsed: Parsed, exact: np.ndarray, repeats: np.ndarray) -> np.ndarray:

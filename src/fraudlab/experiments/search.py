@@ -446,7 +446,7 @@ def _report(
     board: pd.DataFrame, varied: set[str], markdown: str | None, unrun: dict[str, str]
 ) -> None:
     """Print the leaderboard and how to apply the best; ``unrun`` maps a warm search's label to
-    the `-S` values that make it a DVC experiment (its best was not confirmed)."""
+    the `dvc exp run` command that makes it a DVC experiment (when its best was not confirmed)."""
     table = render(board, varied)
     print(table)
     if markdown:
